@@ -1,0 +1,343 @@
+//! The charge API client. Every call ends in a value the dispatcher can act on:
+//! the HTTP answer is classified here, once, so the decision "may this have
+//! charged?" lives in one place.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{
+    Charge, ChargeList, CreateCharge, ErrorBody, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Refund,
+};
+
+/// What the provider offers; the dispatcher's strategy follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The provider honours `Idempotency-Key`: a retry under the same key never
+    /// charges twice.
+    pub idempotency_keys: bool,
+    /// The provider answers `GET /v1/charges?reference_id=R`.
+    pub lookup: bool,
+    /// The provider can refund a charge (the compensating action).
+    pub refunds: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            idempotency_keys: true,
+            lookup: true,
+            refunds: true,
+        }
+    }
+}
+
+/// The outcome of one `POST /v1/charges`, classified by what it means for money.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The charge exists (`201`, or `200` replay of a known key).
+    Succeeded {
+        /// The charge as the provider reports it.
+        charge: Charge,
+        /// Whether this was a replay of an earlier request under the same key.
+        replayed: bool,
+    },
+    /// `402`: the provider refused the charge; final.
+    Declined {
+        /// The provider's error type, e.g. `card_declined`.
+        code: String,
+    },
+    /// The provider certainly did not process the request (`429`, or the
+    /// connection was refused before the request was sent): retry later.
+    NotProcessed {
+        /// What happened, for the outbox row's `last_error`.
+        reason: String,
+    },
+    /// The request may or may not have charged (timeout, reset, `5xx`, `409`
+    /// in progress): never treated as "not charged".
+    Uncertain {
+        /// What happened, for the outbox row's `last_error`.
+        reason: String,
+    },
+    /// The provider rejected the request for good (`400`, `422`, other `4xx`):
+    /// retrying cannot help; an operator must look.
+    Rejected {
+        /// HTTP status and error type.
+        reason: String,
+    },
+}
+
+/// A failed lookup, listing or refund call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The provider does not offer this call (capability off).
+    #[error("the provider does not support {0}")]
+    Unsupported(&'static str),
+    /// Transport failure or timeout: try again later.
+    #[error("provider unreachable or timed out: {0}")]
+    Transport(String),
+    /// An HTTP error status.
+    #[error("provider answered {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The body, for the log.
+        body: String,
+    },
+}
+
+/// HTTP client for the charge API. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ChargeClient {
+    /// Shared connection pool.
+    http: reqwest::Client,
+    /// Base URL without trailing slash, e.g. `http://127.0.0.1:8099`.
+    base: String,
+    /// What the provider offers.
+    capabilities: Capabilities,
+}
+
+impl ChargeClient {
+    /// A client for `base_url` whose every call gives up after `timeout`.
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        capabilities: Capabilities,
+    ) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            capabilities,
+        })
+    }
+
+    /// What the provider offers.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// `POST /v1/charges`, keyed by the reference id where keys are honoured.
+    pub async fn create_charge(&self, request: &CreateCharge) -> Attempt {
+        let mut call = self
+            .http
+            .post(format!("{}/v1/charges", self.base))
+            .json(request);
+        if self.capabilities.idempotency_keys {
+            call = call.header(IDEMPOTENCY_KEY, &request.reference_id);
+        }
+        let response = match call.send().await {
+            Ok(response) => response,
+            Err(e) => return classify_transport(&e),
+        };
+        let status = response.status();
+        let replayed = response
+            .headers()
+            .get(IDEMPOTENT_REPLAYED)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            // The status line arrived but the body did not: the provider has
+            // decided, we just do not know what. Uncertain.
+            Err(e) => {
+                return Attempt::Uncertain {
+                    reason: format!("{status}: body lost: {e}"),
+                };
+            }
+        };
+        classify_answer(status, replayed, &body)
+    }
+
+    /// `GET /v1/charges?reference_id=R`: every charge under this reference.
+    pub async fn lookup(&self, reference_id: &str) -> Result<Vec<Charge>, ClientError> {
+        if !self.capabilities.lookup {
+            return Err(ClientError::Unsupported("lookup by reference"));
+        }
+        let list: ChargeList = self
+            .get_json("/v1/charges", &[("reference_id", reference_id.to_owned())])
+            .await?;
+        Ok(list.data)
+    }
+
+    /// One page of the provider's charge listing, for reconciliation.
+    pub async fn list_charges(
+        &self,
+        created_gte: Option<i64>,
+        created_lt: Option<i64>,
+        limit: u32,
+        starting_after: Option<&str>,
+    ) -> Result<ChargeList, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(t) = created_gte {
+            query.push(("created_gte", t.to_string()));
+        }
+        if let Some(t) = created_lt {
+            query.push(("created_lt", t.to_string()));
+        }
+        if let Some(id) = starting_after {
+            query.push(("starting_after", id.to_owned()));
+        }
+        self.get_json("/v1/charges", &query).await
+    }
+
+    /// `POST /v1/charges/{id}/refunds` under its own idempotency key.
+    pub async fn refund(&self, charge_id: &str, key: &str) -> Result<Refund, ClientError> {
+        if !self.capabilities.refunds {
+            return Err(ClientError::Unsupported("refunds"));
+        }
+        let response = self
+            .http
+            .post(format!("{}/v1/charges/{charge_id}/refunds", self.base))
+            .header(IDEMPOTENCY_KEY, key)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        decode(response).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        decode(response).await
+    }
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    if !status.is_success() {
+        return Err(ClientError::Status {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| ClientError::Status {
+        status: status.as_u16(),
+        body: format!("undecodable body ({e}): {}", String::from_utf8_lossy(&body)),
+    })
+}
+
+/// A transport failure: only a refused connection proves the request was not
+/// sent; anything else (timeout, reset mid-request) may have charged.
+fn classify_transport(e: &reqwest::Error) -> Attempt {
+    let reason = error_chain(e);
+    if e.is_connect() && !e.is_timeout() {
+        Attempt::NotProcessed { reason }
+    } else {
+        Attempt::Uncertain { reason }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Map an HTTP answer to what it means for money (DESIGN.md, charge API).
+pub fn classify_answer(status: StatusCode, replayed: bool, body: &[u8]) -> Attempt {
+    let error_kind = || {
+        serde_json::from_slice::<ErrorBody>(body)
+            .map(|b| b.error.kind)
+            .unwrap_or_else(|_| "unknown".to_owned())
+    };
+    match status.as_u16() {
+        200 | 201 => match serde_json::from_slice::<Charge>(body) {
+            Ok(charge) => Attempt::Succeeded {
+                charge,
+                replayed: replayed || status == StatusCode::OK,
+            },
+            // A success we cannot read still means money may have moved.
+            Err(e) => Attempt::Uncertain {
+                reason: format!("{status} with undecodable body: {e}"),
+            },
+        },
+        402 => Attempt::Declined { code: error_kind() },
+        409 => Attempt::Uncertain {
+            reason: format!("409 {}: same key in progress", error_kind()),
+        },
+        429 => Attempt::NotProcessed {
+            reason: "429 rate limited".to_owned(),
+        },
+        500..=599 => Attempt::Uncertain {
+            reason: format!("{status}"),
+        },
+        _ => Attempt::Rejected {
+            reason: format!("{status} {}", error_kind()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_answers_by_what_they_mean_for_money() {
+        let charge = br#"{"id":"ch_1","reference_id":"r","account_id":"a","amount":5,"currency":"EUR","status":"succeeded","created":1}"#;
+        assert!(matches!(
+            classify_answer(StatusCode::CREATED, false, charge),
+            Attempt::Succeeded {
+                replayed: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_answer(StatusCode::OK, true, charge),
+            Attempt::Succeeded { replayed: true, .. }
+        ));
+        let declined = br#"{"error":{"type":"card_declined"}}"#;
+        assert_eq!(
+            classify_answer(StatusCode::PAYMENT_REQUIRED, false, declined),
+            Attempt::Declined {
+                code: "card_declined".into()
+            }
+        );
+        assert!(matches!(
+            classify_answer(StatusCode::CONFLICT, false, b"{}"),
+            Attempt::Uncertain { .. }
+        ));
+        assert!(matches!(
+            classify_answer(StatusCode::TOO_MANY_REQUESTS, false, b""),
+            Attempt::NotProcessed { .. }
+        ));
+        assert!(matches!(
+            classify_answer(StatusCode::SERVICE_UNAVAILABLE, false, b""),
+            Attempt::Uncertain { .. }
+        ));
+        assert!(matches!(
+            classify_answer(StatusCode::UNPROCESSABLE_ENTITY, false, b"{}"),
+            Attempt::Rejected { .. }
+        ));
+        // A 201 whose body is garbage may still have charged.
+        assert!(matches!(
+            classify_answer(StatusCode::CREATED, false, b"garbage"),
+            Attempt::Uncertain { .. }
+        ));
+    }
+}

@@ -1,0 +1,281 @@
+//! A delivery's raw parts, and their validation into a charge request.
+//!
+//! Validation never panics and never loses the input: a [`Rejection`] carries a
+//! stable machine code and a human reason, and the caller stores both with the
+//! raw bytes in quarantine.
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::identity::{fingerprint, reference_id};
+
+/// Scope used when the producer sets no `app_id`.
+pub const DEFAULT_SCOPE: &str = "default";
+/// Longest `message_id` / `app_id` accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+const MAX_ACCOUNT_LEN: usize = 255;
+const MAX_DESCRIPTION_LEN: usize = 1024;
+
+/// The parts of an AMQP delivery that idem reads, borrowed from the delivery.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inbound<'a> {
+    /// Property `message_id`: the producer's idempotency key.
+    pub message_id: Option<&'a str>,
+    /// Property `app_id`: the key's scope.
+    pub app_id: Option<&'a str>,
+    /// Property `content_type`; absent means JSON.
+    pub content_type: Option<&'a str>,
+    /// Property `reply_to`: where to send the result event.
+    pub reply_to: Option<&'a str>,
+    /// Property `correlation_id`, echoed on the result event.
+    pub correlation_id: Option<&'a str>,
+    /// Header `traceparent` (W3C trace context).
+    pub traceparent: Option<&'a str>,
+    /// The raw body.
+    pub body: &'a [u8],
+}
+
+/// The JSON body of a charge message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeBody {
+    /// The account to charge.
+    pub account_id: String,
+    /// Amount in minor units, > 0.
+    pub amount: i64,
+    /// ISO 4217 code: three upper-case ASCII letters.
+    pub currency: String,
+    /// Free text, not part of the fingerprint.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A validated message, ready to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeRequest {
+    /// Dedup scope (`app_id`, or [`DEFAULT_SCOPE`]).
+    pub scope: String,
+    /// The producer's idempotency key.
+    pub message_id: String,
+    /// The business fields.
+    pub body: ChargeBody,
+    /// SHA-256 of the business fields.
+    pub fingerprint: [u8; 32],
+    /// UUIDv5 over (scope, message_id): the provider's idempotency key.
+    pub reference_id: Uuid,
+    /// Where to publish the result event, if anywhere.
+    pub reply_to: Option<String>,
+    /// Echoed on the result event.
+    pub correlation_id: Option<String>,
+    /// W3C trace context to carry to the provider call.
+    pub traceparent: Option<String>,
+}
+
+/// Why a message was quarantined instead of recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// No `message_id` property (or an empty one).
+    #[error("message has no message_id property; producers must set one (1..=255 bytes)")]
+    MissingMessageId,
+    /// A key part is too long or holds a NUL byte.
+    #[error("{field} is invalid: {why}")]
+    BadKey {
+        /// `message_id` or `app_id`.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A content type other than JSON.
+    #[error("content_type {0:?} is not application/json")]
+    ContentType(String),
+    /// The body exceeds the configured size limit.
+    #[error("body is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// Body size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The body is not JSON at all.
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not a charge.
+    #[error("body violates the charge schema: {0}")]
+    Schema(String),
+}
+
+impl Rejection {
+    /// A stable code for dashboards and queries.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::MissingMessageId => "missing_message_id",
+            Rejection::BadKey { .. } => "bad_key",
+            Rejection::ContentType(_) => "content_type",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::NotJson(_) => "not_json",
+            Rejection::Schema(_) => "schema",
+        }
+    }
+}
+
+impl Inbound<'_> {
+    /// Validate into a [`ChargeRequest`]; `max_body` is the size limit in bytes.
+    pub fn parse(&self, max_body: usize) -> Result<ChargeRequest, Rejection> {
+        let message_id = match self.message_id {
+            None | Some("") => return Err(Rejection::MissingMessageId),
+            Some(id) => check_key("message_id", id)?,
+        };
+        let scope = match self.app_id {
+            None | Some("") => DEFAULT_SCOPE,
+            Some(scope) => check_key("app_id", scope)?,
+        };
+        if let Some(ct) = self.content_type {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if !essence.is_empty() && !essence.eq_ignore_ascii_case("application/json") {
+                return Err(Rejection::ContentType(ct.to_owned()));
+            }
+        }
+        if self.body.len() > max_body {
+            return Err(Rejection::TooLarge {
+                size: self.body.len(),
+                limit: max_body,
+            });
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(self.body).map_err(|e| Rejection::NotJson(e.to_string()))?;
+        let body: ChargeBody =
+            serde_json::from_value(value).map_err(|e| Rejection::Schema(e.to_string()))?;
+        check_body(&body)?;
+        Ok(ChargeRequest {
+            scope: scope.to_owned(),
+            message_id: message_id.to_owned(),
+            fingerprint: fingerprint(&body.account_id, body.amount, &body.currency),
+            reference_id: reference_id(scope, message_id),
+            body,
+            reply_to: self.reply_to.filter(|s| !s.is_empty()).map(str::to_owned),
+            correlation_id: self.correlation_id.map(str::to_owned),
+            traceparent: self.traceparent.map(str::to_owned),
+        })
+    }
+}
+
+fn check_key<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Rejection> {
+    let why = if value.len() > MAX_KEY_LEN {
+        format!("{} bytes, over {MAX_KEY_LEN}", value.len())
+    } else if value.contains('\0') {
+        "contains a NUL byte".to_owned()
+    } else {
+        return Ok(value);
+    };
+    Err(Rejection::BadKey { field, why })
+}
+
+fn check_body(body: &ChargeBody) -> Result<(), Rejection> {
+    let schema = |m: String| Err(Rejection::Schema(m));
+    if body.account_id.is_empty() || body.account_id.len() > MAX_ACCOUNT_LEN {
+        return schema(format!("account_id must be 1..={MAX_ACCOUNT_LEN} bytes"));
+    }
+    if body.account_id.contains('\0') {
+        return schema("account_id contains a NUL byte".into());
+    }
+    if body.amount <= 0 {
+        return schema(format!("amount must be > 0 (minor units), got {}", body.amount));
+    }
+    if body.currency.len() != 3 || !body.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return schema(format!(
+            "currency must be 3 upper-case letters (ISO 4217), got {:?}",
+            body.currency
+        ));
+    }
+    if let Some(d) = &body.description {
+        if d.len() > MAX_DESCRIPTION_LEN || d.contains('\0') {
+            return schema(format!(
+                "description must be at most {MAX_DESCRIPTION_LEN} bytes without NUL"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &[u8] = br#"{"account_id":"acc_1","amount":1250,"currency":"EUR"}"#;
+
+    fn inbound(body: &[u8]) -> Inbound<'_> {
+        Inbound {
+            message_id: Some("m-1"),
+            body,
+            ..Inbound::default()
+        }
+    }
+
+    #[test]
+    fn valid_message_gets_default_scope_and_reference() {
+        let req = inbound(OK).parse(1024).expect("valid");
+        assert_eq!(req.scope, DEFAULT_SCOPE);
+        assert_eq!(req.body.amount, 1250);
+        assert_eq!(req.reference_id, crate::reference_id("default", "m-1"));
+        let scoped = Inbound {
+            app_id: Some("tenant-a"),
+            ..inbound(OK)
+        }
+        .parse(1024)
+        .expect("valid");
+        assert_ne!(scoped.reference_id, req.reference_id);
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_code() {
+        let cases: Vec<(Inbound<'_>, &str)> = vec![
+            (
+                Inbound {
+                    message_id: None,
+                    ..inbound(OK)
+                },
+                "missing_message_id",
+            ),
+            (
+                Inbound {
+                    message_id: Some("a\0b"),
+                    ..inbound(OK)
+                },
+                "bad_key",
+            ),
+            (
+                Inbound {
+                    content_type: Some("text/plain"),
+                    ..inbound(OK)
+                },
+                "content_type",
+            ),
+            (inbound(b"not json"), "not_json"),
+            (inbound(br#"{"account_id":"a","amount":0,"currency":"EUR"}"#), "schema"),
+            (inbound(br#"{"account_id":"a","amount":1.5,"currency":"EUR"}"#), "schema"),
+            (inbound(br#"{"account_id":"a","amount":1,"currency":"eur"}"#), "schema"),
+            (inbound(br#"{"account_id":"","amount":1,"currency":"EUR"}"#), "schema"),
+            (inbound(br#"{"amount":1,"currency":"EUR"}"#), "schema"),
+            (
+                inbound(br#"{"account_id":"a","amount":1,"currency":"EUR","x":1}"#),
+                "schema",
+            ),
+            (inbound(br#"[1,2]"#), "schema"),
+        ];
+        for (input, code) in cases {
+            let err = input.parse(1024).expect_err("must be rejected");
+            assert_eq!(err.code(), code, "{err}");
+        }
+        let err = inbound(OK).parse(10).expect_err("too large");
+        assert_eq!(err.code(), "too_large");
+    }
+
+    #[test]
+    fn json_content_type_with_parameters_is_accepted() {
+        let ok = Inbound {
+            content_type: Some("application/json; charset=utf-8"),
+            ..inbound(OK)
+        };
+        assert!(ok.parse(1024).is_ok());
+    }
+}

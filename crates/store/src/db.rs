@@ -1,0 +1,103 @@
+//! Connecting to PostgreSQL and applying the schema.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// The workspace's `migrations/`, embedded in every binary that links the store.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+/// Connect a pool of at most `max_connections`, creating the database first
+/// if it does not exist. Fails with a message that names the (redacted) URL
+/// and what to check.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let shown = redact_url(url);
+    let options = PgConnectOptions::from_str(url).with_context(|| {
+        format!("IDEM_DATABASE_URL {shown} is not a valid PostgreSQL URL (postgres://user[:password]@host:port/database)")
+    })?;
+    create_database_if_missing(&options)
+        .await
+        .with_context(|| unreachable_hint(&shown))?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .with_context(|| unreachable_hint(&shown))
+}
+
+fn unreachable_hint(shown: &str) -> String {
+    format!(
+        "cannot connect to PostgreSQL at {shown}: check that the server is running and reachable, \
+         and that IDEM_DATABASE_URL (or --database-url) names the right host, port, user and database"
+    )
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        if name.contains('"') {
+            bail!("database name {name:?} contains a double quote; pick another name");
+        }
+        // Replicas starting together race here: "already exists" (42P04) is success.
+        match sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("42P04") || e.code().as_deref() == Some("23505") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+/// Apply pending migrations. Safe when several replicas start at once: the
+/// migrator serialises them with a PostgreSQL advisory lock.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("applying the database schema (migrations) failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert!(!redact_url("amqp://guest:guest@h:5672/%2f").contains("guest@"));
+    }
+}

@@ -1,0 +1,25 @@
+//! # idem-store
+//!
+//! All of idem's SQL, and nothing else. Every function runs one statement and
+//! takes `&mut PgConnection`, so the caller decides where a transaction begins
+//! and ends (the inbox records a whole batch in one; the dispatcher claims in
+//! one short transaction and settles in another).
+//!
+//! ## Layout
+//! - `db`: connecting (creating the database if missing), the embedded
+//!   migrator, URL redaction for error messages.
+//! - `inbox`: record a message's key once; tell new, duplicate and conflict apart.
+//! - `outbox`: enqueue, claim with a lease, settle fenced by the lease, rescue
+//!   expired leases.
+//! - `quarantine`: keep bad input whole, with its reason.
+//! - `status`: counts for operators and the demo.
+
+pub mod db;
+pub mod inbox;
+pub mod outbox;
+pub mod quarantine;
+pub mod status;
+
+pub use db::{MIGRATOR, connect, migrate, redact_url};
+pub use inbox::Recorded;
+pub use outbox::{Claimed, OutboxState, Settlement};

@@ -1,0 +1,280 @@
+//! The outbox: charges to make, claimed with a lease, settled by the lease holder.
+//!
+//! Claim and settle are separate short transactions; the provider call happens
+//! between them, outside any transaction. Every write after the claim is fenced
+//! by `lease_token`, so a replica whose lease expired (paused, partitioned) can
+//! never overwrite what the replica that reclaimed the row recorded.
+
+use std::time::Duration;
+
+use idem_message::ChargeRequest;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The states of an outbox row (the `outbox_state` enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type, Serialize, Deserialize)]
+#[sqlx(type_name = "outbox_state", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    /// Waiting for its first (or next) attempt.
+    Pending,
+    /// Claimed by a replica that holds the lease.
+    InFlight,
+    /// An attempt's outcome is uncertain; to be resolved by lookup or keyed retry.
+    Unknown,
+    /// Charged, final.
+    Succeeded,
+    /// Declined by the provider, final.
+    Declined,
+    /// Gave up after the attempt limit or a permanent rejection; for operators.
+    Dead,
+}
+
+impl OutboxState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [OutboxState; 6] = [
+        OutboxState::Pending,
+        OutboxState::InFlight,
+        OutboxState::Unknown,
+        OutboxState::Succeeded,
+        OutboxState::Declined,
+        OutboxState::Dead,
+    ];
+
+    /// The state's name as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::InFlight => "in_flight",
+            OutboxState::Unknown => "unknown",
+            OutboxState::Succeeded => "succeeded",
+            OutboxState::Declined => "declined",
+            OutboxState::Dead => "dead",
+        }
+    }
+}
+
+/// A row claimed by this replica, with what the dispatcher needs for the call.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    /// Outbox row id.
+    pub id: i64,
+    /// The fence: settle only with this token.
+    pub lease_token: Uuid,
+    /// Dedup scope, sent as `metadata.source`.
+    pub scope: String,
+    /// Producer key, sent as `metadata.message_id`.
+    pub message_id: String,
+    /// Idempotency key.
+    pub reference_id: Uuid,
+    /// Account to charge.
+    pub account_id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// This claim's attempt number (1 for the first).
+    pub attempts: i32,
+    /// Set when an earlier attempt's outcome is uncertain: resolve before charging.
+    pub uncertain_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// W3C trace context of the originating message.
+    pub traceparent: Option<String>,
+}
+
+/// How an attempt ends, as recorded on the row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    /// Charged; `result` is the provider's charge.
+    Succeeded {
+        /// Provider charge id.
+        charge_id: String,
+        /// The charge JSON, returned again to duplicates.
+        result: serde_json::Value,
+    },
+    /// Declined by the provider; final.
+    Declined {
+        /// The decline, returned again to duplicates.
+        result: serde_json::Value,
+    },
+    /// Try again after `delay`. `uncertain` marks that this attempt may have
+    /// charged: the row goes to `unknown`, not `pending`.
+    Retry {
+        /// Whether the attempt's outcome is uncertain.
+        uncertain: bool,
+        /// What happened.
+        error: String,
+        /// Backoff before the next attempt.
+        delay: Duration,
+    },
+    /// Give up: attempt limit or permanent rejection. Surfaced to operators.
+    Dead {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Insert the outbox row for a new message (inside the inbox transaction).
+pub async fn enqueue(conn: &mut PgConnection, request: &ChargeRequest) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
+                             description, reply_to, correlation_id, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         RETURNING id",
+    )
+    .bind(&request.scope)
+    .bind(&request.message_id)
+    .bind(request.reference_id)
+    .bind(&request.body.account_id)
+    .bind(request.body.amount)
+    .bind(&request.body.currency)
+    .bind(&request.body.description)
+    .bind(&request.reply_to)
+    .bind(&request.correlation_id)
+    .bind(&request.traceparent)
+    .fetch_one(conn)
+    .await
+}
+
+/// The state and stored result of the outbox row for a key, if any.
+pub async fn state_of(
+    conn: &mut PgConnection,
+    scope: &str,
+    message_id: &str,
+) -> Result<Option<(OutboxState, Option<serde_json::Value>)>, sqlx::Error> {
+    sqlx::query_as("SELECT state, result FROM outbox WHERE scope = $1 AND message_id = $2")
+        .bind(scope)
+        .bind(message_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Claim up to `limit` due rows (`pending`, or `unknown` whose backoff passed)
+/// for `owner`, for `lease`. Rows locked by another claimer are skipped, not
+/// waited for; the oldest due rows go first.
+pub async fn claim(
+    conn: &mut PgConnection,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH due AS (
+             SELECT id FROM outbox
+             WHERE state IN ('pending', 'unknown') AND next_attempt_at <= now()
+             ORDER BY next_attempt_at, id
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE outbox o SET
+             state = 'in_flight', attempts = o.attempts + 1,
+             lease_owner = $1, lease_token = $4,
+             lease_expires_at = now() + make_interval(secs => $2),
+             updated_at = now()
+         FROM due WHERE o.id = due.id
+         RETURNING o.id, o.lease_token, o.scope, o.message_id, o.reference_id, o.account_id,
+                   o.amount, o.currency, o.attempts, o.uncertain_since, o.traceparent",
+    )
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .bind(limit)
+    .bind(Uuid::new_v4())
+    .fetch_all(conn)
+    .await
+}
+
+/// `UPDATE outbox SET <assignments>` that releases the lease, fenced by it:
+/// `$1` is the row id, `$2` the holder's lease token.
+macro_rules! fenced_update {
+    ($assignments:literal) => {
+        concat!(
+            "UPDATE outbox SET ",
+            $assignments,
+            ", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND lease_token = $2 AND state = 'in_flight'"
+        )
+    };
+}
+
+/// Record how an attempt ended, only if `token` still holds the lease.
+/// Returns `false` when the fence refused the write (the lease was lost).
+pub async fn settle(
+    conn: &mut PgConnection,
+    id: i64,
+    token: Uuid,
+    settlement: &Settlement,
+) -> Result<bool, sqlx::Error> {
+    let query = match settlement {
+        Settlement::Succeeded { charge_id, result } => sqlx::query(fenced_update!(
+            "state = 'succeeded', provider_charge_id = $3, result = $4,
+             last_error = NULL, settled_at = now()"
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(charge_id)
+        .bind(result),
+        Settlement::Declined { result } => sqlx::query(fenced_update!(
+            "state = 'declined', result = $3, settled_at = now()"
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(result),
+        Settlement::Retry {
+            uncertain,
+            error,
+            delay,
+        } => sqlx::query(fenced_update!(
+            "uncertain_since = CASE WHEN $3 THEN coalesce(uncertain_since, now()) ELSE uncertain_since END,
+             state = CASE WHEN $3 OR uncertain_since IS NOT NULL
+                          THEN 'unknown'::outbox_state ELSE 'pending'::outbox_state END,
+             last_error = $4, next_attempt_at = now() + make_interval(secs => $5)"
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(uncertain)
+        .bind(error)
+        .bind(delay.as_secs_f64()),
+        Settlement::Dead { error } => sqlx::query(fenced_update!(
+            "state = 'dead', last_error = $3, settled_at = now()"
+        ))
+        .bind(id)
+        .bind(token)
+        .bind(error),
+    };
+    Ok(query.execute(conn).await?.rows_affected() == 1)
+}
+
+/// Put up to `limit` rows whose lease expired (their holder crashed, paused or
+/// lost its connection) back in play as `unknown`: the holder may have called
+/// the provider, so the next claimer resolves before charging.
+pub async fn rescue_expired(conn: &mut PgConnection, limit: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE outbox SET state = 'unknown', uncertain_since = coalesce(uncertain_since, now()),
+             last_error = 'lease of ' || coalesce(lease_owner, '?') || ' expired',
+             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+             next_attempt_at = now(), updated_at = now()
+         WHERE id IN (SELECT id FROM outbox WHERE state = 'in_flight' AND lease_expires_at < now()
+                      ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(limit)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Give back rows this replica claimed but will not attempt (shutdown before the
+/// call was made): they return to their previous waiting state at once.
+pub async fn release(conn: &mut PgConnection, id: i64, token: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE outbox SET
+             state = CASE WHEN uncertain_since IS NULL THEN 'pending'::outbox_state ELSE 'unknown'::outbox_state END,
+             attempts = greatest(attempts - 1, 0), next_attempt_at = now(),
+             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+         WHERE id = $1 AND lease_token = $2 AND state = 'in_flight'",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,39 @@
+//! Quarantine: bad input kept whole (raw bytes, properties, reason), written in
+//! the same transaction that decided, so an acked message is never lost.
+
+use sqlx::PgConnection;
+
+/// A message that failed validation, as it arrived.
+#[derive(Debug, Clone)]
+pub struct Quarantined<'a> {
+    /// Stable code, e.g. `not_json`.
+    pub reason_code: &'a str,
+    /// Human reason.
+    pub reason: &'a str,
+    /// The raw `message_id` property bytes, when present.
+    pub message_id: Option<&'a [u8]>,
+    /// AMQP properties and headers as JSON.
+    pub properties: &'a serde_json::Value,
+    /// The raw body.
+    pub body: &'a [u8],
+}
+
+/// Store a quarantined message; returns its id.
+pub async fn insert(conn: &mut PgConnection, q: &Quarantined<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO quarantine (reason_code, reason, message_id, properties, body)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(q.reason_code)
+    .bind(sanitize(q.reason))
+    .bind(q.message_id)
+    .bind(q.properties)
+    .bind(q.body)
+    .fetch_one(conn)
+    .await
+}
+
+/// PostgreSQL text cannot hold NUL; a reason may quote the input.
+pub fn sanitize(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
