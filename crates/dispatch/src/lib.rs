@@ -1,1 +1,19 @@
+//! # idem-dispatch
+//!
+//! The outbox dispatcher: claim due rows with a lease, call the charge API
+//! outside any transaction, record the result fenced by the lease.
+//!
+//! ## Layout
+//! - `strategy`: what one attempt does for one claimed row — resolve an
+//!   uncertain earlier attempt by lookup, charge under the reference id, and turn
+//!   the answer into a [`idem_store::Settlement`] (with backoff and the attempt
+//!   limit). Follows from the provider's capabilities.
+//! - `dispatcher`: [`Dispatcher`]: `dispatch_once` (one claim, its attempts, their
+//!   settlements — what tests drive step by step) and `run`, the bounded
+//!   concurrent loop with the lease rescuer and graceful shutdown.
 
+pub mod dispatcher;
+pub mod strategy;
+
+pub use dispatcher::{DispatchConfig, Dispatched, Dispatcher};
+pub use strategy::Backoff;

@@ -179,7 +179,10 @@ fn check_body(body: &ChargeBody) -> Result<(), Rejection> {
         return schema("account_id contains a NUL byte".into());
     }
     if body.amount <= 0 {
-        return schema(format!("amount must be > 0 (minor units), got {}", body.amount));
+        return schema(format!(
+            "amount must be > 0 (minor units), got {}",
+            body.amount
+        ));
     }
     if body.currency.len() != 3 || !body.currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return schema(format!(
@@ -187,12 +190,12 @@ fn check_body(body: &ChargeBody) -> Result<(), Rejection> {
             body.currency
         ));
     }
-    if let Some(d) = &body.description {
-        if d.len() > MAX_DESCRIPTION_LEN || d.contains('\0') {
-            return schema(format!(
-                "description must be at most {MAX_DESCRIPTION_LEN} bytes without NUL"
-            ));
-        }
+    if let Some(d) = &body.description
+        && (d.len() > MAX_DESCRIPTION_LEN || d.contains('\0'))
+    {
+        return schema(format!(
+            "description must be at most {MAX_DESCRIPTION_LEN} bytes without NUL"
+        ));
     }
     Ok(())
 }
@@ -251,10 +254,22 @@ mod tests {
                 "content_type",
             ),
             (inbound(b"not json"), "not_json"),
-            (inbound(br#"{"account_id":"a","amount":0,"currency":"EUR"}"#), "schema"),
-            (inbound(br#"{"account_id":"a","amount":1.5,"currency":"EUR"}"#), "schema"),
-            (inbound(br#"{"account_id":"a","amount":1,"currency":"eur"}"#), "schema"),
-            (inbound(br#"{"account_id":"","amount":1,"currency":"EUR"}"#), "schema"),
+            (
+                inbound(br#"{"account_id":"a","amount":0,"currency":"EUR"}"#),
+                "schema",
+            ),
+            (
+                inbound(br#"{"account_id":"a","amount":1.5,"currency":"EUR"}"#),
+                "schema",
+            ),
+            (
+                inbound(br#"{"account_id":"a","amount":1,"currency":"eur"}"#),
+                "schema",
+            ),
+            (
+                inbound(br#"{"account_id":"","amount":1,"currency":"EUR"}"#),
+                "schema",
+            ),
             (inbound(br#"{"amount":1,"currency":"EUR"}"#), "schema"),
             (
                 inbound(br#"{"account_id":"a","amount":1,"currency":"EUR","x":1}"#),

@@ -70,7 +70,8 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
         {
             Ok(_) => tracing::info!(database = %name, "created database"),
             Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("42P04") || e.code().as_deref() == Some("23505") => {}
+                if e.code().as_deref() == Some("42P04") || e.code().as_deref() == Some("23505") => {
+            }
             Err(e) => return Err(e.into()),
         }
     }

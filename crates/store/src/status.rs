@@ -32,10 +32,14 @@ impl Status {
 
     /// Rows not yet in a final state.
     pub fn open_rows(&self) -> i64 {
-        [OutboxState::Pending, OutboxState::InFlight, OutboxState::Unknown]
-            .into_iter()
-            .map(|s| self.outbox_in(s))
-            .sum()
+        [
+            OutboxState::Pending,
+            OutboxState::InFlight,
+            OutboxState::Unknown,
+        ]
+        .into_iter()
+        .map(|s| self.outbox_in(s))
+        .sum()
     }
 }
 

@@ -1,0 +1,237 @@
+//! The dispatcher: claim, attempt, settle — once (`dispatch_once`) or in a loop
+//! with bounded concurrency (`run`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_charge::ChargeClient;
+use idem_store::{Claimed, Settlement, outbox};
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::strategy::{self, Backoff, Policy};
+
+/// Settings of a dispatcher replica.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// This replica's name, stored as the lease owner (for operators).
+    pub owner: String,
+    /// How long a claim holds a row before another replica may rescue it.
+    /// Must comfortably exceed a lookup plus a charge call.
+    pub lease: Duration,
+    /// Most rows claimed in one round trip.
+    pub claim_batch: i64,
+    /// Most provider calls in flight at once in this replica.
+    pub concurrency: usize,
+    /// Claims after which a still-failing row becomes `dead`.
+    pub max_attempts: i32,
+    /// Retry delays for transient failures.
+    pub backoff: Backoff,
+    /// The per-call timeout of the charge client.
+    pub charge_timeout: Duration,
+    /// Sleep between claims when nothing is due.
+    pub idle_poll: Duration,
+    /// How long shutdown waits for calls in flight before abandoning them to
+    /// the lease rescuer.
+    pub shutdown_grace: Duration,
+}
+
+/// One row's attempt as `dispatch_once` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dispatched {
+    /// Outbox row id.
+    pub id: i64,
+    /// What was recorded (or would have been).
+    pub settlement: Settlement,
+    /// `false` if the fence refused the write: the lease had been lost.
+    pub recorded: bool,
+}
+
+/// A dispatcher replica. Cheap to clone (shares the pool and HTTP client).
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    /// The database.
+    pool: PgPool,
+    /// The charge API.
+    client: ChargeClient,
+    /// Settings.
+    config: Arc<DispatchConfig>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `pool` calling `client`.
+    pub fn new(pool: PgPool, client: ChargeClient, config: DispatchConfig) -> Self {
+        Self {
+            pool,
+            client,
+            config: Arc::new(config),
+        }
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            max_attempts: self.config.max_attempts,
+            backoff: self.config.backoff,
+            charge_timeout: self.config.charge_timeout,
+        }
+    }
+
+    /// Claim up to `limit` due rows (one short transaction).
+    pub async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        outbox::claim(&mut conn, &self.config.owner, self.config.lease, limit).await
+    }
+
+    /// Put rows with expired leases back in play; returns how many.
+    pub async fn rescue(&self) -> Result<u64, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let rescued = outbox::rescue_expired(&mut conn, 1000).await?;
+        if rescued > 0 {
+            tracing::warn!(
+                rescued,
+                "reclaimed rows whose lease expired (a replica crashed or stalled)"
+            );
+        }
+        Ok(rescued)
+    }
+
+    /// Attempt one claimed row and record the outcome, fenced by its lease.
+    pub async fn process(&self, row: Claimed) -> Result<Dispatched, sqlx::Error> {
+        let settlement = strategy::attempt(&self.client, &self.policy(), &row).await;
+        let mut conn = self.pool.acquire().await?;
+        let recorded = outbox::settle(&mut conn, row.id, row.lease_token, &settlement).await?;
+        if !recorded {
+            tracing::warn!(outbox_id = row.id, reference_id = %row.reference_id, "result refused by the lease fence: another replica holds the row now");
+        }
+        Ok(Dispatched {
+            id: row.id,
+            settlement,
+            recorded,
+        })
+    }
+
+    /// One step: claim a batch, attempt every row concurrently, settle each.
+    /// Returns what happened per row (empty when nothing was due).
+    pub async fn dispatch_once(&self) -> anyhow::Result<Vec<Dispatched>> {
+        let rows = self.claim(self.config.claim_batch).await?;
+        let mut tasks = JoinSet::new();
+        for row in rows {
+            let this = self.clone();
+            tasks.spawn(async move { this.process(row).await });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            done.push(joined??);
+        }
+        done.sort_by_key(|d| d.id);
+        Ok(done)
+    }
+
+    /// Dispatch until `shutdown`: keep up to `concurrency` calls in flight,
+    /// claim only as many rows as there are free slots (so no claimed row waits
+    /// on its lease), rescue expired leases every quarter lease, ride out
+    /// database outages with backoff. On shutdown, stop claiming and let calls
+    /// in flight finish within the grace period.
+    pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut next_rescue = Instant::now();
+        let mut error_backoff = Duration::from_millis(100);
+        tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency, "dispatcher running");
+        while !shutdown.is_cancelled() {
+            while let Some(joined) = tasks.try_join_next() {
+                log_task_end(joined);
+            }
+            if Instant::now() >= next_rescue {
+                if let Err(e) = self.rescue().await {
+                    tracing::warn!(error = %e, "lease rescue failed");
+                }
+                next_rescue = Instant::now() + self.config.lease / 4;
+            }
+            let free = slots.available_permits() as i64;
+            let claimed = if free == 0 {
+                Ok(Vec::new())
+            } else {
+                self.claim(free.min(self.config.claim_batch)).await
+            };
+            let wait = match claimed {
+                Ok(rows) if rows.is_empty() => self.config.idle_poll,
+                Ok(rows) => {
+                    error_backoff = Duration::from_millis(100);
+                    let full = rows.len() as i64 == free.min(self.config.claim_batch);
+                    for row in rows {
+                        let permit = Arc::clone(&slots).acquire_owned().await?;
+                        let this = self.clone();
+                        tasks.spawn(async move {
+                            let _permit = permit;
+                            this.process(row).await
+                        });
+                    }
+                    // More may be due right away.
+                    if full {
+                        Duration::ZERO
+                    } else {
+                        self.config.idle_poll
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?error_backoff, "claim failed; is the database reachable?");
+                    let wait = error_backoff;
+                    error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+                    wait
+                }
+            };
+            if wait.is_zero() && slots.available_permits() > 0 {
+                continue;
+            }
+            // Sleep until the wait is over, a slot frees up, or shutdown.
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {}
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_task_end(joined),
+            }
+        }
+        self.drain(tasks).await;
+        Ok(())
+    }
+
+    async fn drain(&self, mut tasks: JoinSet<Result<Dispatched, sqlx::Error>>) {
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                "dispatcher stopping: waiting for calls in flight"
+            );
+        }
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        while !tasks.is_empty() {
+            match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+                Ok(Some(joined)) => log_task_end(joined),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        abandoned = tasks.len(),
+                        "shutdown grace over; abandoning calls in flight to the lease rescuer"
+                    );
+                    tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        tracing::info!("dispatcher stopped");
+    }
+}
+
+fn log_task_end(joined: Result<Result<Dispatched, sqlx::Error>, tokio::task::JoinError>) {
+    match joined {
+        Ok(Ok(_)) => {}
+        // The row stays in_flight; its lease expires and the rescuer returns it.
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "recording a result failed; the row will be rescued after its lease")
+        }
+        Err(e) => tracing::error!(error = %e, "dispatch task failed"),
+    }
+}

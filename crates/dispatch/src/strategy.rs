@@ -1,0 +1,175 @@
+//! One attempt for one claimed row, and what to record about it.
+//!
+//! The rules (DESIGN.md): an uncertain outcome is never "not charged". A row
+//! whose earlier attempt was uncertain is first looked up by reference where the
+//! provider offers lookup; if the charge is there, that settles it. Otherwise the
+//! charge is (re)sent under the same reference id — safe where the provider
+//! honours idempotency keys; where it does not, a retry waits long enough for a
+//! late original to have landed (and reconciliation has the last word).
+
+use std::time::Duration;
+
+use idem_charge::{Attempt, ChargeClient, ChargeMetadata, CreateCharge};
+use idem_store::{Claimed, Settlement};
+use rand::Rng;
+use serde_json::json;
+
+/// Exponential backoff with jitter, by attempt number.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay after the first failed attempt.
+    pub base: Duration,
+    /// Upper bound of any delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay after attempt `attempt` (1-based): `base * 2^(attempt-1)`,
+    /// capped, then jittered down by up to half so replicas do not retry in step.
+    pub fn delay(&self, attempt: i32) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
+        let full = self.base.saturating_mul(1 << exp).min(self.max);
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        full.mul_f64(jitter)
+    }
+}
+
+/// What an attempt needs besides the row.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Claims after which a row that still failed becomes `dead`.
+    pub max_attempts: i32,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// The per-call timeout; without idempotency keys an uncertain row waits at
+    /// least twice this before it may be charged again.
+    pub charge_timeout: Duration,
+}
+
+/// Make one attempt for `row` and decide what to record.
+#[tracing::instrument(skip_all, fields(outbox_id = row.id, reference_id = %row.reference_id, message_id = %row.message_id, attempt = row.attempts))]
+pub async fn attempt(client: &ChargeClient, policy: &Policy, row: &Claimed) -> Settlement {
+    let caps = client.capabilities();
+    let reference = row.reference_id.to_string();
+    if row.uncertain_since.is_some() && caps.lookup {
+        match client.lookup(&reference).await {
+            Ok(charges) => {
+                if let Some(first) = charges.iter().find(|c| c.status == "succeeded") {
+                    if charges.len() > 1 {
+                        tracing::warn!(
+                            found = charges.len(),
+                            "several charges under one reference; reconciliation refunds the extra ones"
+                        );
+                    }
+                    tracing::info!(charge_id = %first.id, "uncertain attempt resolved by lookup: charged");
+                    return succeeded(first);
+                }
+                tracing::info!("uncertain attempt resolved by lookup: not charged; charging");
+            }
+            Err(e) => {
+                return retry(
+                    policy,
+                    row,
+                    true,
+                    caps.idempotency_keys,
+                    format!("lookup failed: {e}"),
+                );
+            }
+        }
+    }
+    let request = CreateCharge {
+        reference_id: reference,
+        account_id: row.account_id.clone(),
+        amount: row.amount,
+        currency: row.currency.clone(),
+        metadata: ChargeMetadata {
+            source: row.scope.clone(),
+            message_id: row.message_id.clone(),
+        },
+    };
+    match client.create_charge(&request).await {
+        Attempt::Succeeded { charge, replayed } => {
+            tracing::info!(charge_id = %charge.id, replayed, "charged");
+            succeeded(&charge)
+        }
+        Attempt::Declined { code } => {
+            tracing::info!(%code, "declined");
+            Settlement::Declined {
+                result: json!({"status": "declined", "code": code}),
+            }
+        }
+        Attempt::NotProcessed { reason } => {
+            retry(policy, row, false, caps.idempotency_keys, reason)
+        }
+        Attempt::Uncertain { reason } => {
+            tracing::warn!(%reason, "outcome uncertain");
+            retry(policy, row, true, caps.idempotency_keys, reason)
+        }
+        Attempt::Rejected { reason } => {
+            tracing::error!(%reason, "provider rejected the charge for good");
+            Settlement::Dead {
+                error: format!("provider rejected the charge: {reason}"),
+            }
+        }
+    }
+}
+
+fn succeeded(charge: &idem_charge::Charge) -> Settlement {
+    Settlement::Succeeded {
+        charge_id: charge.id.clone(),
+        result: serde_json::to_value(charge).unwrap_or_else(|_| json!({"id": charge.id})),
+    }
+}
+
+/// Back off, or give up past the attempt limit.
+fn retry(
+    policy: &Policy,
+    row: &Claimed,
+    uncertain: bool,
+    keyed: bool,
+    error: String,
+) -> Settlement {
+    if row.attempts >= policy.max_attempts {
+        let state = if uncertain || row.uncertain_since.is_some() {
+            "outcome uncertain; reconciliation settles it"
+        } else {
+            "never charged"
+        };
+        return Settlement::Dead {
+            error: format!("gave up after {} attempts ({state}): {error}", row.attempts),
+        };
+    }
+    let mut delay = policy.backoff.delay(row.attempts);
+    if uncertain && !keyed {
+        // Without keys a resend could charge twice while the original is still
+        // being processed: wait it out first.
+        delay = delay.max(policy.charge_timeout * 2);
+    }
+    Settlement::Retry {
+        uncertain,
+        error,
+        delay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for _ in 0..50 {
+            let d1 = b.delay(1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+            let d3 = b.delay(3);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+            assert!(b.delay(30) <= Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The operator's contract: every setting a flag with an `IDEM_*` variable, with
+//! defaults that work against local services, validated once at start-up into a
+//! [`Config`] whose errors say what to fix.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, ensure};
+use clap::{ArgAction, Args, ValueEnum};
+use idem_charge::Capabilities;
+use idem_dispatch::{Backoff, DispatchConfig};
+use idem_inbox::InboxConfig;
+
+/// Where the database lives.
+#[derive(Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL; the database is created if missing.
+    #[arg(
+        long,
+        env = "IDEM_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/idem",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Most connections this process opens to PostgreSQL.
+    #[arg(long, env = "IDEM_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+/// Where the broker lives.
+#[derive(Args, Debug, Clone)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "IDEM_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub amqp_url: String,
+    /// The work queue (declared durable, with `<queue>.dlx` / `<queue>.dead`).
+    #[arg(long, env = "IDEM_QUEUE", default_value = "idem.charges")]
+    pub queue: String,
+}
+
+/// Which parts of the pipeline a replica runs.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Inbox consumer and outbox dispatcher.
+    All,
+    /// Only the inbox consumer (AMQP -> PostgreSQL).
+    Consumer,
+    /// Only the outbox dispatcher (PostgreSQL -> charge API).
+    Dispatcher,
+}
+
+/// Everything `idem run` takes.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Which roles this replica runs.
+    #[arg(long, env = "IDEM_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// This replica's name in leases and logs (default: host name and pid).
+    #[arg(long, env = "IDEM_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Base URL of the charge API.
+    #[arg(
+        long,
+        env = "IDEM_CHARGE_API_URL",
+        default_value = "http://127.0.0.1:8099"
+    )]
+    pub charge_api_url: String,
+    /// Health and metrics listener (use port 0 for any free port).
+    #[arg(long, env = "IDEM_HTTP_ADDR", default_value = "127.0.0.1:9464")]
+    pub http_addr: SocketAddr,
+    /// The provider honours `Idempotency-Key`.
+    #[arg(long, env = "IDEM_PROVIDER_IDEMPOTENCY_KEYS", default_value_t = true, action = ArgAction::Set)]
+    pub provider_idempotency_keys: bool,
+    /// The provider answers lookups by reference id.
+    #[arg(long, env = "IDEM_PROVIDER_LOOKUP", default_value_t = true, action = ArgAction::Set)]
+    pub provider_lookup: bool,
+    /// The provider can refund.
+    #[arg(long, env = "IDEM_PROVIDER_REFUNDS", default_value_t = true, action = ArgAction::Set)]
+    pub provider_refunds: bool,
+    /// Seconds a claim holds a row before another replica may reclaim it.
+    #[arg(long, env = "IDEM_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+    /// Milliseconds one provider call may take; after that its outcome is unknown.
+    #[arg(long, env = "IDEM_CHARGE_TIMEOUT_MS", default_value_t = 5000)]
+    pub charge_timeout_ms: u64,
+    /// Unacked deliveries the broker pushes ahead to this consumer.
+    #[arg(long, env = "IDEM_PREFETCH", default_value_t = 200)]
+    pub prefetch: u16,
+    /// Most deliveries recorded in one transaction.
+    #[arg(long, env = "IDEM_INBOX_BATCH_SIZE", default_value_t = 50)]
+    pub inbox_batch_size: usize,
+    /// Milliseconds a batch waits to fill after its first delivery.
+    #[arg(long, env = "IDEM_INBOX_BATCH_LINGER_MS", default_value_t = 5)]
+    pub inbox_batch_linger_ms: u64,
+    /// Largest accepted message body; larger ones are quarantined.
+    #[arg(long, env = "IDEM_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most provider calls in flight in this replica.
+    #[arg(long, env = "IDEM_DISPATCH_CONCURRENCY", default_value_t = 32)]
+    pub dispatch_concurrency: usize,
+    /// Most outbox rows claimed per round trip.
+    #[arg(long, env = "IDEM_CLAIM_BATCH", default_value_t = 32)]
+    pub claim_batch: i64,
+    /// Attempts after which a failing row becomes `dead`.
+    #[arg(long, env = "IDEM_MAX_ATTEMPTS", default_value_t = 12)]
+    pub max_attempts: i32,
+    /// First retry delay in milliseconds (doubles per attempt, with jitter).
+    #[arg(long, env = "IDEM_RETRY_BASE_MS", default_value_t = 200)]
+    pub retry_base_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(long, env = "IDEM_RETRY_MAX_MS", default_value_t = 60_000)]
+    pub retry_max_ms: u64,
+    /// Milliseconds between claims when nothing is due.
+    #[arg(long, env = "IDEM_IDLE_POLL_MS", default_value_t = 50)]
+    pub idle_poll_ms: u64,
+    /// Seconds shutdown waits for calls in flight.
+    #[arg(long, env = "IDEM_SHUTDOWN_GRACE_SECS", default_value_t = 15)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// A validated configuration for [`crate::daemon::run`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PostgreSQL URL.
+    pub database_url: String,
+    /// Pool size.
+    pub db_max_connections: u32,
+    /// Roles to run.
+    pub role: Role,
+    /// Health/metrics listener.
+    pub http_addr: SocketAddr,
+    /// Charge API base URL.
+    pub charge_api_url: String,
+    /// What the provider offers.
+    pub capabilities: Capabilities,
+    /// Inbox consumer settings.
+    pub inbox: InboxConfig,
+    /// Dispatcher settings.
+    pub dispatch: DispatchConfig,
+}
+
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "idem".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+impl RunArgs {
+    /// Check every setting; the error names the variable and what to change.
+    pub fn validate(&self) -> anyhow::Result<Config> {
+        let a = self;
+        ensure!(
+            a.charge_timeout_ms >= 10,
+            "IDEM_CHARGE_TIMEOUT_MS={} is too short: give the provider at least 10 ms",
+            a.charge_timeout_ms
+        );
+        ensure!(
+            a.lease_secs * 1000 >= 3 * a.charge_timeout_ms,
+            "IDEM_LEASE_SECS={} must be at least 3 x IDEM_CHARGE_TIMEOUT_MS ({} ms): a lease shorter than \
+             a lookup plus a charge lets another replica reclaim a row whose call is still in flight",
+            a.lease_secs,
+            a.charge_timeout_ms
+        );
+        ensure!(
+            a.inbox_batch_size >= 1,
+            "IDEM_INBOX_BATCH_SIZE must be at least 1"
+        );
+        ensure!(
+            usize::from(a.prefetch) >= a.inbox_batch_size,
+            "IDEM_PREFETCH={} must be at least IDEM_INBOX_BATCH_SIZE={}: a batch can never fill otherwise",
+            a.prefetch,
+            a.inbox_batch_size
+        );
+        ensure!(
+            a.dispatch_concurrency >= 1,
+            "IDEM_DISPATCH_CONCURRENCY must be at least 1"
+        );
+        ensure!(a.claim_batch >= 1, "IDEM_CLAIM_BATCH must be at least 1");
+        ensure!(a.max_attempts >= 1, "IDEM_MAX_ATTEMPTS must be at least 1");
+        ensure!(
+            a.database.db_max_connections >= 2,
+            "IDEM_DB_MAX_CONNECTIONS must be at least 2 (consumer and dispatcher each need one)"
+        );
+        ensure!(
+            a.max_body_bytes >= 64,
+            "IDEM_MAX_BODY_BYTES={} is too small for any charge message",
+            a.max_body_bytes
+        );
+        ensure!(
+            a.retry_base_ms <= a.retry_max_ms,
+            "IDEM_RETRY_BASE_MS must not exceed IDEM_RETRY_MAX_MS"
+        );
+        ensure!(
+            !a.amqp.queue.is_empty() && a.amqp.queue.len() <= 200,
+            "IDEM_QUEUE must be 1..=200 characters"
+        );
+        check_url(
+            "IDEM_DATABASE_URL",
+            &a.database.database_url,
+            &["postgres", "postgresql"],
+        )?;
+        check_url("IDEM_AMQP_URL", &a.amqp.amqp_url, &["amqp", "amqps"])?;
+        check_url("IDEM_CHARGE_API_URL", &a.charge_api_url, &["http", "https"])?;
+        let owner = a.replica_id.clone().unwrap_or_else(default_replica_id);
+        let charge_timeout = Duration::from_millis(a.charge_timeout_ms);
+        Ok(Config {
+            database_url: a.database.database_url.clone(),
+            db_max_connections: a.database.db_max_connections,
+            role: a.role,
+            http_addr: a.http_addr,
+            charge_api_url: a.charge_api_url.clone(),
+            capabilities: Capabilities {
+                idempotency_keys: a.provider_idempotency_keys,
+                lookup: a.provider_lookup,
+                refunds: a.provider_refunds,
+            },
+            inbox: InboxConfig {
+                amqp_url: a.amqp.amqp_url.clone(),
+                queue: a.amqp.queue.clone(),
+                prefetch: a.prefetch,
+                batch_size: a.inbox_batch_size,
+                batch_linger: Duration::from_millis(a.inbox_batch_linger_ms),
+                max_body_bytes: a.max_body_bytes,
+                consumer_tag: format!("idem-{owner}"),
+            },
+            dispatch: DispatchConfig {
+                owner,
+                lease: Duration::from_secs(a.lease_secs),
+                claim_batch: a.claim_batch,
+                concurrency: a.dispatch_concurrency,
+                max_attempts: a.max_attempts,
+                backoff: Backoff {
+                    base: Duration::from_millis(a.retry_base_ms),
+                    max: Duration::from_millis(a.retry_max_ms),
+                },
+                charge_timeout,
+                idle_poll: Duration::from_millis(a.idle_poll_ms),
+                shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+            },
+        })
+    }
+}
+
+fn check_url(var: &str, raw: &str, schemes: &[&str]) -> anyhow::Result<()> {
+    match url::Url::parse(raw) {
+        Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
+        Ok(u) => bail!(
+            "{var} has scheme {:?}; expected one of {schemes:?} (got {})",
+            u.scheme(),
+            idem_store::redact_url(raw)
+        ),
+        Err(e) => bail!(
+            "{var} is not a valid URL ({e}); expected e.g. {}://host:port/...",
+            schemes[0]
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let mut all = vec!["idem"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("parses").run
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&[]).validate().expect("defaults must validate");
+        assert_eq!(config.dispatch.lease, Duration::from_secs(30));
+        assert!(config.capabilities.idempotency_keys);
+    }
+
+    #[test]
+    fn bad_settings_say_what_to_fix() {
+        let err = parse(&["--lease-secs", "1"])
+            .validate()
+            .expect_err("lease too short");
+        assert!(err.to_string().contains("IDEM_LEASE_SECS"), "{err}");
+        let err = parse(&["--database-url", "mysql://x/y"])
+            .validate()
+            .expect_err("scheme");
+        assert!(err.to_string().contains("IDEM_DATABASE_URL"), "{err}");
+        let err = parse(&["--prefetch", "10", "--inbox-batch-size", "50"])
+            .validate()
+            .expect_err("prefetch");
+        assert!(err.to_string().contains("IDEM_PREFETCH"), "{err}");
+        let err = parse(&["--amqp-url", "amqp://u:hunter2@h:99999/"])
+            .validate()
+            .expect_err("bad url");
+        assert!(
+            !err.to_string().contains("hunter2"),
+            "password leaked: {err}"
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! `idem run`: the daemon. Connects (failing fast with a clear message when a
+//! dependency is unreachable or misconfigured), applies the schema, then runs
+//! the inbox consumer and/or the dispatcher until the shutdown token fires.
+
+use anyhow::Context;
+use idem_charge::ChargeClient;
+use idem_dispatch::Dispatcher;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Role};
+use crate::health;
+
+/// Run the daemon until `shutdown` is cancelled; returns once every role has
+/// stopped gracefully (consumer: batch in hand committed and acked, the rest
+/// left to the broker; dispatcher: calls in flight finished or left to the
+/// lease rescuer). A fatal start-up problem is returned as an error.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = idem_store::connect(&config.database_url, config.db_max_connections).await?;
+    idem_store::migrate(&pool).await?;
+    let client = ChargeClient::new(
+        &config.charge_api_url,
+        config.dispatch.charge_timeout,
+        config.capabilities,
+    )
+    .context("building the charge API client")?;
+
+    let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
+        format!(
+            "cannot listen on IDEM_HTTP_ADDR {}: is another process using it? pick another address or port 0",
+            config.http_addr
+        )
+    })?;
+    let http_addr = listener.local_addr()?;
+    tracing::info!(replica = %config.dispatch.owner, role = ?config.role, %http_addr, "idem starting");
+
+    // Any role failing for good stops the others: a replica is whole or absent.
+    let stop = shutdown.child_token();
+    let mut roles = tokio::task::JoinSet::new();
+    roles.spawn(health::serve(listener, pool.clone(), stop.clone()));
+    if matches!(config.role, Role::All | Role::Consumer) {
+        let (pool, inbox, stop) = (pool.clone(), config.inbox.clone(), stop.clone());
+        roles.spawn(async move {
+            idem_inbox::run(pool, inbox, stop)
+                .await
+                .context("inbox consumer")
+        });
+    }
+    if matches!(config.role, Role::All | Role::Dispatcher) {
+        let dispatcher = Dispatcher::new(pool.clone(), client, config.dispatch.clone());
+        let stop = stop.clone();
+        roles.spawn(async move { dispatcher.run(stop).await.context("dispatcher") });
+    }
+
+    let mut outcome = Ok(());
+    while let Some(joined) = roles.join_next().await {
+        let result = joined.context("a role panicked").and_then(|r| r);
+        if let Err(e) = result {
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+            stop.cancel();
+        } else if !stop.is_cancelled() {
+            // A role ended by itself without shutdown: stop the replica.
+            stop.cancel();
+        }
+    }
+    pool.close().await;
+    if outcome.is_ok() {
+        tracing::info!("idem stopped");
+    }
+    outcome
+}

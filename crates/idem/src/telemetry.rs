@@ -1,0 +1,32 @@
+//! Process-wide set-up: logging and the TLS crypto provider.
+
+use tracing_subscriber::EnvFilter;
+
+/// Log format of the process.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Install the tracing subscriber (stderr). `RUST_LOG` overrides the default
+/// filter. Safe to call more than once (later calls do nothing).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,hyper=warn,reqwest=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// One crypto backend for every TLS user (sqlx, lapin, reqwest all use rustls
+/// with ring here); without this, the first TLS handshake panics. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,163 @@
+//! Recording a batch of deliveries in the caller's transaction.
+//!
+//! Each delivery is decided behind its own savepoint: a message the database
+//! refuses (a constraint, an encoding problem) rolls back only its own writes and
+//! is quarantined instead, so the rest of the batch still commits. Only an error
+//! of the connection itself fails the batch, and then nothing is acked.
+
+use idem_message::Rejection;
+use idem_store::inbox::{self, Recorded};
+use idem_store::quarantine::{self, Quarantined};
+use lapin::BasicProperties;
+use sqlx::{Acquire, PgConnection};
+
+use crate::delivery;
+
+/// One delivery as the batch sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// AMQP properties and headers.
+    pub properties: &'a BasicProperties,
+    /// Raw body.
+    pub body: &'a [u8],
+    /// Whether the broker flagged it as redelivered.
+    pub redelivered: bool,
+}
+
+/// What happened to one delivery. Every variant but `Unrecordable` is acked
+/// after the commit; `Unrecordable` is rejected to the dead-letter queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// First of its key: inbox and outbox rows written.
+    New {
+        /// The outbox row to dispatch.
+        outbox_id: i64,
+    },
+    /// Same key and payload as a recorded message: absorbed.
+    Duplicate,
+    /// Same key, other payload: recorded as a conflict, never charged.
+    Conflict,
+    /// Bad input, stored in quarantine with this reason code.
+    Quarantined {
+        /// Stable reason code.
+        code: &'static str,
+    },
+    /// Even quarantine could not store it (the database refuses the row).
+    Unrecordable {
+        /// The database's error.
+        error: String,
+    },
+}
+
+impl Decision {
+    /// Whether the delivery may be acked once the transaction has committed.
+    pub fn ackable(&self) -> bool {
+        !matches!(self, Decision::Unrecordable { .. })
+    }
+}
+
+/// Decide every delivery of `batch` inside the caller's open transaction.
+/// `max_body` is the body size limit in bytes. An `Err` means the connection
+/// failed: roll back, ack nothing, let the broker redeliver.
+pub async fn record_batch(
+    conn: &mut PgConnection,
+    batch: &[Incoming<'_>],
+    max_body: usize,
+) -> Result<Vec<Decision>, sqlx::Error> {
+    let mut decisions = Vec::with_capacity(batch.len());
+    for item in batch {
+        decisions.push(record_one(conn, item, max_body).await?);
+    }
+    Ok(decisions)
+}
+
+async fn record_one(
+    conn: &mut PgConnection,
+    item: &Incoming<'_>,
+    max_body: usize,
+) -> Result<Decision, sqlx::Error> {
+    let raw = delivery::inbound(item.properties, item.body);
+    let refused = match raw.parse(max_body) {
+        Err(rejection) => {
+            tracing::warn!(code = rejection.code(), reason = %rejection, message_id = ?raw.message_id, "quarantining bad message");
+            return quarantine(conn, item, &rejection).await;
+        }
+        Ok(request) => {
+            let mut savepoint = conn.begin().await?;
+            match inbox::record(&mut savepoint, &request, item.body).await {
+                Ok(recorded) => {
+                    savepoint.commit().await?;
+                    return Ok(match recorded {
+                        Recorded::New { outbox_id } => Decision::New { outbox_id },
+                        Recorded::Duplicate { .. } => {
+                            tracing::debug!(message_id = %request.message_id, "duplicate absorbed");
+                            Decision::Duplicate
+                        }
+                        Recorded::Conflict => {
+                            tracing::warn!(scope = %request.scope, message_id = %request.message_id, "key conflict: same key, other payload; not charged");
+                            Decision::Conflict
+                        }
+                    });
+                }
+                Err(e) if is_refusal(&e) => {
+                    savepoint.rollback().await?;
+                    e
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let rejection = Rejection::Schema(format!("the database refused the message: {refused}"));
+    quarantine(conn, item, &rejection).await
+}
+
+async fn quarantine(
+    conn: &mut PgConnection,
+    item: &Incoming<'_>,
+    rejection: &Rejection,
+) -> Result<Decision, sqlx::Error> {
+    let properties = delivery::properties_json(item.properties, item.redelivered);
+    let reason = rejection.to_string();
+    let row = Quarantined {
+        reason_code: rejection.code(),
+        reason: &reason,
+        message_id: item
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().as_bytes()),
+        properties: &properties,
+        body: item.body,
+    };
+    let mut savepoint = conn.begin().await?;
+    match quarantine::insert(&mut savepoint, &row).await {
+        Ok(_) => {
+            savepoint.commit().await?;
+            Ok(Decision::Quarantined {
+                code: rejection.code(),
+            })
+        }
+        Err(e) if is_refusal(&e) => {
+            savepoint.rollback().await?;
+            tracing::error!(error = %e, "quarantine refused the message; rejecting it to the dead-letter queue");
+            Ok(Decision::Unrecordable {
+                error: e.to_string(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The database refused this message's data for good (SQLSTATE class 22, data
+/// exception, or 23, integrity constraint), as opposed to a transient failure
+/// (deadlock, shutdown, broken connection), where the whole batch must be
+/// retried rather than a valid message quarantined.
+fn is_refusal(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,237 @@
+//! The consumer loop: connect, declare, consume, batch, commit, then ack.
+//!
+//! A delivery is acked only after the transaction that recorded it committed.
+//! When the database is down the batch is held (unacked) and retried with
+//! backoff; when the broker connection drops, the session is rebuilt and the
+//! broker redelivers whatever was unacked, which the inbox then absorbs as
+//! duplicates.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_lite::StreamExt;
+use idem_store::redact_url;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Decision, Incoming, record_batch};
+use crate::topology::{Topology, declare};
+
+/// Settings of the inbox consumer.
+#[derive(Debug, Clone)]
+pub struct InboxConfig {
+    /// Broker URL (may hold a password: never log it unredacted).
+    pub amqp_url: String,
+    /// The work queue; its dead-letter names derive from it.
+    pub queue: String,
+    /// Unacked deliveries the broker may push ahead (basic.qos).
+    pub prefetch: u16,
+    /// Most deliveries recorded in one transaction.
+    pub batch_size: usize,
+    /// How long to wait for a batch to fill once its first delivery arrived.
+    pub batch_linger: Duration,
+    /// Body size limit in bytes; larger bodies are quarantined.
+    pub max_body_bytes: usize,
+    /// Consumer tag, to tell replicas apart in the broker's UI.
+    pub consumer_tag: String,
+}
+
+/// Connect to the broker, or say clearly what to check.
+pub async fn connect_amqp(url: &str) -> anyhow::Result<Connection> {
+    let shown = redact_url(url);
+    let connect = Connection::connect(url, ConnectionProperties::default());
+    match tokio::time::timeout(Duration::from_secs(15), connect).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(e).with_context(|| broker_hint(&shown)),
+        Err(_) => bail!("{}: timed out after 15 s", broker_hint(&shown)),
+    }
+}
+
+fn broker_hint(shown: &str) -> String {
+    format!(
+        "cannot connect to RabbitMQ at {shown}: check that the broker is running and reachable, \
+         and that IDEM_AMQP_URL (or --amqp-url) has the right host, port, credentials and vhost"
+    )
+}
+
+/// Consume until `shutdown` is cancelled. The first session must come up (a
+/// misconfiguration fails fast); after that, failures reconnect with backoff.
+pub async fn run(
+    pool: PgPool,
+    config: InboxConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ever_ready = false;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut ready = false;
+        let result = session(&pool, &config, &shutdown, &mut ready).await;
+        if shutdown.is_cancelled() {
+            return result;
+        }
+        let error = match result {
+            Ok(()) => anyhow::anyhow!("consumer stream ended"),
+            Err(e) if !ever_ready && !ready => return Err(e),
+            Err(e) => e,
+        };
+        if ready {
+            ever_ready = true;
+            backoff = Duration::from_millis(200);
+        }
+        tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "inbox lost its broker session; reconnecting");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(15));
+    }
+}
+
+async fn session(
+    pool: &PgPool,
+    config: &InboxConfig,
+    shutdown: &CancellationToken,
+    ready: &mut bool,
+) -> anyhow::Result<()> {
+    let connection = connect_amqp(&config.amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    let topology = Topology::for_queue(&config.queue);
+    declare(&channel, &topology).await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            config.queue.as_str().into(),
+            config.consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("basic.consume")?;
+    *ready = true;
+    tracing::info!(queue = %config.queue, prefetch = config.prefetch, "inbox consuming");
+
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let mut batch = vec![match first {
+            Some(delivery) => delivery?,
+            None => bail!("the broker cancelled the consumer"),
+        }];
+        let deadline = Instant::now() + config.batch_linger;
+        let mut stream_error = None;
+        while batch.len() < config.batch_size {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => batch.push(delivery),
+                Ok(Some(Err(e))) => {
+                    stream_error = Some(e);
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        settle_batch(pool, &batch, config.max_body_bytes, shutdown).await?;
+        if let Some(e) = stream_error {
+            return Err(e.into());
+        }
+    }
+
+    // Graceful stop: no new deliveries; what was prefetched but not recorded
+    // goes back to the queue when the channel closes.
+    let _ = channel
+        .basic_cancel(
+            config.consumer_tag.as_str().into(),
+            BasicCancelOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "idem shutting down".into()).await;
+    tracing::info!("inbox stopped");
+    Ok(())
+}
+
+/// Record `batch` in one transaction (retrying while the database is away),
+/// then ack what was recorded and dead-letter what could not be.
+async fn settle_batch(
+    pool: &PgPool,
+    batch: &[Delivery],
+    max_body: usize,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let items: Vec<Incoming<'_>> = batch
+        .iter()
+        .map(|d| Incoming {
+            properties: &d.properties,
+            body: &d.data,
+            redelivered: d.redelivered,
+        })
+        .collect();
+    let mut backoff = Duration::from_millis(100);
+    let decisions = loop {
+        match record_in_transaction(pool, &items, max_body).await {
+            Ok(decisions) => break decisions,
+            Err(e) => {
+                tracing::warn!(error = %e, batch = batch.len(), retry_in = ?backoff, "recording batch failed; holding it unacked");
+                if shutdown.is_cancelled() {
+                    for delivery in batch {
+                        let _ = delivery
+                            .nack(BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            })
+                            .await;
+                    }
+                    return Ok(());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    acknowledge(batch, &decisions).await
+}
+
+async fn record_in_transaction(
+    pool: &PgPool,
+    items: &[Incoming<'_>],
+    max_body: usize,
+) -> Result<Vec<Decision>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let decisions = record_batch(&mut tx, items, max_body).await?;
+    tx.commit().await?;
+    Ok(decisions)
+}
+
+async fn acknowledge(batch: &[Delivery], decisions: &[Decision]) -> anyhow::Result<()> {
+    if decisions.iter().all(Decision::ackable) {
+        // Deliveries of one channel are acked in order, so one `multiple` ack
+        // of the last tag covers the batch.
+        if let Some(last) = batch.last() {
+            last.ack(BasicAckOptions { multiple: true })
+                .await
+                .context("acking a recorded batch (it will be redelivered and absorbed)")?;
+        }
+        return Ok(());
+    }
+    for (delivery, decision) in batch.iter().zip(decisions) {
+        if decision.ackable() {
+            delivery.ack(BasicAckOptions::default()).await?;
+        } else {
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await?;
+        }
+    }
+    Ok(())
+}
