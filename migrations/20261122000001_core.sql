@@ -66,7 +66,6 @@ CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE state IN ('pending
 -- The rescuer finds expired leases without scanning.
 CREATE INDEX outbox_lease ON outbox (lease_expires_at) WHERE state = 'in_flight';
 CREATE INDEX outbox_key ON outbox (scope, message_id);
-CREATE INDEX outbox_state_count ON outbox (state);
 
 -- Bad input, kept whole so nothing is lost: raw bytes, properties and why.
 CREATE TABLE quarantine (

@@ -195,7 +195,7 @@ async fn stale_lease_holder_is_fenced_off() {
     assert_eq!(stale.len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
-        idem_store::outbox::rescue_expired(&mut conn, 10)
+        idem_store::outbox::rescue_expired(&mut conn, 10, Duration::ZERO)
             .await
             .unwrap(),
         1

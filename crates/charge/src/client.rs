@@ -48,8 +48,8 @@ pub enum Attempt {
         /// The provider's error type, e.g. `card_declined`.
         code: String,
     },
-    /// The provider certainly did not process the request (`429`, or the
-    /// connection was refused before the request was sent): retry later.
+    /// The provider certainly did not process the request (`429`, `401`, `403`,
+    /// `404`, or the connection was refused before it was sent): retry later.
     NotProcessed {
         /// What happened, for the outbox row's `last_error`.
         reason: String,
@@ -60,7 +60,7 @@ pub enum Attempt {
         /// What happened, for the outbox row's `last_error`.
         reason: String,
     },
-    /// The provider rejected the request for good (`400`, `422`, other `4xx`):
+    /// The provider rejected the request for good (`400`, `422`):
     /// retrying cannot help; an operator must look.
     Rejected {
         /// HTTP status and error type.
@@ -281,13 +281,18 @@ pub fn classify_answer(status: StatusCode, replayed: bool, body: &[u8]) -> Attem
         409 => Attempt::Uncertain {
             reason: format!("409 {}: same key in progress", error_kind()),
         },
-        429 => Attempt::NotProcessed {
-            reason: "429 rate limited".to_owned(),
-        },
-        500..=599 => Attempt::Uncertain {
+        // The request timed out at the server or a proxy: it may have run.
+        408 | 500..=599 => Attempt::Uncertain {
             reason: format!("{status}"),
         },
-        _ => Attempt::Rejected {
+        // Our request itself is wrong (bad body, same key other parameters):
+        // resending it cannot help.
+        400 | 422 => Attempt::Rejected {
+            reason: format!("{status} {}", error_kind()),
+        },
+        // 429, and 401/403/404/...: refused before processing — a rotated API
+        // key or a wrong base path must not turn the backlog dead; retry.
+        _ => Attempt::NotProcessed {
             reason: format!("{status} {}", error_kind()),
         },
     }
@@ -333,6 +338,14 @@ mod tests {
         assert!(matches!(
             classify_answer(StatusCode::UNPROCESSABLE_ENTITY, false, b"{}"),
             Attempt::Rejected { .. }
+        ));
+        assert!(matches!(
+            classify_answer(StatusCode::UNAUTHORIZED, false, b""),
+            Attempt::NotProcessed { .. }
+        ));
+        assert!(matches!(
+            classify_answer(StatusCode::REQUEST_TIMEOUT, false, b""),
+            Attempt::Uncertain { .. }
         ));
         // A 201 whose body is garbage may still have charged.
         assert!(matches!(

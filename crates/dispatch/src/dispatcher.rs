@@ -88,7 +88,14 @@ impl Dispatcher {
     /// Put rows with expired leases back in play; returns how many.
     pub async fn rescue(&self) -> Result<u64, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        let rescued = outbox::rescue_expired(&mut conn, 1000).await?;
+        // Without keys, a stalled holder's late call must land before anyone
+        // looks the charge up and decides to send it again.
+        let delay = if self.client.capabilities().idempotency_keys {
+            Duration::ZERO
+        } else {
+            self.config.charge_timeout.saturating_mul(2)
+        };
+        let rescued = outbox::rescue_expired(&mut conn, 1000, delay).await?;
         if rescued > 0 {
             tracing::warn!(
                 rescued,
@@ -99,12 +106,32 @@ impl Dispatcher {
     }
 
     /// Attempt one claimed row and record the outcome, fenced by its lease.
-    pub async fn process(&self, row: Claimed) -> Result<Dispatched, sqlx::Error> {
+    /// The whole step is bounded by 90% of the lease, so a holder never keeps
+    /// working on a row that another replica may already have rescued; if the
+    /// bound hits, the row is left to the rescuer (as uncertain).
+    pub async fn process(&self, row: Claimed) -> anyhow::Result<Dispatched> {
+        let bound = self.config.lease.mul_f64(0.9);
+        let (id, reference) = (row.id, row.reference_id);
+        match tokio::time::timeout(bound, self.attempt_and_settle(row)).await {
+            Ok(done) => Ok(done?),
+            Err(_) => anyhow::bail!(
+                "attempt for outbox row {id} (reference {reference}) outlived its lease budget of {bound:?}; the rescuer will resolve the row"
+            ),
+        }
+    }
+
+    async fn attempt_and_settle(&self, row: Claimed) -> Result<Dispatched, sqlx::Error> {
         let settlement = strategy::attempt(&self.client, &self.policy(), &row).await;
         let mut conn = self.pool.acquire().await?;
         let recorded = outbox::settle(&mut conn, row.id, row.lease_token, &settlement).await?;
         if !recorded {
-            tracing::warn!(outbox_id = row.id, reference_id = %row.reference_id, "result refused by the lease fence: another replica holds the row now");
+            let kept = match &settlement {
+                Settlement::Succeeded { charge_id, result } => {
+                    outbox::record_late_success(&mut conn, row.id, charge_id, result).await?
+                }
+                _ => false,
+            };
+            tracing::warn!(outbox_id = row.id, reference_id = %row.reference_id, late_success_recorded = kept, "result refused by the lease fence: the lease expired during the call");
         }
         Ok(Dispatched {
             id: row.id,
@@ -198,7 +225,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn drain(&self, mut tasks: JoinSet<Result<Dispatched, sqlx::Error>>) {
+    async fn drain(&self, mut tasks: JoinSet<anyhow::Result<Dispatched>>) {
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(
@@ -225,7 +252,7 @@ impl Dispatcher {
     }
 }
 
-fn log_task_end(joined: Result<Result<Dispatched, sqlx::Error>, tokio::task::JoinError>) {
+fn log_task_end(joined: Result<anyhow::Result<Dispatched>, tokio::task::JoinError>) {
     match joined {
         Ok(Ok(_)) => {}
         // The row stays in_flight; its lease expires and the rescuer returns it.

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use idem_charge::{Attempt, ChargeClient, ChargeMetadata, CreateCharge};
+use idem_charge::{Attempt, Capabilities, ChargeClient, ChargeMetadata, CreateCharge};
 use idem_store::{Claimed, Settlement};
 use rand::Rng;
 use serde_json::json;
@@ -69,13 +69,7 @@ pub async fn attempt(client: &ChargeClient, policy: &Policy, row: &Claimed) -> S
                 tracing::info!("uncertain attempt resolved by lookup: not charged; charging");
             }
             Err(e) => {
-                return retry(
-                    policy,
-                    row,
-                    true,
-                    caps.idempotency_keys,
-                    format!("lookup failed: {e}"),
-                );
+                return retry(policy, row, true, caps, format!("lookup failed: {e}"));
             }
         }
     }
@@ -100,17 +94,20 @@ pub async fn attempt(client: &ChargeClient, policy: &Policy, row: &Claimed) -> S
                 result: json!({"status": "declined", "code": code}),
             }
         }
-        Attempt::NotProcessed { reason } => {
-            retry(policy, row, false, caps.idempotency_keys, reason)
-        }
+        Attempt::NotProcessed { reason } => retry(policy, row, false, caps, reason),
         Attempt::Uncertain { reason } => {
             tracing::warn!(%reason, "outcome uncertain");
-            retry(policy, row, true, caps.idempotency_keys, reason)
+            retry(policy, row, true, caps, reason)
         }
         Attempt::Rejected { reason } => {
             tracing::error!(%reason, "provider rejected the charge for good");
+            let note = if row.uncertain_since.is_some() {
+                " (an earlier attempt's outcome was uncertain: check the provider for this reference)"
+            } else {
+                ""
+            };
             Settlement::Dead {
-                error: format!("provider rejected the charge: {reason}"),
+                error: format!("provider rejected the charge: {reason}{note}"),
             }
         }
     }
@@ -124,28 +121,44 @@ fn succeeded(charge: &idem_charge::Charge) -> Settlement {
 }
 
 /// Back off, or give up past the attempt limit.
+///
+/// A row that may have charged is never given up on while the provider offers a
+/// safe way to find out (lookup, or a retry under an honoured key): it stays
+/// `unknown` at the longest backoff, visible to operators, until resolved.
+/// Only a row that certainly never charged, or one nobody can resolve, goes `dead`.
 fn retry(
     policy: &Policy,
     row: &Claimed,
     uncertain: bool,
-    keyed: bool,
+    caps: Capabilities,
     error: String,
 ) -> Settlement {
+    let maybe_charged = uncertain || row.uncertain_since.is_some();
+    let resolvable = caps.lookup || caps.idempotency_keys;
     if row.attempts >= policy.max_attempts {
-        let state = if uncertain || row.uncertain_since.is_some() {
-            "outcome uncertain; reconciliation settles it"
-        } else {
-            "never charged"
-        };
-        return Settlement::Dead {
-            error: format!("gave up after {} attempts ({state}): {error}", row.attempts),
-        };
+        if !maybe_charged {
+            return Settlement::Dead {
+                error: format!(
+                    "gave up after {} attempts (never charged): {error}",
+                    row.attempts
+                ),
+            };
+        }
+        if !resolvable {
+            return Settlement::Dead {
+                error: format!(
+                    "gave up after {} attempts (outcome uncertain: check the provider for this reference): {error}",
+                    row.attempts
+                ),
+            };
+        }
+        tracing::error!(attempts = row.attempts, %error, "past the attempt limit but possibly charged: keeps resolving at the longest backoff");
     }
     let mut delay = policy.backoff.delay(row.attempts);
-    if uncertain && !keyed {
+    if uncertain && !caps.idempotency_keys {
         // Without keys a resend could charge twice while the original is still
         // being processed: wait it out first.
-        delay = delay.max(policy.charge_timeout * 2);
+        delay = delay.max(policy.charge_timeout.saturating_mul(2));
     }
     Settlement::Retry {
         uncertain,
@@ -157,6 +170,84 @@ fn retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(attempts: i32, uncertain: bool) -> Claimed {
+        Claimed {
+            id: 1,
+            lease_token: uuid::Uuid::nil(),
+            scope: "default".into(),
+            message_id: "m".into(),
+            reference_id: uuid::Uuid::nil(),
+            account_id: "acc".into(),
+            amount: 1,
+            currency: "EUR".into(),
+            attempts,
+            uncertain_since: uncertain.then(chrono::Utc::now),
+            traceparent: None,
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            max_attempts: 3,
+            backoff: Backoff {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+            },
+            charge_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn past_the_limit_only_a_never_charged_row_dies() {
+        let caps = Capabilities::default();
+        let dead = retry(&policy(), &row(3, false), false, caps, "429".into());
+        assert!(matches!(dead, Settlement::Dead { ref error } if error.contains("never charged")));
+        // Possibly charged and resolvable: keeps resolving, never dead.
+        let kept = retry(&policy(), &row(3, true), false, caps, "429".into());
+        assert!(matches!(kept, Settlement::Retry { .. }), "{kept:?}");
+        let kept = retry(&policy(), &row(3, false), true, caps, "timeout".into());
+        assert!(
+            matches!(
+                kept,
+                Settlement::Retry {
+                    uncertain: true,
+                    ..
+                }
+            ),
+            "{kept:?}"
+        );
+        // Nobody can find out: surfaced to operators as dead, saying so.
+        let blind = Capabilities {
+            idempotency_keys: false,
+            lookup: false,
+            refunds: true,
+        };
+        let dead = retry(&policy(), &row(3, true), true, blind, "timeout".into());
+        assert!(matches!(dead, Settlement::Dead { ref error } if error.contains("uncertain")));
+    }
+
+    #[test]
+    fn without_keys_an_uncertain_retry_waits_out_the_original() {
+        let no_keys = Capabilities {
+            idempotency_keys: false,
+            ..Capabilities::default()
+        };
+        match retry(&policy(), &row(1, false), true, no_keys, "timeout".into()) {
+            Settlement::Retry { delay, .. } => assert!(delay >= Duration::from_secs(2)),
+            other => panic!("{other:?}"),
+        }
+        match retry(
+            &policy(),
+            &row(1, false),
+            true,
+            Capabilities::default(),
+            "timeout".into(),
+        ) {
+            Settlement::Retry { delay, .. } => assert!(delay <= Duration::from_millis(10)),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

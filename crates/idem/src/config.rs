@@ -160,6 +160,32 @@ impl RunArgs {
     /// Check every setting; the error names the variable and what to change.
     pub fn validate(&self) -> anyhow::Result<Config> {
         let a = self;
+        // Upper bounds first: they keep the arithmetic below from overflowing.
+        ensure!(
+            a.charge_timeout_ms <= 600_000,
+            "IDEM_CHARGE_TIMEOUT_MS={} is over 10 minutes; pick at most 600000",
+            a.charge_timeout_ms
+        );
+        ensure!(
+            a.lease_secs <= 86_400,
+            "IDEM_LEASE_SECS={} is over a day; pick at most 86400",
+            a.lease_secs
+        );
+        ensure!(
+            a.shutdown_grace_secs <= 3_600,
+            "IDEM_SHUTDOWN_GRACE_SECS={} is over an hour; pick at most 3600",
+            a.shutdown_grace_secs
+        );
+        ensure!(
+            a.retry_max_ms <= 86_400_000,
+            "IDEM_RETRY_MAX_MS={} is over a day",
+            a.retry_max_ms
+        );
+        ensure!(
+            a.idle_poll_ms <= 60_000,
+            "IDEM_IDLE_POLL_MS={} is over a minute",
+            a.idle_poll_ms
+        );
         ensure!(
             a.charge_timeout_ms >= 10,
             "IDEM_CHARGE_TIMEOUT_MS={} is too short: give the provider at least 10 ms",
@@ -306,6 +332,10 @@ mod tests {
             .validate()
             .expect_err("prefetch");
         assert!(err.to_string().contains("IDEM_PREFETCH"), "{err}");
+        let err = parse(&["--lease-secs", "18446744073709551615"])
+            .validate()
+            .expect_err("absurd lease");
+        assert!(err.to_string().contains("IDEM_LEASE_SECS"), "{err}");
         let err = parse(&["--amqp-url", "amqp://u:hunter2@h:99999/"])
             .validate()
             .expect_err("bad url");

@@ -149,14 +149,16 @@ async fn quarantine(
 }
 
 /// The database refused this message's data for good (SQLSTATE class 22, data
-/// exception, or 23, integrity constraint), as opposed to a transient failure
+/// exception, 23, integrity constraint, or 54, a limit such as nesting depth), as opposed to a transient failure
 /// (deadlock, shutdown, broken connection), where the whole batch must be
 /// retried rather than a valid message quarantined.
 fn is_refusal(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
         sqlx::Error::Encode(_) => true,
         _ => false,
     }

@@ -73,7 +73,8 @@ pub async fn run(
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut ready = false;
-        let result = session(&pool, &config, &shutdown, &mut ready).await;
+        let mut progressed = false;
+        let result = session(&pool, &config, &shutdown, &mut ready, &mut progressed).await;
         if shutdown.is_cancelled() {
             return result;
         }
@@ -82,8 +83,10 @@ pub async fn run(
             Err(e) if !ever_ready && !ready => return Err(e),
             Err(e) => e,
         };
-        if ready {
-            ever_ready = true;
+        ever_ready |= ready;
+        if progressed {
+            // Only a session that got work done resets the backoff; one that
+            // dies right after consuming keeps backing off.
             backoff = Duration::from_millis(200);
         }
         tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "inbox lost its broker session; reconnecting");
@@ -100,6 +103,7 @@ async fn session(
     config: &InboxConfig,
     shutdown: &CancellationToken,
     ready: &mut bool,
+    progressed: &mut bool,
 ) -> anyhow::Result<()> {
     let connection = connect_amqp(&config.amqp_url).await?;
     let channel = connection.create_channel().await?;
@@ -143,6 +147,7 @@ async fn session(
             }
         }
         settle_batch(pool, &batch, config.max_body_bytes, shutdown).await?;
+        *progressed = true;
         if let Some(e) = stream_error {
             return Err(e.into());
         }
@@ -161,8 +166,16 @@ async fn session(
     Ok(())
 }
 
+/// Failed tries after which a batch whose failure the database itself reports
+/// (not a lost connection) is suspected to hold a poison message.
+const POISON_TRIES: u32 = 3;
+
 /// Record `batch` in one transaction (retrying while the database is away),
 /// then ack what was recorded and dead-letter what could not be.
+///
+/// A batch the database keeps refusing on a healthy connection is split into
+/// single-message transactions; a single message that still fails is rejected
+/// to the dead-letter queue (kept, not lost) so that it cannot stall the queue.
 async fn settle_batch(
     pool: &PgPool,
     batch: &[Delivery],
@@ -178,12 +191,23 @@ async fn settle_batch(
         })
         .collect();
     let mut backoff = Duration::from_millis(100);
+    let mut refusals = 0;
     let decisions = loop {
         match record_in_transaction(pool, &items, max_body).await {
             Ok(decisions) => break decisions,
             Err(e) => {
+                if server_refused(&e) {
+                    refusals += 1;
+                }
+                if refusals >= POISON_TRIES {
+                    return isolate_poison(pool, batch, max_body, shutdown, &e).await;
+                }
                 tracing::warn!(error = %e, batch = batch.len(), retry_in = ?backoff, "recording batch failed; holding it unacked");
-                if shutdown.is_cancelled() {
+                let stopped = tokio::select! {
+                    _ = shutdown.cancelled() => true,
+                    _ = tokio::time::sleep(backoff) => false,
+                };
+                if stopped {
                     for delivery in batch {
                         let _ = delivery
                             .nack(BasicNackOptions {
@@ -194,12 +218,57 @@ async fn settle_batch(
                     }
                     return Ok(());
                 }
-                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     };
     acknowledge(batch, &decisions).await
+}
+
+async fn isolate_poison(
+    pool: &PgPool,
+    batch: &[Delivery],
+    max_body: usize,
+    shutdown: &CancellationToken,
+    error: &sqlx::Error,
+) -> anyhow::Result<()> {
+    if let [delivery] = batch {
+        tracing::error!(%error, message_id = ?delivery.properties.message_id(), "the database keeps refusing this message; rejecting it to the dead-letter queue");
+        ensure_done(
+            delivery.reject(BasicRejectOptions { requeue: false }).await,
+            "reject",
+        )?;
+        return Ok(());
+    }
+    tracing::warn!(%error, batch = batch.len(), "batch keeps failing; recording its messages one by one");
+    for single in batch.chunks(1) {
+        Box::pin(settle_batch(pool, single, max_body, shutdown)).await?;
+    }
+    Ok(())
+}
+
+/// The server answered with an error that is not about the connection or a
+/// transient conflict (class 08 connection, 40 rollback, 53 resources, 57
+/// operator intervention): retrying the same batch will fail the same way.
+fn server_refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => !db.code().is_some_and(|c| {
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| c.starts_with(class))
+        }),
+        _ => false,
+    }
+}
+
+/// lapin answers `Ok(false)` when the channel is gone: the broker will
+/// redeliver, so the session must be rebuilt rather than carry on.
+fn ensure_done(result: lapin::Result<bool>, what: &str) -> anyhow::Result<()> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => bail!("{what} not sent: the channel is closed (the broker will redeliver)"),
+        Err(e) => Err(e).context(format!("{what} failed (the broker will redeliver)")),
+    }
 }
 
 async fn record_in_transaction(
@@ -218,9 +287,7 @@ async fn acknowledge(batch: &[Delivery], decisions: &[Decision]) -> anyhow::Resu
         // Deliveries of one channel are acked in order, so one `multiple` ack
         // of the last tag covers the batch.
         if let Some(last) = batch.last() {
-            last.ack(BasicAckOptions { multiple: true })
-                .await
-                .context("acking a recorded batch (it will be redelivered and absorbed)")?;
+            ensure_done(last.ack(BasicAckOptions { multiple: true }).await, "ack")?;
         }
         return Ok(());
     }

@@ -39,7 +39,7 @@ pub fn properties_json(properties: &BasicProperties, redelivered: bool) -> Value
         "correlation_id": text(properties.correlation_id().as_ref().map(|s| s.as_str())),
         "timestamp": properties.timestamp().map(Value::from).unwrap_or(Value::Null),
         "redelivered": redelivered,
-        "headers": properties.headers().as_ref().map(table_json).unwrap_or(Value::Null),
+        "headers": properties.headers().as_ref().map(|h| table_json(h, 0)).unwrap_or(Value::Null),
     })
 }
 
@@ -47,22 +47,35 @@ fn clean(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
-fn table_json(table: &FieldTable) -> Value {
+/// Header nesting kept in quarantine; deeper levels are summarised, so a hostile
+/// header can neither exhaust the stack nor exceed PostgreSQL's jsonb depth.
+const MAX_DEPTH: usize = 16;
+
+fn table_json(table: &FieldTable, depth: usize) -> Value {
+    if depth >= MAX_DEPTH {
+        return Value::String("<nested too deep>".into());
+    }
     Value::Object(
         table
             .inner()
             .iter()
-            .map(|(k, v)| (clean(k.as_str()), value_json(v)))
+            .map(|(k, v)| (clean(k.as_str()), value_json(v, depth + 1)))
             .collect::<Map<_, _>>(),
     )
 }
 
-fn value_json(value: &AMQPValue) -> Value {
+fn value_json(value: &AMQPValue, depth: usize) -> Value {
     match value {
         AMQPValue::LongString(s) => Value::String(clean(&String::from_utf8_lossy(s.as_bytes()))),
         AMQPValue::ShortString(s) => Value::String(clean(s.as_str())),
-        AMQPValue::FieldTable(t) => table_json(t),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
+        AMQPValue::FieldTable(t) => table_json(t, depth),
+        AMQPValue::FieldArray(_) if depth >= MAX_DEPTH => Value::String("<nested too deep>".into()),
+        AMQPValue::FieldArray(a) => Value::Array(
+            a.as_slice()
+                .iter()
+                .map(|v| value_json(v, depth + 1))
+                .collect(),
+        ),
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::Void => Value::Null,
         // Numbers, timestamps, decimals, byte arrays: their serde form is exact.

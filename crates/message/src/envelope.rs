@@ -80,7 +80,7 @@ pub enum Rejection {
     /// A key part is too long or holds a NUL byte.
     #[error("{field} is invalid: {why}")]
     BadKey {
-        /// `message_id` or `app_id`.
+        /// `message_id`, `app_id`, `reply_to` or `correlation_id`.
         field: &'static str,
         /// What is wrong with it.
         why: String,
@@ -152,9 +152,14 @@ impl Inbound<'_> {
             fingerprint: fingerprint(&body.account_id, body.amount, &body.currency),
             reference_id: reference_id(scope, message_id),
             body,
-            reply_to: self.reply_to.filter(|s| !s.is_empty()).map(str::to_owned),
-            correlation_id: self.correlation_id.map(str::to_owned),
-            traceparent: self.traceparent.map(str::to_owned),
+            reply_to: optional_property("reply_to", self.reply_to)?,
+            correlation_id: optional_property("correlation_id", self.correlation_id)?,
+            // Trace context is advisory: an invalid one is dropped (W3C says
+            // to ignore it), never a reason to refuse a charge.
+            traceparent: self
+                .traceparent
+                .filter(|t| valid_traceparent(t))
+                .map(str::to_owned),
         })
     }
 }
@@ -168,6 +173,32 @@ fn check_key<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Rejecti
         return Ok(value);
     };
     Err(Rejection::BadKey { field, why })
+}
+
+fn optional_property(
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<Option<String>, Rejection> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(v) => check_key(field, v).map(|v| Some(v.to_owned())),
+    }
+}
+
+/// `version-traceid-parentid-flags`, lower-case hex, version `00` layout.
+fn valid_traceparent(t: &str) -> bool {
+    let parts: Vec<&str> = t.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2)
 }
 
 fn check_body(body: &ChargeBody) -> Result<(), Rejection> {
@@ -283,6 +314,33 @@ mod tests {
         }
         let err = inbound(OK).parse(10).expect_err("too large");
         assert_eq!(err.code(), "too_large");
+    }
+
+    #[test]
+    fn metadata_properties_are_checked_and_bad_trace_context_dropped() {
+        let bad_reply = Inbound {
+            reply_to: Some("q\0"),
+            ..inbound(OK)
+        };
+        assert_eq!(bad_reply.parse(1024).expect_err("NUL").code(), "bad_key");
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with_trace = |t| Inbound {
+            traceparent: Some(t),
+            correlation_id: Some("c-1"),
+            ..inbound(OK)
+        };
+        let req = with_trace(good).parse(1024).expect("valid");
+        assert_eq!(req.traceparent.as_deref(), Some(good));
+        assert_eq!(req.correlation_id.as_deref(), Some("c-1"));
+        for bad in ["garbage", "00-xyz-00f067aa0ba902b7-01", "\0"] {
+            assert_eq!(
+                with_trace(bad)
+                    .parse(1024)
+                    .expect("still valid")
+                    .traceparent,
+                None
+            );
+        }
     }
 
     #[test]

@@ -247,19 +247,49 @@ pub async fn settle(
 /// Put up to `limit` rows whose lease expired (their holder crashed, paused or
 /// lost its connection) back in play as `unknown`: the holder may have called
 /// the provider, so the next claimer resolves before charging.
-pub async fn rescue_expired(conn: &mut PgConnection, limit: i64) -> Result<u64, sqlx::Error> {
+/// `delay` postpones their next attempt (without idempotency keys, long enough
+/// for a call the stalled holder may still make to land first).
+pub async fn rescue_expired(
+    conn: &mut PgConnection,
+    limit: i64,
+    delay: Duration,
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE outbox SET state = 'unknown', uncertain_since = coalesce(uncertain_since, now()),
              last_error = 'lease of ' || coalesce(lease_owner, '?') || ' expired',
              lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
-             next_attempt_at = now(), updated_at = now()
+             next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
          WHERE id IN (SELECT id FROM outbox WHERE state = 'in_flight' AND lease_expires_at < now()
                       ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
     )
     .bind(limit)
+    .bind(delay.as_secs_f64())
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Record a success that the fence refused (the lease had expired while the
+/// call ran), as long as no replica holds or has settled the row since: the
+/// charge exists, and forgetting it would only make the next holder find it
+/// again — or, at a provider with neither keys nor lookup, charge again.
+pub async fn record_late_success(
+    conn: &mut PgConnection,
+    id: i64,
+    charge_id: &str,
+    result: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE outbox SET state = 'succeeded', provider_charge_id = $2, result = $3,
+             last_error = NULL, settled_at = now(), updated_at = now()
+         WHERE id = $1 AND state IN ('pending', 'unknown')",
+    )
+    .bind(id)
+    .bind(charge_id)
+    .bind(result)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Give back rows this replica claimed but will not attempt (shutdown before the
