@@ -115,6 +115,7 @@ fn dispatcher(env: &TestEnv, pool: sqlx::PgPool, owner: &str, keys: bool) -> Dis
             owner: owner.into(),
             lease: Duration::from_secs(10),
             claim_batch: 8,
+            per_account_ordering: false,
             concurrency: 16,
             max_attempts: 10,
             backoff: Backoff {
@@ -189,7 +190,7 @@ async fn stale_lease_holder_is_fenced_off() {
     consumer.stop().await.unwrap();
 
     let mut conn = env.pool.acquire().await.unwrap();
-    let stale = idem_store::outbox::claim(&mut conn, "stale", Duration::from_millis(1), 1)
+    let stale = idem_store::outbox::claim(&mut conn, "stale", Duration::from_millis(1), 1, true)
         .await
         .unwrap();
     assert_eq!(stale.len(), 1);

@@ -24,6 +24,8 @@ pub struct DispatchConfig {
     pub lease: Duration,
     /// Most rows claimed in one round trip.
     pub claim_batch: i64,
+    /// At most one charge per account in flight, in outbox order.
+    pub per_account_ordering: bool,
     /// Most provider calls in flight at once in this replica.
     pub concurrency: usize,
     /// Claims after which a still-failing row becomes `dead`.
@@ -82,7 +84,14 @@ impl Dispatcher {
     /// Claim up to `limit` due rows (one short transaction).
     pub async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        outbox::claim(&mut conn, &self.config.owner, self.config.lease, limit).await
+        outbox::claim(
+            &mut conn,
+            &self.config.owner,
+            self.config.lease,
+            limit,
+            self.config.per_account_ordering,
+        )
+        .await
     }
 
     /// Put rows with expired leases back in play; returns how many.

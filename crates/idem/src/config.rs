@@ -108,6 +108,10 @@ pub struct RunArgs {
     /// Most provider calls in flight in this replica.
     #[arg(long, env = "IDEM_DISPATCH_CONCURRENCY", default_value_t = 32)]
     pub dispatch_concurrency: usize,
+    /// At most one charge per account_id in flight across all replicas, in
+    /// arrival order (costs head-of-line blocking per account).
+    #[arg(long, env = "IDEM_PER_ACCOUNT_ORDERING", default_value_t = true, action = ArgAction::Set)]
+    pub per_account_ordering: bool,
     /// Most outbox rows claimed per round trip.
     #[arg(long, env = "IDEM_CLAIM_BATCH", default_value_t = 32)]
     pub claim_batch: i64,
@@ -264,6 +268,7 @@ impl RunArgs {
                 owner,
                 lease: Duration::from_secs(a.lease_secs),
                 claim_batch: a.claim_batch,
+                per_account_ordering: a.per_account_ordering,
                 concurrency: a.dispatch_concurrency,
                 max_attempts: a.max_attempts,
                 backoff: Backoff {

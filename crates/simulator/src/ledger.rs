@@ -87,6 +87,11 @@ pub struct Stats {
     pub lists: u64,
     /// Refunds created.
     pub refunds: u64,
+    /// The most charge requests ever being processed at once for one
+    /// account: 1 proves per-account ordering held (one in flight at a time).
+    pub max_account_concurrency: u64,
+    /// The most charge requests ever being processed at once in all.
+    pub max_concurrency: u64,
 }
 
 #[cfg(test)]

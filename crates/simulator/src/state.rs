@@ -77,6 +77,10 @@ pub(crate) struct State {
     refunds: Vec<LedgerRefund>,
     /// Charge id → its refund's index in `refunds`.
     refund_of: HashMap<String, usize>,
+    /// Charge requests being processed right now, per account.
+    charges_in_flight: HashMap<String, u64>,
+    /// Charge requests being processed right now, in all.
+    charges_in_flight_total: u64,
     /// Refund idempotency keys, bound to the refunded charge's id.
     refund_keys: HashMap<String, KeyState<String>>,
 }
@@ -155,6 +159,14 @@ impl State {
             }
         }
         let decline = faults.declines(&request.account_id);
+        let in_flight = self
+            .charges_in_flight
+            .entry(request.account_id.clone())
+            .or_default();
+        *in_flight += 1;
+        self.stats.max_account_concurrency = self.stats.max_account_concurrency.max(*in_flight);
+        self.charges_in_flight_total += 1;
+        self.stats.max_concurrency = self.stats.max_concurrency.max(self.charges_in_flight_total);
         Step::Later(Ticket::Charge {
             key,
             request,
@@ -218,6 +230,10 @@ impl State {
                 request,
                 decline,
             } => {
+                if let Some(n) = self.charges_in_flight.get_mut(&request.account_id) {
+                    *n = n.saturating_sub(1);
+                }
+                self.charges_in_flight_total = self.charges_in_flight_total.saturating_sub(1);
                 let answer = if decline {
                     self.stats.declines += 1;
                     Answer::error(402, "card_declined", "the account declined the charge")

@@ -152,46 +152,96 @@ pub async fn state_of(
 /// Claim up to `limit` due rows (`pending`, or `unknown` whose backoff passed)
 /// for `owner`, for `lease`. Rows locked by another claimer are skipped, not
 /// waited for; the oldest due rows go first.
+///
+/// With `per_account_ordering`, only the oldest open row of an account is
+/// eligible, and the claim must also win the account's slot (`account_slot`):
+/// at most one charge per account is in flight, in outbox order.
 pub async fn claim(
     conn: &mut PgConnection,
     owner: &str,
     lease: Duration,
     limit: i64,
+    per_account_ordering: bool,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH due AS (
-             SELECT id FROM outbox
-             WHERE state IN ('pending', 'unknown') AND next_attempt_at <= now()
-             ORDER BY next_attempt_at, id
-             LIMIT $3
-             FOR UPDATE SKIP LOCKED
-         )
-         UPDATE outbox o SET
-             state = 'in_flight', attempts = o.attempts + 1,
-             lease_owner = $1, lease_token = $4,
-             lease_expires_at = now() + make_interval(secs => $2),
-             updated_at = now()
-         FROM due WHERE o.id = due.id
-         RETURNING o.id, o.lease_token, o.scope, o.message_id, o.reference_id, o.account_id,
-                   o.amount, o.currency, o.attempts, o.uncertain_since, o.traceparent",
-    )
-    .bind(owner)
-    .bind(lease.as_secs_f64())
-    .bind(limit)
-    .bind(Uuid::new_v4())
-    .fetch_all(conn)
-    .await
+    let sql = if per_account_ordering {
+        CLAIM_ORDERED
+    } else {
+        CLAIM
+    };
+    sqlx::query_as(sql)
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(limit)
+        .bind(Uuid::new_v4())
+        .fetch_all(conn)
+        .await
 }
 
-/// `UPDATE outbox SET <assignments>` that releases the lease, fenced by it:
-/// `$1` is the row id, `$2` the holder's lease token.
+/// `UPDATE ... FROM <chosen>` that turns the chosen rows into leased ones.
+macro_rules! lease_rows {
+    ($chosen:literal) => {
+        concat!(
+            "UPDATE outbox o SET
+                 state = 'in_flight', attempts = o.attempts + 1,
+                 lease_owner = $1, lease_token = $4,
+                 lease_expires_at = now() + make_interval(secs => $2),
+                 updated_at = now()
+             FROM ",
+            $chosen,
+            " chosen WHERE o.id = chosen.id
+             RETURNING o.id, o.lease_token, o.scope, o.message_id, o.reference_id, o.account_id,
+                       o.amount, o.currency, o.attempts, o.uncertain_since, o.traceparent"
+        )
+    };
+}
+
+const CLAIM: &str = concat!(
+    "WITH due AS (
+         SELECT id FROM outbox
+         WHERE state IN ('pending', 'unknown') AND next_attempt_at <= now()
+         ORDER BY next_attempt_at, id
+         LIMIT $3
+         FOR UPDATE SKIP LOCKED
+     ) ",
+    lease_rows!("due")
+);
+
+const CLAIM_ORDERED: &str = concat!(
+    "WITH due AS (
+         SELECT o.id, o.account_id FROM outbox o
+         WHERE o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now()
+           AND NOT EXISTS (
+               SELECT 1 FROM outbox older
+               WHERE older.account_id = o.account_id AND older.id < o.id
+                 AND older.state IN ('pending', 'in_flight', 'unknown'))
+         ORDER BY o.next_attempt_at, o.id
+         LIMIT $3
+         FOR UPDATE OF o SKIP LOCKED
+     ), slot AS (
+         INSERT INTO account_slot (account_id, outbox_id)
+         SELECT account_id, id FROM due
+         ON CONFLICT (account_id) DO NOTHING
+         RETURNING outbox_id AS id
+     ) ",
+    lease_rows!("slot")
+);
+
+/// `UPDATE outbox SET <assignments>` that releases the lease (and the
+/// account's slot), fenced by it: `$1` is the row id, `$2` the holder's lease
+/// token. Selects how many rows it updated (0 or 1).
 macro_rules! fenced_update {
     ($assignments:literal) => {
         concat!(
-            "UPDATE outbox SET ",
+            "WITH settled AS (
+                 UPDATE outbox SET ",
             $assignments,
             ", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-             WHERE id = $1 AND lease_token = $2 AND state = 'in_flight'"
+                 WHERE id = $1 AND lease_token = $2 AND state = 'in_flight'
+                 RETURNING id
+             ), freed AS (
+                 DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM settled)
+             )
+             SELECT count(*) FROM settled"
         )
     };
 }
@@ -205,7 +255,7 @@ pub async fn settle(
     settlement: &Settlement,
 ) -> Result<bool, sqlx::Error> {
     let query = match settlement {
-        Settlement::Succeeded { charge_id, result } => sqlx::query(fenced_update!(
+        Settlement::Succeeded { charge_id, result } => sqlx::query_scalar(fenced_update!(
             "state = 'succeeded', provider_charge_id = $3, result = $4,
              last_error = NULL, settled_at = now()"
         ))
@@ -213,7 +263,7 @@ pub async fn settle(
         .bind(token)
         .bind(charge_id)
         .bind(result),
-        Settlement::Declined { result } => sqlx::query(fenced_update!(
+        Settlement::Declined { result } => sqlx::query_scalar(fenced_update!(
             "state = 'declined', result = $3, settled_at = now()"
         ))
         .bind(id)
@@ -223,7 +273,7 @@ pub async fn settle(
             uncertain,
             error,
             delay,
-        } => sqlx::query(fenced_update!(
+        } => sqlx::query_scalar(fenced_update!(
             "uncertain_since = CASE WHEN $3 THEN coalesce(uncertain_since, now()) ELSE uncertain_since END,
              state = CASE WHEN $3 OR uncertain_since IS NOT NULL
                           THEN 'unknown'::outbox_state ELSE 'pending'::outbox_state END,
@@ -234,14 +284,15 @@ pub async fn settle(
         .bind(uncertain)
         .bind(error)
         .bind(delay.as_secs_f64()),
-        Settlement::Dead { error } => sqlx::query(fenced_update!(
+        Settlement::Dead { error } => sqlx::query_scalar(fenced_update!(
             "state = 'dead', last_error = $3, settled_at = now()"
         ))
         .bind(id)
         .bind(token)
         .bind(error),
     };
-    Ok(query.execute(conn).await?.rows_affected() == 1)
+    let updated: i64 = query.fetch_one(conn).await?;
+    Ok(updated == 1)
 }
 
 /// Put up to `limit` rows whose lease expired (their holder crashed, paused or
@@ -254,19 +305,34 @@ pub async fn rescue_expired(
     limit: i64,
     delay: Duration,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE outbox SET state = 'unknown', uncertain_since = coalesce(uncertain_since, now()),
-             last_error = 'lease of ' || coalesce(lease_owner, '?') || ' expired',
-             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
-             next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
-         WHERE id IN (SELECT id FROM outbox WHERE state = 'in_flight' AND lease_expires_at < now()
-                      ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    let rescued: i64 = sqlx::query_scalar(
+        "WITH rescued AS (
+             UPDATE outbox SET state = 'unknown', uncertain_since = coalesce(uncertain_since, now()),
+                 last_error = 'lease of ' || coalesce(lease_owner, '?') || ' expired',
+                 lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+                 next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
+             WHERE id IN (SELECT id FROM outbox WHERE state = 'in_flight' AND lease_expires_at < now()
+                          ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id
+         ), freed AS (
+             DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM rescued)
+         )
+         SELECT count(*) FROM rescued",
     )
     .bind(limit)
     .bind(delay.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await?;
+    // Safety net: a slot whose row is no longer in flight (ordering switched
+    // off and on, or a manual change) would block its account for good.
+    sqlx::query(
+        "DELETE FROM account_slot s WHERE NOT EXISTS (
+             SELECT 1 FROM outbox o WHERE o.id = s.outbox_id AND o.state = 'in_flight')
+           AND s.claimed_at < now() - interval '1 minute'",
+    )
     .execute(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(u64::try_from(rescued).unwrap_or(0))
 }
 
 /// Record a success that the fence refused (the lease had expired while the
@@ -287,23 +353,6 @@ pub async fn record_late_success(
     .bind(id)
     .bind(charge_id)
     .bind(result)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Give back rows this replica claimed but will not attempt (shutdown before the
-/// call was made): they return to their previous waiting state at once.
-pub async fn release(conn: &mut PgConnection, id: i64, token: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE outbox SET
-             state = CASE WHEN uncertain_since IS NULL THEN 'pending'::outbox_state ELSE 'unknown'::outbox_state END,
-             attempts = greatest(attempts - 1, 0), next_attempt_at = now(),
-             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-         WHERE id = $1 AND lease_token = $2 AND state = 'in_flight'",
-    )
-    .bind(id)
-    .bind(token)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
