@@ -84,14 +84,18 @@ impl Dispatcher {
     /// Claim up to `limit` due rows (one short transaction).
     pub async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        outbox::claim(
+        let rows = outbox::claim(
             &mut conn,
             &self.config.owner,
             self.config.lease,
             limit,
             self.config.per_account_ordering,
         )
-        .await
+        .await?;
+        if !rows.is_empty() {
+            idem_crash::point("dispatch.after_claim");
+        }
+        Ok(rows)
     }
 
     /// Put rows with expired leases back in play; returns how many.
@@ -131,6 +135,7 @@ impl Dispatcher {
 
     async fn attempt_and_settle(&self, row: Claimed) -> Result<Dispatched, sqlx::Error> {
         let settlement = strategy::attempt(&self.client, &self.policy(), &row).await;
+        idem_crash::point("dispatch.after_answer");
         let mut conn = self.pool.acquire().await?;
         let recorded = outbox::settle(&mut conn, row.id, row.lease_token, &settlement).await?;
         if !recorded {

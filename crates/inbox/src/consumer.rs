@@ -279,6 +279,7 @@ async fn record_in_transaction(
     let mut tx = pool.begin().await?;
     let decisions = record_batch(&mut tx, items, max_body).await?;
     tx.commit().await?;
+    idem_crash::point("inbox.after_commit");
     Ok(decisions)
 }
 
