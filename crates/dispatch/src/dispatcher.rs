@@ -83,6 +83,7 @@ impl Dispatcher {
 
     /// Claim up to `limit` due rows (one short transaction).
     pub async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
+        let started = std::time::Instant::now();
         let mut conn = self.pool.acquire().await?;
         let rows = outbox::claim(
             &mut conn,
@@ -92,6 +93,8 @@ impl Dispatcher {
             self.config.per_account_ordering,
         )
         .await?;
+        metrics::histogram!("idem_dispatch_claim_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("idem_dispatch_claimed_rows_total").increment(rows.len() as u64);
         if !rows.is_empty() {
             idem_crash::point("dispatch.after_claim");
         }
@@ -109,6 +112,7 @@ impl Dispatcher {
             self.config.charge_timeout.saturating_mul(2)
         };
         let rescued = outbox::rescue_expired(&mut conn, 1000, delay).await?;
+        metrics::counter!("idem_lease_reclaims_total").increment(rescued);
         if rescued > 0 {
             tracing::warn!(
                 rescued,
@@ -125,7 +129,11 @@ impl Dispatcher {
     pub async fn process(&self, row: Claimed) -> anyhow::Result<Dispatched> {
         let bound = self.config.lease.mul_f64(0.9);
         let (id, reference) = (row.id, row.reference_id);
-        match tokio::time::timeout(bound, self.attempt_and_settle(row)).await {
+        let outcome = tokio::time::timeout(bound, self.attempt_and_settle(row)).await;
+        if !matches!(outcome, Ok(Ok(_))) {
+            metrics::counter!("idem_dispatch_abandoned_total").increment(1);
+        }
+        match outcome {
             Ok(done) => Ok(done?),
             Err(_) => anyhow::bail!(
                 "attempt for outbox row {id} (reference {reference}) outlived its lease budget of {bound:?}; the rescuer will resolve the row"
@@ -134,11 +142,17 @@ impl Dispatcher {
     }
 
     async fn attempt_and_settle(&self, row: Claimed) -> Result<Dispatched, sqlx::Error> {
+        let started = std::time::Instant::now();
         let settlement = strategy::attempt(&self.client, &self.policy(), &row).await;
+        let class = response_class(&settlement);
+        metrics::counter!("idem_provider_responses_total", "class" => class).increment(1);
         idem_crash::point("dispatch.after_answer");
         let mut conn = self.pool.acquire().await?;
         let recorded = outbox::settle(&mut conn, row.id, row.lease_token, &settlement).await?;
+        metrics::histogram!("idem_dispatch_attempt_seconds", "class" => class)
+            .record(started.elapsed().as_secs_f64());
         if !recorded {
+            metrics::counter!("idem_dispatch_fence_refusals_total").increment(1);
             let kept = match &settlement {
                 Settlement::Succeeded { charge_id, result } => {
                     outbox::record_late_success(&mut conn, row.id, charge_id, result).await?
@@ -263,6 +277,26 @@ impl Dispatcher {
             }
         }
         tracing::info!("dispatcher stopped");
+    }
+}
+
+/// The `class` label of `idem_provider_responses_total`: what the attempt's
+/// last answer meant, read back from the settlement the strategy chose
+/// (`Retry` tells an uncertain outcome from a certain non-charge; a `Dead` row
+/// is either a permanent rejection or the attempt limit on a retryable answer).
+fn response_class(settlement: &Settlement) -> &'static str {
+    match settlement {
+        Settlement::Succeeded { .. } => "succeeded",
+        Settlement::Declined { .. } => "declined",
+        Settlement::Retry {
+            uncertain: false, ..
+        } => "not_processed",
+        Settlement::Retry {
+            uncertain: true, ..
+        } => "uncertain",
+        Settlement::Dead { error } if error.starts_with("provider rejected") => "rejected",
+        Settlement::Dead { error } if error.contains("(never charged)") => "not_processed",
+        Settlement::Dead { .. } => "uncertain",
     }
 }
 

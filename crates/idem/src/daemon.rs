@@ -1,6 +1,10 @@
 //! `idem run`: the daemon. Connects (failing fast with a clear message when a
 //! dependency is unreachable or misconfigured), applies the schema, then runs
 //! the inbox consumer and/or the dispatcher until the shutdown token fires.
+//! Alongside them: the health and metrics listener, and the sampler of the
+//! table gauges.
+
+use std::net::SocketAddr;
 
 use anyhow::Context;
 use idem_charge::ChargeClient;
@@ -9,13 +13,26 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Role};
-use crate::health;
+use crate::health::{self, Health};
+use crate::metrics;
 
 /// Run the daemon until `shutdown` is cancelled; returns once every role has
 /// stopped gracefully (consumer: batch in hand committed and acked, the rest
 /// left to the broker; dispatcher: calls in flight finished or left to the
 /// lease rescuer). A fatal start-up problem is returned as an error.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `on_listening` with the health listener's bound address
+/// once it listens (before the roles start) — how a caller that asked for
+/// port 0 learns the port.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr) + Send,
+) -> anyhow::Result<()> {
+    let metrics_handle = metrics::install()?;
     let pool = idem_store::connect(&config.database_url, config.db_max_connections).await?;
     idem_store::migrate(&pool).await?;
     let client = ChargeClient::new(
@@ -33,15 +50,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     })?;
     let http_addr = listener.local_addr()?;
     tracing::info!(replica = %config.dispatch.owner, role = ?config.role, %http_addr, "idem starting");
+    on_listening(http_addr);
+    let consumes = matches!(config.role, Role::All | Role::Consumer);
+    let broker = idem_inbox::consumer::BrokerStatus::new();
 
     // Any role failing for good stops the others: a replica is whole or absent.
     let stop = shutdown.child_token();
     let mut roles = tokio::task::JoinSet::new();
-    roles.spawn(health::serve(listener, pool.clone(), stop.clone()));
-    if matches!(config.role, Role::All | Role::Consumer) {
+    let health = Health {
+        pool: pool.clone(),
+        broker: consumes.then(|| broker.clone()),
+        metrics: metrics_handle.clone(),
+    };
+    roles.spawn(health::serve(listener, health, stop.clone()));
+    roles.spawn(metrics::sample_tables(
+        pool.clone(),
+        metrics_handle,
+        stop.clone(),
+    ));
+    if consumes {
         let (pool, inbox, stop) = (pool.clone(), config.inbox.clone(), stop.clone());
         roles.spawn(async move {
-            idem_inbox::run(pool, inbox, stop)
+            idem_inbox::consumer::run_reporting(pool, inbox, stop, broker)
                 .await
                 .context("inbox consumer")
         });

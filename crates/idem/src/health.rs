@@ -1,36 +1,86 @@
-//! The health listener: `/healthz` (the process answers) and `/readyz` (the
-//! database answers a query).
+//! The health listener:
+//! - `/healthz`: the process answers (liveness); always `200 ok`.
+//! - `/readyz`: `200 ready` only when the database answers a query within 2 s
+//!   and, on a replica that runs the inbox consumer, the consumer has a live
+//!   broker session (not while connecting or reconnecting); otherwise `503`
+//!   with one line per dependency that is down.
+//! - `/metrics`: the Prometheus text exposition (see [`crate::metrics`]).
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use idem_inbox::consumer::BrokerStatus;
+use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Serve health endpoints on `listener` until `shutdown`.
+/// What the health endpoints look at.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// The database, pinged by `/readyz`.
+    pub pool: PgPool,
+    /// The consumer's broker session; `None` on a replica without the
+    /// consumer role (then the broker is not part of readiness).
+    pub broker: Option<BrokerStatus>,
+    /// The Prometheus recorder, rendered by `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// Serve the health and metrics endpoints on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    pool: PgPool,
+    health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(pool);
+        .route("/metrics", get(metrics))
+        .with_state(health);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())
 }
 
-async fn ready(State(pool): State<PgPool>) -> (StatusCode, &'static str) {
-    let ping = sqlx::query("SELECT 1").execute(&pool);
-    match tokio::time::timeout(Duration::from_secs(2), ping).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n"),
+async fn ready(State(health): State<Health>) -> (StatusCode, String) {
+    let mut down = Vec::new();
+    let ping = sqlx::query("SELECT 1").execute(&health.pool);
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(2), ping).await,
+        Ok(Ok(_))
+    ) {
+        down.push("database unreachable");
     }
+    if health.broker.as_ref().is_some_and(|b| !b.is_connected()) {
+        down.push("broker session down (consumer connecting or reconnecting)");
+    }
+    if down.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        let mut body = String::from("not ready\n");
+        for reason in down {
+            body.push_str(reason);
+            body.push('\n');
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    // Histogram samples are folded into their buckets by the upkeep; do it
+    // now so a scrape sees every observation made so far.
+    health.metrics.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        health.metrics.render(),
+    )
 }

@@ -7,7 +7,10 @@
 //! ## Layout
 //! - `config`: every setting as a flag with its `IDEM_*` variable; validation.
 //! - `daemon`: `idem run` — connect, migrate, run consumer and/or dispatcher.
-//! - `health`: `/healthz` and `/readyz`.
+//! - `health`: `/healthz`, `/readyz` (database, and broker session when
+//!   consuming) and `/metrics`.
+//! - `metrics`: the Prometheus recorder (one per process, shared by in-process
+//!   daemons), metric descriptions, the sampler of the table gauges.
 //! - `cli`: subcommands and their handlers (`migrate`, `publish`, `status`, ...).
 //! - `status`: the status table.
 //! - `workload`: sample traffic (originals, duplicates, conflicts, malformed)
@@ -20,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod health;
+pub mod metrics;
 pub mod status;
 pub mod telemetry;
 pub mod workload;

@@ -5,7 +5,13 @@
 //! backoff; when the broker connection drops, the session is rebuilt and the
 //! broker redelivers whatever was unacked, which the inbox then absorbs as
 //! duplicates.
+//!
+//! Whether a live broker session exists right now is published through a
+//! [`BrokerStatus`] (readiness), and the loop records the `idem_inbox_*`
+//! metrics (no-ops unless the process installed a `metrics` recorder).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -44,6 +50,30 @@ pub struct InboxConfig {
     pub consumer_tag: String,
 }
 
+/// Whether the consumer currently has a live broker session: `true` from a
+/// successful `basic.consume` until that session ends (error, broker cancel,
+/// shutdown); `false` while connecting and reconnecting. Cheap to clone; every
+/// clone sees the same flag.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStatus(Arc<AtomicBool>);
+
+impl BrokerStatus {
+    /// A status that starts disconnected.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a broker session is consuming right now.
+    pub fn is_connected(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, connected: bool) {
+        self.0.store(connected, Ordering::Release);
+        metrics::gauge!("idem_broker_connected").set(if connected { 1.0 } else { 0.0 });
+    }
+}
+
 /// Connect to the broker, or say clearly what to check.
 pub async fn connect_amqp(url: &str) -> anyhow::Result<Connection> {
     let shown = redact_url(url);
@@ -69,12 +99,32 @@ pub async fn run(
     config: InboxConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_reporting(pool, config, shutdown, BrokerStatus::new()).await
+}
+
+/// [`run`], publishing whether a broker session is live through `status`
+/// (for readiness checks).
+pub async fn run_reporting(
+    pool: PgPool,
+    config: InboxConfig,
+    shutdown: CancellationToken,
+    status: BrokerStatus,
+) -> anyhow::Result<()> {
     let mut ever_ready = false;
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut ready = false;
         let mut progressed = false;
-        let result = session(&pool, &config, &shutdown, &mut ready, &mut progressed).await;
+        let result = session(
+            &pool,
+            &config,
+            &shutdown,
+            &status,
+            &mut ready,
+            &mut progressed,
+        )
+        .await;
+        status.set(false);
         if shutdown.is_cancelled() {
             return result;
         }
@@ -84,6 +134,9 @@ pub async fn run(
             Err(e) => e,
         };
         ever_ready |= ready;
+        if ready {
+            metrics::counter!("idem_inbox_reconnects_total").increment(1);
+        }
         if progressed {
             // Only a session that got work done resets the backoff; one that
             // dies right after consuming keeps backing off.
@@ -102,6 +155,7 @@ async fn session(
     pool: &PgPool,
     config: &InboxConfig,
     shutdown: &CancellationToken,
+    status: &BrokerStatus,
     ready: &mut bool,
     progressed: &mut bool,
 ) -> anyhow::Result<()> {
@@ -122,6 +176,7 @@ async fn session(
         .await
         .context("basic.consume")?;
     *ready = true;
+    status.set(true);
     tracing::info!(queue = %config.queue, prefetch = config.prefetch, "inbox consuming");
 
     loop {
@@ -193,9 +248,24 @@ async fn settle_batch(
     let mut backoff = Duration::from_millis(100);
     let mut refusals = 0;
     let decisions = loop {
+        let started = std::time::Instant::now();
         match record_in_transaction(pool, &items, max_body).await {
-            Ok(decisions) => break decisions,
+            Ok(decisions) => {
+                metrics::histogram!("idem_inbox_batch_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("idem_inbox_batches_total").increment(1);
+                for decision in &decisions {
+                    metrics::counter!("idem_inbox_messages_total", "decision" => decision_label(decision))
+                        .increment(1);
+                    if let Decision::Quarantined { code } = decision {
+                        metrics::counter!("idem_inbox_quarantined_total", "reason" => *code)
+                            .increment(1);
+                    }
+                }
+                break decisions;
+            }
             Err(e) => {
+                metrics::counter!("idem_inbox_batch_retries_total").increment(1);
                 if server_refused(&e) {
                     refusals += 1;
                 }
@@ -238,6 +308,7 @@ async fn isolate_poison(
             delivery.reject(BasicRejectOptions { requeue: false }).await,
             "reject",
         )?;
+        metrics::counter!("idem_inbox_messages_total", "decision" => "unrecordable").increment(1);
         return Ok(());
     }
     tracing::warn!(%error, batch = batch.len(), "batch keeps failing; recording its messages one by one");
@@ -245,6 +316,17 @@ async fn isolate_poison(
         Box::pin(settle_batch(pool, single, max_body, shutdown)).await?;
     }
     Ok(())
+}
+
+/// The `decision` label of `idem_inbox_messages_total`.
+fn decision_label(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::New { .. } => "new",
+        Decision::Duplicate => "duplicate",
+        Decision::Conflict => "conflict",
+        Decision::Quarantined { .. } => "quarantined",
+        Decision::Unrecordable { .. } => "unrecordable",
+    }
 }
 
 /// The server answered with an error that is not about the connection or a
