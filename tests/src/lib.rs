@@ -11,6 +11,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod cluster;
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
