@@ -64,30 +64,11 @@ pub async fn record_batch(
     batch: &[Incoming<'_>],
     max_body: usize,
 ) -> Result<Vec<Decision>, sqlx::Error> {
-    // Take the inbox row locks in one global order (by key), so two replicas
-    // recording overlapping batches wait for each other instead of
-    // deadlocking. The sort is stable: the same key twice keeps arrival order,
-    // so the earlier delivery is the one that counts as new.
-    let mut order: Vec<usize> = (0..batch.len()).collect();
-    order.sort_by_key(|&i| lock_key(batch[i].properties));
-    let mut decisions = vec![None; batch.len()];
-    for i in order {
-        decisions[i] = Some(record_one(conn, &batch[i], max_body).await?);
+    let mut decisions = Vec::with_capacity(batch.len());
+    for item in batch {
+        decisions.push(record_one(conn, item, max_body).await?);
     }
-    Ok(decisions.into_iter().flatten().collect())
-}
-
-/// The order in which a batch's deliveries are recorded: the inbox key
-/// `(scope, message_id)` they lock (an absent `app_id` is the default scope,
-/// so one key sorts the same however it was sent).
-fn lock_key(properties: &BasicProperties) -> (&str, Option<&str>) {
-    (
-        properties
-            .app_id()
-            .as_ref()
-            .map_or(idem_message::DEFAULT_SCOPE, |s| s.as_str()),
-        properties.message_id().as_ref().map(|s| s.as_str()),
-    )
+    Ok(decisions)
 }
 
 async fn record_one(
