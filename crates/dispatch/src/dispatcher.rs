@@ -123,34 +123,52 @@ impl Dispatcher {
     }
 
     /// Attempt one claimed row and record the outcome, fenced by its lease.
-    /// The whole step is bounded by 90% of the lease, so a holder never keeps
-    /// working on a row that another replica may already have rescued; if the
-    /// bound hits, the row is left to the rescuer (as uncertain).
+    /// The provider calls are bounded by 90% of the lease, so a holder stops
+    /// calling before another replica may rescue the row; an attempt cut off
+    /// by the bound counts as uncertain. The result is then offered to the
+    /// fenced write whatever happened meanwhile: if the lease was lost (this
+    /// process was frozen, or the database was away), the fence refuses it.
     pub async fn process(&self, row: Claimed) -> anyhow::Result<Dispatched> {
-        let bound = self.config.lease.mul_f64(0.9);
-        let (id, reference) = (row.id, row.reference_id);
-        let outcome = tokio::time::timeout(bound, self.attempt_and_settle(row)).await;
-        if !matches!(outcome, Ok(Ok(_))) {
-            metrics::counter!("idem_dispatch_abandoned_total").increment(1);
-        }
-        match outcome {
-            Ok(done) => Ok(done?),
-            Err(_) => anyhow::bail!(
-                "attempt for outbox row {id} (reference {reference}) outlived its lease budget of {bound:?}; the rescuer will resolve the row"
-            ),
-        }
-    }
-
-    async fn attempt_and_settle(&self, row: Claimed) -> Result<Dispatched, sqlx::Error> {
         let started = std::time::Instant::now();
-        let settlement = strategy::attempt(&self.client, &self.policy(), &row).await;
+        let bound = self.config.lease.mul_f64(0.9);
+        let policy = self.policy();
+        let attempt = strategy::attempt(&self.client, &policy, &row);
+        let settlement = match tokio::time::timeout(bound, attempt).await {
+            Ok(settlement) => settlement,
+            Err(_) => {
+                metrics::counter!("idem_dispatch_overran_total").increment(1);
+                tracing::warn!(outbox_id = row.id, reference_id = %row.reference_id, budget = ?bound, "attempt outlived its lease budget; recording it as uncertain");
+                strategy::overran(&self.client, &policy, &row, bound)
+            }
+        };
         let class = response_class(&settlement);
         metrics::counter!("idem_provider_responses_total", "class" => class).increment(1);
         idem_crash::point("dispatch.after_answer");
+        let (id, reference) = (row.id, row.reference_id);
+        match self.settle(row, settlement).await {
+            Ok(done) => {
+                metrics::histogram!("idem_dispatch_attempt_seconds", "class" => class)
+                    .record(started.elapsed().as_secs_f64());
+                Ok(done)
+            }
+            Err(e) => {
+                metrics::counter!("idem_dispatch_abandoned_total").increment(1);
+                Err(anyhow::Error::new(e).context(format!(
+                    "recording the result of outbox row {id} (reference {reference}); the rescuer will resolve the row"
+                )))
+            }
+        }
+    }
+
+    /// Record `settlement` for `row`, fenced by its lease token; a success the
+    /// fence refuses is still kept as evidence on the row.
+    async fn settle(
+        &self,
+        row: Claimed,
+        settlement: Settlement,
+    ) -> Result<Dispatched, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         let recorded = outbox::settle(&mut conn, row.id, row.lease_token, &settlement).await?;
-        metrics::histogram!("idem_dispatch_attempt_seconds", "class" => class)
-            .record(started.elapsed().as_secs_f64());
         if !recorded {
             metrics::counter!("idem_dispatch_fence_refusals_total").increment(1);
             let kept = match &settlement {

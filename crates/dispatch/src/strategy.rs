@@ -120,6 +120,19 @@ fn succeeded(charge: &idem_charge::Charge) -> Settlement {
     }
 }
 
+/// The settlement of an attempt that did not finish within its lease budget
+/// (the provider, a lookup or this process was too slow — or the process was
+/// frozen): the call may have charged, so the outcome is uncertain.
+pub fn overran(
+    client: &ChargeClient,
+    policy: &Policy,
+    row: &Claimed,
+    budget: Duration,
+) -> Settlement {
+    let error = format!("attempt outlived its lease budget of {budget:?}");
+    retry(policy, row, true, client.capabilities(), error)
+}
+
 /// Back off, or give up past the attempt limit.
 ///
 /// A row that may have charged is never given up on while the provider offers a

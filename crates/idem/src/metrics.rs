@@ -124,7 +124,11 @@ fn describe() {
     );
     describe_counter!(
         "idem_dispatch_abandoned_total",
-        "Attempts that ended without a recorded result (lease budget exceeded or database error); the rescuer resolves the row"
+        "Attempts whose result could not be written (database error while settling); the rescuer resolves the row"
+    );
+    describe_counter!(
+        "idem_dispatch_overran_total",
+        "Attempts cut off at 90% of the lease (provider or process too slow), recorded as uncertain through the fence"
     );
     describe_counter!(
         "idem_lease_reclaims_total",
@@ -164,6 +168,7 @@ fn describe() {
         "idem_dispatch_claimed_rows_total",
         "idem_dispatch_fence_refusals_total",
         "idem_dispatch_abandoned_total",
+        "idem_dispatch_overran_total",
         "idem_lease_reclaims_total",
     ] {
         ::metrics::counter!(name).increment(0);

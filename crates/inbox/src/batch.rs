@@ -64,6 +64,10 @@ pub async fn record_batch(
     batch: &[Incoming<'_>],
     max_body: usize,
 ) -> Result<Vec<Decision>, sqlx::Error> {
+    // Arrival order, not key order: outbox ids are assigned in insertion
+    // order and per-account ordering dispatches by them. Two replicas with
+    // overlapping batches can deadlock on inbox rows; PostgreSQL aborts one
+    // and the caller retries that whole batch.
     let mut decisions = Vec::with_capacity(batch.len());
     for item in batch {
         decisions.push(record_one(conn, item, max_body).await?);

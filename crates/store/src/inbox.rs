@@ -27,7 +27,7 @@ pub enum Recorded {
 /// Record `request` in the inbox and, for a new key, the outbox. Run inside the
 /// caller's transaction: the inbox row, the outbox row (or the conflict row) and
 /// the caller's later ack decision stand or fall together.
-#[tracing::instrument(skip_all, fields(scope = %request.scope, message_id = %request.message_id), err)]
+#[tracing::instrument(skip_all, fields(scope = %request.scope, message_id = %request.message_id), err(level = "warn"))]
 pub async fn record(
     conn: &mut PgConnection,
     request: &ChargeRequest,
