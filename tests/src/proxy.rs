@@ -1,12 +1,17 @@
 //! [`TcpProxy`]: an in-process TCP proxy that can cut every connection through
-//! it, or play dead, to simulate network failures between idem and its
-//! PostgreSQL / RabbitMQ without touching the servers.
+//! it, play dead, or cut one connection right after the client sent given
+//! bytes (e.g. a `COMMIT`) while hiding the server's answer, to simulate
+//! network failures between idem and its PostgreSQL / RabbitMQ without
+//! touching the servers.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +42,12 @@ struct Shared {
     refused: AtomicU64,
     /// Connections accepted and forwarded.
     forwarded: AtomicU64,
+    /// The armed one-shot trigger of [`TcpProxy::cut_after_client_sends`].
+    trigger: Mutex<Option<Trigger>>,
+    /// Connections cut by a trigger.
+    fired: AtomicU64,
+    /// Server-to-client bytes dropped on triggered connections before the cut.
+    swallowed: AtomicU64,
     /// Cancelled when the proxy is dropped: ends the accept loop and every
     /// connection (their tokens are children of it).
     shutdown: CancellationToken,
@@ -57,6 +68,9 @@ impl TcpProxy {
             cut: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
+            trigger: Mutex::new(None),
+            fired: AtomicU64::new(0),
+            swallowed: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, target, Arc::clone(&shared)));
@@ -134,6 +148,75 @@ impl TcpProxy {
     pub fn active(&self) -> usize {
         self.shared.live.lock().unwrap().len()
     }
+
+    /// Arm a one-shot cut whose outcome the client cannot know: the next time
+    /// the client-to-server stream of any connection contains `pattern` (also
+    /// when it is split across reads), the read that completes it is still
+    /// forwarded, so the server acts on it; from then on everything the
+    /// server sends to that client is dropped, so the client never sees the
+    /// answer; after `hold` (time for the server to finish the request) the
+    /// connection is cut with a reset on both sides, as [`TcpProxy::cut_all`]
+    /// does. Other connections are untouched. Arming again replaces an armed
+    /// trigger. The proxy sees only what is on the wire: a client speaking
+    /// TLS (e.g. PostgreSQL without `sslmode=disable`) never matches. See [`TcpProxy::triggers_fired`] and
+    /// [`TcpProxy::bytes_swallowed`].
+    ///
+    /// Panics if `pattern` is empty.
+    pub fn cut_after_client_sends(&self, pattern: &[u8], hold: Duration) {
+        assert!(!pattern.is_empty(), "an empty pattern would match anything");
+        *self.shared.trigger.lock().unwrap() = Some(Trigger {
+            pattern: pattern.to_vec(),
+            hold,
+        });
+        tracing::info!(target = %self.target, ?hold, "proxy trigger armed");
+    }
+
+    /// Connections cut by a trigger so far (counted once the cut is done).
+    pub fn triggers_fired(&self) -> u64 {
+        self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    /// Bytes the server sent on triggered connections that the proxy dropped
+    /// instead of forwarding: non-zero proves the server answered the request
+    /// before the cut (so it did process it) and the client never saw it.
+    pub fn bytes_swallowed(&self) -> u64 {
+        self.shared.swallowed.load(Ordering::SeqCst)
+    }
+}
+
+/// An armed [`TcpProxy::cut_after_client_sends`].
+struct Trigger {
+    /// Client bytes to look for.
+    pattern: Vec<u8>,
+    /// How long to keep the connection up (server answers dropped) before
+    /// cutting it.
+    hold: Duration,
+}
+
+impl Shared {
+    /// Whether the armed trigger's pattern occurs in the client's stream,
+    /// given `chunk` just read from it and `tail`, the end of what was read
+    /// before (kept here, one byte shorter than the pattern, so a pattern
+    /// split across reads is seen). A match disarms the trigger (one-shot,
+    /// across connections) and returns its hold.
+    fn take_trigger(&self, tail: &mut Vec<u8>, chunk: &[u8]) -> Option<Duration> {
+        let mut armed = self.trigger.lock().unwrap();
+        let Some(trigger) = armed.as_ref() else {
+            tail.clear();
+            return None;
+        };
+        let pattern = trigger.pattern.as_slice();
+        tail.extend_from_slice(chunk);
+        let seen = tail.windows(pattern.len()).any(|w| w == pattern);
+        let stale = tail.len().saturating_sub(pattern.len() - 1);
+        tail.drain(..stale);
+        if !seen {
+            return None;
+        }
+        let hold = trigger.hold;
+        *armed = None;
+        Some(hold)
+    }
 }
 
 impl Drop for TcpProxy {
@@ -174,8 +257,8 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shar
     }
 }
 
-/// Forward one connection until either side closes or `token` is cancelled;
-/// dropping the sockets then resets both sides.
+/// Forward one connection until both sides have closed, either fails, or
+/// `token` is cancelled; dropping the sockets then resets both sides.
 async fn relay(
     id: u64,
     mut client: TcpStream,
@@ -188,7 +271,7 @@ async fn relay(
         let mut server = TcpStream::connect(target).await?;
         let _ = server.set_zero_linger();
         let _ = server.set_nodelay(true);
-        tokio::io::copy_bidirectional(&mut client, &mut server).await
+        pump(&mut client, &mut server, &token, &shared).await
     };
     tokio::select! {
         // Checked first: after a cut, not one more byte is forwarded.
@@ -201,4 +284,156 @@ async fn relay(
         }
     }
     shared.live.lock().unwrap().remove(&id);
+}
+
+/// Size of each direction's read buffer.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// Both directions of one connection, like `tokio::io::copy_bidirectional`
+/// (a half-close is passed on; the first error ends both), but with the
+/// client's stream watched for the armed trigger. The halves are borrowed,
+/// not owned, so that no FIN is sent when they drop: closing stays a reset.
+async fn pump(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    token: &CancellationToken,
+    shared: &Shared,
+) -> io::Result<()> {
+    // Set once the trigger fired on this connection: the server's bytes are
+    // dropped from then on.
+    let muted = AtomicBool::new(false);
+    let (mut client_rx, mut client_tx) = client.split();
+    let (mut server_rx, mut server_tx) = server.split();
+    tokio::try_join!(
+        upstream(&mut client_rx, &mut server_tx, &muted, token, shared),
+        downstream(&mut server_rx, &mut client_tx, &muted, shared),
+    )?;
+    Ok(())
+}
+
+/// Client to server. When the trigger fires, mutes the other direction
+/// *before* forwarding the bytes that fired it (so no answer to them can slip
+/// through), forwards them, holds, then cancels `token`: the relay sees it
+/// and drops both sockets.
+async fn upstream(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    muted: &AtomicBool,
+    token: &CancellationToken,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut tail = Vec::new();
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        let fired = shared.take_trigger(&mut tail, &buf[..n]);
+        if fired.is_some() {
+            muted.store(true, Ordering::SeqCst);
+        }
+        to.write_all(&buf[..n]).await?;
+        if let Some(hold) = fired {
+            tracing::info!(
+                ?hold,
+                "proxy trigger fired: server answers dropped, cutting after the hold"
+            );
+            tokio::time::sleep(hold).await;
+            token.cancel();
+            shared.fired.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+    }
+}
+
+/// Server to client; once `muted`, the server's bytes (and its EOF) are
+/// dropped and counted instead.
+async fn downstream(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    muted: &AtomicBool,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = from.read(&mut buf).await?;
+        let mute = muted.load(Ordering::SeqCst);
+        if mute {
+            shared.swallowed.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        match (n, mute) {
+            (0, true) => return Ok(()),
+            (0, false) => return to.shutdown().await,
+            (_, true) => {}
+            (_, false) => to.write_all(&buf[..n]).await?,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on a free port: echoes every connection until EOF.
+    async fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut rx, mut tx) = socket.split();
+                    let _ = tokio::io::copy(&mut rx, &mut tx).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Write `bytes` and read back exactly as many (the echo).
+    async fn round_trip(client: &mut TcpStream, bytes: &[u8]) -> io::Result<Vec<u8>> {
+        client.write_all(bytes).await?;
+        let mut echo = vec![0u8; bytes.len()];
+        client.read_exact(&mut echo).await?;
+        Ok(echo)
+    }
+
+    /// Invariant: a pattern split across two reads fires the trigger; the
+    /// server gets the bytes (its echo is counted as swallowed) but the client
+    /// never sees an answer, only the cut, after the hold; the trigger is
+    /// one-shot, so the same pattern on a new connection passes.
+    #[tokio::test]
+    async fn trigger_sees_a_split_pattern_hides_the_answer_and_fires_once() {
+        let proxy = TcpProxy::start(echo_server().await).await;
+        proxy.cut_after_client_sends(b"COMMIT", Duration::from_millis(200));
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(
+            round_trip(&mut client, b"hello COM").await.unwrap(),
+            b"hello COM"
+        );
+        let started = std::time::Instant::now();
+        client.write_all(b"MIT!").await.unwrap();
+        let mut buf = [0u8; 16];
+        let seen = client.read(&mut buf).await;
+        assert!(
+            matches!(seen, Ok(0) | Err(_)),
+            "the client saw only the cut: {seen:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "cut after the hold"
+        );
+        assert_eq!(proxy.triggers_fired(), 1);
+        assert_eq!(
+            proxy.bytes_swallowed(),
+            4,
+            "the echo of \"MIT!\" was dropped"
+        );
+
+        let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+        let echo = round_trip(&mut again, b"COMMIT").await.unwrap();
+        assert_eq!(echo, b"COMMIT", "one-shot: no second cut");
+        assert_eq!(proxy.triggers_fired(), 1);
+        assert_eq!(proxy.connections_cut(), 0, "cut_all's counter is separate");
+    }
 }
