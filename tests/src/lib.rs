@@ -11,8 +11,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod chaos;
 pub mod cluster;
 pub mod proxy;
+pub mod publisher;
 
 use std::collections::BTreeMap;
 use std::future::Future;
