@@ -93,7 +93,7 @@ impl Profile {
             workers: 3,
             publish_rate: 55,
             fault_interval: Duration::from_secs(8),
-            min_rounds: 30,
+            min_rounds: 10,
             settle_timeout: Duration::from_secs(900),
         }
     }
@@ -130,6 +130,9 @@ pub struct Report {
     pub logs: PathBuf,
     /// Charges at the provider.
     pub charges: usize,
+    /// Deliveries the inbox absorbed as duplicates (injected ones plus the
+    /// redeliveries the faults caused).
+    pub absorbed: i64,
     /// Rows declined.
     pub declined: i64,
     /// References with more than one charge.
@@ -155,6 +158,10 @@ impl Report {
         for (k, v) in &self.duplicates {
             rows.push((format!("duplicates: {k}"), v.to_string()));
         }
+        rows.push((
+            "duplicates absorbed by the inbox".into(),
+            self.absorbed.to_string(),
+        ));
         rows.push(("key conflicts".into(), self.conflicts.to_string()));
         rows.push(("malformed".into(), self.malformed.to_string()));
         for (k, v) in &self.faults {
@@ -255,6 +262,11 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
         profile.min_rounds,
         publishing_done.clone(),
     ));
+    let progress = tokio::spawn(report_progress(
+        world.pool.clone(),
+        plan.expected.len(),
+        started,
+    ));
     let published = plan.publish(&world, &profile).await;
     publishing_done.cancel();
     // Faults keep coming until every kind has had its rounds.
@@ -280,6 +292,7 @@ pub async fn run(profile: Profile) -> anyhow::Result<Report> {
     if let Err(e) = quiesce(&world, &plan, profile.settle_timeout).await {
         report.violations.push(format!("no quiescence: {e:#}"));
     }
+    progress.abort();
     workers.stop_all().await;
     check(&world, &plan, &mut report).await?;
     report.fence_refusals = workers.count_in_logs("refused by the lease fence");
@@ -533,6 +546,29 @@ async fn quiesce(world: &World, plan: &Plan, timeout: Duration) -> anyhow::Resul
     }
 }
 
+/// Every 30 s, one line on stderr: how far the run has got (long runs must
+/// show they are alive).
+async fn report_progress(pool: PgPool, keys: usize, started: Instant) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let Ok(mut conn) = pool.acquire().await else {
+            continue;
+        };
+        if let Ok(st) = idem_store::status::read(&mut conn).await {
+            eprintln!(
+                "chaos [{:>5.0} s] inbox keys {}/{keys}, succeeded {}, declined {}, open {}, duplicates absorbed {}, quarantined {}",
+                started.elapsed().as_secs_f64(),
+                st.inbox_keys,
+                st.outbox_in(OutboxState::Succeeded),
+                st.outbox_in(OutboxState::Declined),
+                st.open_rows(),
+                st.duplicates,
+                st.quarantined,
+            );
+        }
+    }
+}
+
 /// Check every invariant; record violations in the report.
 async fn check(world: &World, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
     let ledger = world.sim.ledger();
@@ -582,6 +618,7 @@ async fn check(world: &World, plan: &Plan, report: &mut Report) -> anyhow::Resul
 
     let st = idem_store::status::read(&mut *world.pool.acquire().await?).await?;
     report.declined = st.outbox_in(OutboxState::Declined);
+    report.absorbed = st.duplicates;
     report.quarantined = st.quarantined;
     let declines = plan.expected.values().filter(|(_, d)| *d).count() as i64;
     if report.declined != declines {

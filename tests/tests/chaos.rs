@@ -10,9 +10,10 @@
 //! conflict or quarantine row; nothing left in the queue or its dead-letter
 //! queue), no row left open, no account slot held.
 //!
-//! - `cargo test --workspace --test chaos`: the short profile (CI, ~3 min).
-//! - `cargo test --workspace --test chaos -- --ignored --nocapture chaos_soak`:
-//!   the soak profile (100,000 messages, ~30 minutes of faults).
+//! - `cargo test --workspace`: includes the short profile (CI, ~2 min).
+//! - `cargo build -p idem && cargo test -p idem-tests --test chaos -- --ignored
+//!   --nocapture chaos_soak`: the soak profile (100,000 messages, ~35 minutes
+//!   of faults). The suite runs the built `idem` binary: build it first.
 
 #![allow(clippy::unwrap_used)]
 
