@@ -11,6 +11,10 @@ use idem_charge::Capabilities;
 use idem_dispatch::{Backoff, DispatchConfig};
 use idem_inbox::InboxConfig;
 
+use crate::reconcile::{ReconcileArgs, ReconcileSettings};
+use crate::results::ResultsArgs;
+use crate::retention::{RetentionArgs, RetentionConfig};
+
 /// Where the database lives.
 #[derive(Args, Debug, Clone)]
 pub struct DatabaseArgs {
@@ -130,6 +134,12 @@ pub struct RunArgs {
     /// Seconds shutdown waits for calls in flight.
     #[arg(long, env = "IDEM_SHUTDOWN_GRACE_SECS", default_value_t = 15)]
     pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    #[command(flatten)]
+    pub reconcile: ReconcileArgs,
+    #[command(flatten)]
+    pub results: ResultsArgs,
 }
 
 /// A validated configuration for [`crate::daemon::run`].
@@ -151,6 +161,12 @@ pub struct Config {
     pub inbox: InboxConfig,
     /// Dispatcher settings.
     pub dispatch: DispatchConfig,
+    /// Retention windows and batching.
+    pub retention: RetentionConfig,
+    /// The reconciler and its periodic job.
+    pub reconcile: ReconcileSettings,
+    /// The result publisher (dispatcher roles).
+    pub results: idem_events::PublisherConfig,
 }
 
 fn default_replica_id() -> String {
@@ -242,8 +258,24 @@ impl RunArgs {
         )?;
         check_url("IDEM_AMQP_URL", &a.amqp.amqp_url, &["amqp", "amqps"])?;
         check_url("IDEM_CHARGE_API_URL", &a.charge_api_url, &["http", "https"])?;
+        let retention = a.retention.validate(
+            Duration::from_secs(a.lease_secs),
+            Duration::from_millis(a.retry_max_ms),
+        )?;
         let owner = a.replica_id.clone().unwrap_or_else(default_replica_id);
         let charge_timeout = Duration::from_millis(a.charge_timeout_ms);
+        let reconcile = a.reconcile.validate(charge_timeout)?;
+        ensure!(
+            retention.outbox >= reconcile.lookback,
+            "IDEM_OUTBOX_RETENTION_HOURS={} is shorter than IDEM_RECONCILE_LOOKBACK_HOURS={}: reconciliation \
+             would meet charges whose outbox row retention already deleted, and could no longer tell \
+             an extra charge of ours from a foreign one",
+            a.retention.outbox_retention_hours,
+            a.reconcile.reconcile_lookback_hours
+        );
+        let results = a
+            .results
+            .validate(&a.amqp.amqp_url, Duration::from_millis(a.idle_poll_ms))?;
         Ok(Config {
             database_url: a.database.database_url.clone(),
             db_max_connections: a.database.db_max_connections,
@@ -279,6 +311,9 @@ impl RunArgs {
                 idle_poll: Duration::from_millis(a.idle_poll_ms),
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
             },
+            retention,
+            reconcile,
+            results,
         })
     }
 }
@@ -348,5 +383,59 @@ mod tests {
             !err.to_string().contains("hunter2"),
             "password leaked: {err}"
         );
+    }
+
+    #[test]
+    fn retention_shorter_than_the_horizon_is_refused() {
+        let config = parse(&[]).validate().expect("defaults");
+        assert_eq!(config.retention.inbox, Duration::from_secs(168 * 3600));
+        let err = parse(&["--inbox-retention-hours", "0"])
+            .validate()
+            .expect_err("zero window");
+        assert!(
+            err.to_string().contains("IDEM_INBOX_RETENTION_HOURS"),
+            "{err}"
+        );
+        // A day-long retry delay puts the floor at 10 days: the default
+        // 7-day inbox window is refused, naming the variable to raise.
+        let err = parse(&["--retry-max-ms", "86400000"])
+            .validate()
+            .expect_err("window under 10 x retry max");
+        assert!(
+            err.to_string().contains("IDEM_INBOX_RETENTION_HOURS=168"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("at least 240"), "{err}");
+        let err = parse(&["--outbox-retention-hours", "1", "--lease-secs", "600"])
+            .validate()
+            .expect_err("window under 10 x lease");
+        assert!(
+            err.to_string().contains("IDEM_OUTBOX_RETENTION_HOURS"),
+            "{err}"
+        );
+        let err = parse(&[
+            "--outbox-retention-hours",
+            "24",
+            "--reconcile-lookback-hours",
+            "48",
+        ])
+        .validate()
+        .expect_err("outbox window under the reconciler's lookback");
+        assert!(
+            err.to_string().contains("IDEM_RECONCILE_LOOKBACK_HOURS=48"),
+            "{err}"
+        );
+        let err = parse(&["--retention-batch", "0"])
+            .validate()
+            .expect_err("batch");
+        assert!(err.to_string().contains("IDEM_RETENTION_BATCH"), "{err}");
+        parse(&[
+            "--inbox-retention-hours",
+            "1",
+            "--quarantine-retention-hours",
+            "1",
+        ])
+        .validate()
+        .expect("an hour is the floor at default lease and retry");
     }
 }

@@ -1,8 +1,9 @@
 //! `idem run`: the daemon. Connects (failing fast with a clear message when a
 //! dependency is unreachable or misconfigured), applies the schema, then runs
 //! the inbox consumer and/or the dispatcher until the shutdown token fires.
-//! Alongside them: the health and metrics listener, and the sampler of the
-//! table gauges.
+//! Alongside them: the health and metrics listener, the sampler of the
+//! table gauges, and the retention job; with the dispatcher, the result
+//! publisher.
 
 use std::net::SocketAddr;
 
@@ -68,6 +69,13 @@ pub async fn run_with(
         metrics_handle,
         stop.clone(),
     ));
+    // Every replica, whatever its role: the tables stay bounded while any
+    // replica is up; an advisory lock lets one of them do the work.
+    roles.spawn(crate::retention::run(
+        pool.clone(),
+        config.retention.clone(),
+        stop.clone(),
+    ));
     if consumes {
         let (pool, inbox, stop) = (pool.clone(), config.inbox.clone(), stop.clone());
         roles.spawn(async move {
@@ -76,7 +84,31 @@ pub async fn run_with(
                 .context("inbox consumer")
         });
     }
+    if let (Some(interval), Role::All | Role::Dispatcher) = (config.reconcile.interval, config.role)
+    {
+        let reconciler = idem_reconcile::Reconciler::new(
+            pool.clone(),
+            client.clone(),
+            config.reconcile.reconciler.clone(),
+        );
+        roles.spawn(idem_reconcile::run_periodic(
+            reconciler,
+            interval,
+            config.reconcile.lookback,
+            stop.clone(),
+        ));
+    }
     if matches!(config.role, Role::All | Role::Dispatcher) {
+        // Result events: settles write them (a trigger), this replica sends
+        // them. Rides out broker outages by itself; results wait in the database.
+        let publisher = idem_events::Publisher::new(pool.clone(), config.results.clone());
+        let publisher_stop = stop.clone();
+        roles.spawn(async move {
+            publisher
+                .run(publisher_stop)
+                .await
+                .context("result publisher")
+        });
         let dispatcher = Dispatcher::new(pool.clone(), client, config.dispatch.clone());
         let stop = stop.clone();
         roles.spawn(async move { dispatcher.run(stop).await.context("dispatcher") });

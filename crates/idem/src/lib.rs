@@ -12,6 +12,10 @@
 //! - `metrics`: the Prometheus recorder (one per process, shared by in-process
 //!   daemons), metric descriptions, the sampler of the table gauges.
 //! - `cli`: subcommands and their handlers (`migrate`, `publish`, `status`, ...).
+//! - `retention`: the periodic job deleting rows past their windows
+//!   (inbox keys, settled outbox rows, quarantine, key conflicts); its settings.
+//! - `reconcile`: the reconciler's settings and `idem reconcile`.
+//! - `results`: the result publisher's settings (`IDEM_RESULTS_*`).
 //! - `status`: the status table.
 //! - `workload`: sample traffic (originals, duplicates, conflicts, malformed)
 //!   and publishing with confirms.
@@ -24,6 +28,9 @@ pub mod daemon;
 pub mod demo;
 pub mod health;
 pub mod metrics;
+pub mod reconcile;
+pub mod results;
+pub mod retention;
 pub mod status;
 pub mod telemetry;
 pub mod workload;

@@ -154,7 +154,79 @@ fn describe() {
         "idem_status_sampled_timestamp_seconds",
         "Unix time of the last successful sample of the table gauges"
     );
+    describe_counter!(
+        "idem_reconcile_runs_total",
+        "Reconciliation runs completed by this process"
+    );
+    describe_counter!(
+        "idem_reconcile_extra_charges_total",
+        "Extra charges found at the provider (more than one succeeded charge for a reference)"
+    );
+    describe_counter!(
+        "idem_reconcile_refunds_total",
+        "Refunds of extra charges the provider confirmed"
+    );
+    describe_counter!(
+        "idem_reconcile_rows_settled_total",
+        "Rows settled as succeeded because reconciliation found their charge"
+    );
+    describe_counter!(
+        "idem_reconcile_rows_requeued_total",
+        "unknown rows re-queued because the provider had no charge for them after the grace period"
+    );
+    describe_counter!(
+        "idem_reconcile_findings_total",
+        "Mismatches reported for an operator, by kind (foreign_charge|missing_at_provider|charged_but_declined|charge_mismatch)"
+    );
+    describe_gauge!(
+        "idem_reconcile_last_run_timestamp_seconds",
+        "Unix time of this process's last completed reconciliation run"
+    );
+    describe_counter!(
+        "idem_events_published_total",
+        "Result events confirmed by the broker and deleted, by kind (settled|replayed|reply)"
+    );
+    describe_counter!(
+        "idem_events_unroutable_total",
+        "Result event publishes the broker returned as unroutable, by target (exchange|reply_to); not retried"
+    );
+    describe_counter!(
+        "idem_events_failed_total",
+        "Result events not confirmed (nack, lost channel, no confirm in time), backed off for a retry"
+    );
+    describe_counter!(
+        "idem_events_reconnects_total",
+        "Broker sessions lost by the result publisher, each followed by reconnecting"
+    );
+    describe_gauge!(
+        "idem_events_backlog",
+        "Result events waiting to be published (sampled by the publisher)"
+    );
+    describe_gauge!(
+        "idem_events_oldest_seconds",
+        "Age of the oldest result event waiting to be published (sampled by the publisher)"
+    );
+    describe_counter!(
+        "idem_retention_deleted_total",
+        "Rows deleted by retention past their window, by table (inbox|outbox|quarantine|key_conflict)"
+    );
+    describe_counter!(
+        "idem_retention_passes_total",
+        "Retention passes by outcome (completed: nothing old left; yielded: another replica held the lock; failed)"
+    );
+    describe_gauge!(
+        "idem_retention_completed_timestamp_seconds",
+        "Unix time this replica last completed a retention pass with nothing old left"
+    );
 
+    for kind in ["settled", "replayed", "reply"] {
+        ::metrics::counter!("idem_events_published_total", "kind" => kind).increment(0);
+    }
+    for target in ["exchange", "reply_to"] {
+        ::metrics::counter!("idem_events_unroutable_total", "target" => target).increment(0);
+    }
+    ::metrics::counter!("idem_events_failed_total").increment(0);
+    ::metrics::counter!("idem_events_reconnects_total").increment(0);
     for decision in DECISIONS {
         ::metrics::counter!("idem_inbox_messages_total", "decision" => decision).increment(0);
     }
@@ -172,6 +244,12 @@ fn describe() {
         "idem_lease_reclaims_total",
     ] {
         ::metrics::counter!(name).increment(0);
+    }
+    for table in crate::retention::Table::ALL {
+        ::metrics::counter!("idem_retention_deleted_total", "table" => table.as_str()).increment(0);
+    }
+    for outcome in ["completed", "yielded", "failed"] {
+        ::metrics::counter!("idem_retention_passes_total", "outcome" => outcome).increment(0);
     }
 }
 

@@ -5,7 +5,8 @@
 //! is quarantined instead, so the rest of the batch still commits. Only an error
 //! of the connection itself fails the batch, and then nothing is acked.
 
-use idem_message::Rejection;
+use idem_message::{ChargeRequest, Rejection};
+use idem_store::event;
 use idem_store::inbox::{self, Recorded};
 use idem_store::quarantine::{self, Quarantined};
 use lapin::BasicProperties;
@@ -88,7 +89,7 @@ async fn record_one(
         }
         Ok(request) => {
             let mut savepoint = conn.begin().await?;
-            match inbox::record(&mut savepoint, &request, item.body).await {
+            match record_and_reply(&mut savepoint, &request, item.body).await {
                 Ok(recorded) => {
                     savepoint.commit().await?;
                     return Ok(match recorded {
@@ -113,6 +114,23 @@ async fn record_one(
     };
     let rejection = Rejection::Schema(format!("the database refused the message: {refused}"));
     quarantine(conn, item, &rejection).await
+}
+
+/// Record `request`; for a duplicate, also owe it its result event — the
+/// stored result again if the charge is settled (never a new charge), or a
+/// reply when it settles — in the same savepoint, so the event stands or falls
+/// with the decision.
+async fn record_and_reply(
+    conn: &mut PgConnection,
+    request: &ChargeRequest,
+    raw_body: &[u8],
+) -> Result<Recorded, sqlx::Error> {
+    let recorded = inbox::record(conn, request, raw_body).await?;
+    if matches!(recorded, Recorded::Duplicate { existing: Some(_) }) {
+        let reply = event::on_duplicate(conn, request).await?;
+        tracing::debug!(message_id = %request.message_id, ?reply, "result owed to a duplicate");
+    }
+    Ok(recorded)
 }
 
 async fn quarantine(

@@ -1,7 +1,7 @@
 //! The inbox: one row per (scope, message_id). Recording a message is the
 //! dedup decision, made atomically by the primary key.
 
-use idem_message::ChargeRequest;
+use idem_message::{ChargeRequest, fingerprint};
 use sqlx::PgConnection;
 
 use crate::outbox::{self, OutboxState};
@@ -51,8 +51,10 @@ pub async fn record(
     .await?;
 
     if inserted {
-        let outbox_id = outbox::enqueue(conn, request).await?;
-        return Ok(Recorded::New { outbox_id });
+        if let Some(outbox_id) = outbox::enqueue(conn, request).await? {
+            return Ok(Recorded::New { outbox_id });
+        }
+        return recall(conn, request, raw_body).await;
     }
     if stored != request.fingerprint {
         insert_conflict(conn, request, &stored, raw_body).await?;
@@ -60,6 +62,48 @@ pub async fn record(
     }
     let existing = outbox::state_of(conn, &request.scope, &request.message_id).await?;
     Ok(Recorded::Duplicate { existing })
+}
+
+/// The inbox had forgotten this key, but its outbox row is still there
+/// (retention deletes a settled key before its outbox row by default; see
+/// `retention::delete_inbox_keys`): the message is not new. It is judged
+/// against the payload the outbox row was created with, and the key just
+/// re-inserted gets that payload's fingerprint back, so later copies are
+/// judged against what was charged rather than against this copy.
+async fn recall(
+    conn: &mut PgConnection,
+    request: &ChargeRequest,
+    raw_body: &[u8],
+) -> Result<Recorded, sqlx::Error> {
+    let Some(row) = outbox::stored(conn, request.reference_id).await? else {
+        // Retention removed the outbox row since the insert collided with it:
+        // both records had outlived their windows. Still not new: absorb it.
+        return Ok(Recorded::Duplicate { existing: None });
+    };
+    let original = fingerprint(&row.account_id, row.amount, &row.currency);
+    tracing::info!(
+        same_payload = (original == request.fingerprint),
+        state = row.state.as_str(),
+        "key no longer in the inbox but its outbox row is: not charged again, key restored"
+    );
+    sqlx::query(
+        "UPDATE inbox SET fingerprint = $3,
+             duplicates = duplicates + (fingerprint =  $3)::int,
+             conflicts  = conflicts  + (fingerprint <> $3)::int
+         WHERE scope = $1 AND message_id = $2",
+    )
+    .bind(&request.scope)
+    .bind(&request.message_id)
+    .bind(&original[..])
+    .execute(&mut *conn)
+    .await?;
+    if original != request.fingerprint {
+        insert_conflict(conn, request, &original, raw_body).await?;
+        return Ok(Recorded::Conflict);
+    }
+    Ok(Recorded::Duplicate {
+        existing: Some((row.state, row.result)),
+    })
 }
 
 async fn insert_conflict(

@@ -8,16 +8,26 @@
 //! ## Layout
 //! - `db`: connecting (creating the database if missing), the embedded
 //!   migrator, URL redaction for error messages.
+//! - `event`: result events to publish (written by the settle trigger, and
+//!   here for a duplicate of a settled charge); claim, delete once confirmed,
+//!   back off.
 //! - `inbox`: record a message's key once; tell new, duplicate and conflict apart.
 //! - `outbox`: enqueue, claim with a lease, settle fenced by the lease, rescue
 //!   expired leases.
 //! - `quarantine`: keep bad input whole, with its reason.
+//! - `reconcile`: our rows for the provider's listed references, settling
+//!   and re-queuing found/missing charges, compensations (refunds).
+//! - `retention`: delete keys, settled outbox rows, quarantine and conflict
+//!   records past their windows, in bounded `SKIP LOCKED` batches.
 //! - `status`: counts for operators and the demo.
 
 pub mod db;
+pub mod event;
 pub mod inbox;
 pub mod outbox;
 pub mod quarantine;
+pub mod reconcile;
+pub mod retention;
 pub mod status;
 
 pub use db::{MIGRATOR, connect, migrate, redact_url};

@@ -115,11 +115,21 @@ pub enum Settlement {
 }
 
 /// Insert the outbox row for a new message (inside the inbox transaction).
-pub async fn enqueue(conn: &mut PgConnection, request: &ChargeRequest) -> Result<i64, sqlx::Error> {
+///
+/// `None` when the operation already has an outbox row (`reference_id` is
+/// UNIQUE): its inbox key was removed by retention while the row was kept,
+/// and the caller treats the message as seen, not new. `DO NOTHING` rather
+/// than letting the constraint fail: a failed statement would abort the
+/// caller's transaction, and the message must be decided, not quarantined.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    request: &ChargeRequest,
+) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
                              description, reply_to, correlation_id, traceparent)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (reference_id) DO NOTHING
          RETURNING id",
     )
     .bind(&request.scope)
@@ -132,8 +142,38 @@ pub async fn enqueue(conn: &mut PgConnection, request: &ChargeRequest) -> Result
     .bind(&request.reply_to)
     .bind(&request.correlation_id)
     .bind(&request.traceparent)
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await
+}
+
+/// What the outbox row of `reference_id` recorded: the business fields (to
+/// tell a duplicate from a conflict once the inbox key is gone), its state and
+/// stored result.
+pub async fn stored(
+    conn: &mut PgConnection,
+    reference_id: Uuid,
+) -> Result<Option<Stored>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, amount, currency, state, result FROM outbox WHERE reference_id = $1",
+    )
+    .bind(reference_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// An outbox row's payload and outcome, as [`stored`] reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Stored {
+    /// Account charged (or to charge).
+    pub account_id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// Where the row is in its lifecycle.
+    pub state: OutboxState,
+    /// The settled answer, if any.
+    pub result: Option<serde_json::Value>,
 }
 
 /// The state and stored result of the outbox row for a key, if any.

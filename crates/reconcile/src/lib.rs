@@ -1,0 +1,71 @@
+//! # idem-reconcile
+//!
+//! Idempotency keys close most of the gap between "sent" and "charged once";
+//! the reconciler closes the rest by holding the provider's books against
+//! ours. It lists the provider's charges in a time window and, per reference:
+//! refunds every extra succeeded charge (recorded first in `compensation`,
+//! refunded under a key derived from the charge, so a retried or concurrent
+//! refund is never doubled); settles `pending`/`unknown`/`dead` rows whose
+//! charge it finds; re-queues `unknown` rows without a charge once they have
+//! been quiet for longer than the grace period; and reports, without touching
+//! them, charges we never asked for and succeeded rows the provider lacks.
+//!
+//! ## Layout
+//! - `reconciler`: one run ([`Reconciler::run_once`]), under an advisory lock.
+//! - `report`: counts and findings, as a table or JSON.
+//! - [`run_periodic`]: the job inside `idem run`.
+
+mod reconciler;
+pub mod report;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use reconciler::{ReconcileConfig, Reconciler, Window, refund_key};
+pub use report::{Finding, FindingKind, Report};
+
+/// Reconcile every `interval` over the last `lookback` until `shutdown`. Only
+/// one replica runs at a time (the others skip their turn); a failed run
+/// (provider or database away) is logged and tried again next interval.
+pub async fn run_periodic(
+    reconciler: Reconciler,
+    interval: Duration,
+    lookback: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let lookback = chrono::Duration::from_std(lookback)?;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(interval) => {}
+        }
+        let window = Window {
+            from: chrono::Utc::now() - lookback,
+            to: None,
+        };
+        match reconciler.try_run_once(window).await {
+            Ok(Some(report)) => log_report(&report),
+            Ok(None) => tracing::debug!("another replica is reconciling; skipping this turn"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "reconciliation failed; retrying next interval"
+            ),
+        }
+    }
+}
+
+fn log_report(report: &Report) {
+    tracing::info!(
+        charges = report.charges_listed,
+        extra = report.extra_charges,
+        refunded = report.refunds_confirmed,
+        settled = report.rows_settled,
+        requeued = report.rows_requeued,
+        findings = report.findings.len(),
+        "reconciliation run done"
+    );
+    for f in &report.findings {
+        tracing::warn!(kind = f.kind.as_str(), reference_id = %f.reference_id, outbox_id = ?f.outbox_id, charges = ?f.charge_ids, "reconciliation finding: {}", f.detail);
+    }
+}

@@ -1,0 +1,404 @@
+//! One reconciliation run: list the provider's charges in a window, group them
+//! by reference, hold them against our outbox rows, and act where the
+//! evidence is unambiguous — refund extra charges, settle rows whose charge
+//! was found, re-queue uncertain rows whose charge was not — reporting the
+//! rest. Runs hold the reconciler's advisory lock, so one runs at a time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use idem_charge::{Charge, ChargeClient, ChargeList, ClientError};
+use idem_store::OutboxState;
+use idem_store::reconcile::{self as store, NewCompensation, RowView};
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::Postgres;
+use uuid::Uuid;
+
+use crate::report::{Finding, FindingKind, Report};
+
+/// Clock skew allowed between our database and the provider when deciding
+/// that a row's charge must be inside a window.
+const SKEW: Duration = Duration::from_secs(60);
+
+/// Tries per listing page before the run gives up.
+const PAGE_TRIES: u32 = 5;
+
+/// Settings of the reconciler.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// How long an `unknown` row must have been left alone before a listing
+    /// without its charge re-queues it: longer than the charge timeout, so
+    /// the provider has finished any request the row's last attempt sent.
+    pub grace: Duration,
+    /// Charges per listing page.
+    pub page_size: u32,
+}
+
+/// The window of provider charges a run looks at (by the charge's creation
+/// time). `to = None` means up to the run's start (an open window).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// Charges created at or after.
+    pub from: DateTime<Utc>,
+    /// Charges created before; `None`: the run's start.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// The reconciler. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    /// Our database.
+    pool: PgPool,
+    /// The provider (its capabilities say whether refunds are possible).
+    client: ChargeClient,
+    /// Settings.
+    config: ReconcileConfig,
+}
+
+impl Reconciler {
+    /// A reconciler over `pool` and `client`.
+    pub fn new(pool: PgPool, client: ChargeClient, config: ReconcileConfig) -> Self {
+        Self {
+            pool,
+            client,
+            config,
+        }
+    }
+
+    /// Run once over `window`, waiting for another reconciler's run to end
+    /// first.
+    pub async fn run_once(&self, window: Window) -> anyhow::Result<Report> {
+        let mut lock = self.pool.acquire().await?;
+        store::lock(&mut lock).await?;
+        let result = self.run_locked(window).await;
+        store::unlock(&mut lock).await?;
+        result
+    }
+
+    /// Run once over `window` unless another reconciler is running (`None`).
+    pub async fn try_run_once(&self, window: Window) -> anyhow::Result<Option<Report>> {
+        let mut lock = self.pool.acquire().await?;
+        if !store::try_lock(&mut lock).await? {
+            return Ok(None);
+        }
+        let result = self.run_locked(window).await;
+        store::unlock(&mut lock).await?;
+        result.map(Some)
+    }
+
+    async fn run_locked(&self, window: Window) -> anyhow::Result<Report> {
+        let started = Utc::now();
+        let to = window.to.unwrap_or(started);
+        let mut report = Report {
+            window_from: Some(window.from),
+            window_to: Some(to),
+            open_window: window.to.is_none(),
+            ..Report::default()
+        };
+        let charges = self.list(window.from, to).await?;
+        report.charges_listed = charges.len();
+        let by_reference = group(charges);
+        report.references = by_reference.len();
+        let mut conn = self.pool.acquire().await?;
+        let rows = our_rows(&mut conn, &by_reference).await?;
+        for (reference, charges) in &by_reference {
+            let row = Uuid::parse_str(reference).ok().and_then(|r| rows.get(&r));
+            self.reconcile_reference(&mut conn, reference, charges, row, &mut report)
+                .await?;
+        }
+        if report.open_window {
+            self.account_for_rows(&mut conn, &window, started, &by_reference, &mut report)
+                .await?;
+        }
+        self.refund_pending(&mut conn, &mut report).await?;
+        record_metrics(&report);
+        Ok(report)
+    }
+
+    /// Every charge created in `[from, to)`, page by page.
+    async fn list(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> anyhow::Result<Vec<Charge>> {
+        let (gte, lt) = (from.timestamp(), to.timestamp() + 1);
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.page(gte, lt, after.as_deref()).await?;
+            after = page.data.last().map(|c| c.id.clone());
+            all.extend(page.data);
+            if !page.has_more || after.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// One page of the listing; a failed page is asked again (up to
+    /// [`PAGE_TRIES`] times, backing off), as a listing is safe to repeat.
+    async fn page(&self, gte: i64, lt: i64, after: Option<&str>) -> anyhow::Result<ChargeList> {
+        let mut backoff = Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .client
+                .list_charges(Some(gte), Some(lt), self.config.page_size, after)
+                .await
+            {
+                Ok(page) => return Ok(page),
+                Err(e) if tries < PAGE_TRIES => {
+                    tracing::debug!(error = %e, tries, "listing page failed; asking again");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "listing the provider's charges (gave up after {tries} tries)"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Hold one reference's charges against our row.
+    async fn reconcile_reference(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        reference: &str,
+        charges: &[Charge],
+        row: Option<&RowView>,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let ids = || charges.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        let finding = |kind, detail: &str| Finding {
+            kind,
+            reference_id: reference.to_owned(),
+            outbox_id: row.map(|r| r.id),
+            charge_ids: ids(),
+            detail: detail.to_owned(),
+        };
+        let Some(row) = row else {
+            report.findings.push(finding(
+                FindingKind::ForeignCharge,
+                "no outbox row has this reference: never asked for by us (or removed by retention)",
+            ));
+            return Ok(());
+        };
+        match row.state {
+            OutboxState::InFlight => {
+                report.skipped_in_flight += 1;
+                return Ok(());
+            }
+            OutboxState::Declined => {
+                report.findings.push(finding(
+                    FindingKind::ChargedButDeclined,
+                    "our row is declined, but the provider has a charge for it",
+                ));
+                return Ok(());
+            }
+            _ => {}
+        }
+        let recorded = row.provider_charge_id.as_deref();
+        let kept = match recorded {
+            Some(id) => {
+                match charges.iter().find(|c| c.id == id) {
+                    Some(kept) => kept,
+                    None => {
+                        report.findings.push(finding(
+                        FindingKind::ChargeMismatch,
+                        &format!("our row recorded charge {id}, which the provider does not list here"),
+                    ));
+                        return Ok(());
+                    }
+                }
+            }
+            // First created wins: the one a lookup resolves to as well.
+            None => charges
+                .iter()
+                .min_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)))
+                .context("a reference with no charge")?,
+        };
+        if row.state != OutboxState::Succeeded {
+            let result = serde_json::to_value(kept)?;
+            if !store::settle_found(conn, row.id, &kept.id, &result).await? {
+                // Claimed meanwhile: the next run sees it again.
+                report.skipped_in_flight += 1;
+                return Ok(());
+            }
+            tracing::info!(outbox_id = row.id, reference_id = reference, charge_id = %kept.id, from = row.state.as_str(), "reconciliation settled a row: its charge was found");
+            report.rows_settled += 1;
+        }
+        if charges.len() > 1 {
+            report.references_charged_twice += 1;
+        }
+        for extra in charges.iter().filter(|c| c.id != kept.id) {
+            report.extra_charges += 1;
+            let evidence = json!({
+                "charges": charges,
+                "row_state_before": row.state,
+                "row_charge_before": recorded,
+                "kept": kept.id,
+                "rule": if recorded.is_some() { "keep the charge our row recorded" } else { "keep the first created" },
+            });
+            let compensation = NewCompensation {
+                reference_id: row.reference_id,
+                outbox_id: Some(row.id),
+                charge_id: &extra.id,
+                kept_charge_id: &kept.id,
+                amount: extra.amount,
+                currency: &extra.currency,
+                refund_key: refund_key(&extra.id),
+                evidence: &evidence,
+            };
+            if store::insert_compensation(conn, &compensation)
+                .await?
+                .is_some()
+            {
+                tracing::warn!(reference_id = reference, charge_id = %extra.id, kept = %kept.id, amount = extra.amount, "extra charge found: compensation recorded, refunding");
+                report.compensations_recorded += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// In an open window: our `succeeded` rows whose charge the provider does
+    /// not list, and `unknown` rows without a charge (re-queued after grace).
+    async fn account_for_rows(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        window: &Window,
+        started: DateTime<Utc>,
+        listed: &BTreeMap<String, Vec<Charge>>,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let skew = chrono::Duration::from_std(SKEW)?;
+        let settled_before = started - skew;
+        let quiet_since = started - chrono::Duration::from_std(self.config.grace)?;
+        for row in store::rows_to_account_for(conn, window.from + skew).await? {
+            if listed.contains_key(&row.reference_id.to_string()) {
+                continue;
+            }
+            match row.state {
+                OutboxState::Succeeded if row.settled_at.is_some_and(|t| t < settled_before) => {
+                    report.findings.push(Finding {
+                        kind: FindingKind::MissingAtProvider,
+                        reference_id: row.reference_id.to_string(),
+                        outbox_id: Some(row.id),
+                        charge_ids: row.provider_charge_id.clone().into_iter().collect(),
+                        detail: "our row is succeeded, but the provider lists no charge for it"
+                            .into(),
+                    });
+                }
+                // The statement re-checks state and quietness: a claim since
+                // the read makes it a no-op.
+                OutboxState::Unknown if row.updated_at < quiet_since => {
+                    let requeued = store::requeue_unknown(conn, row.id, quiet_since).await?;
+                    report.rows_requeued += usize::from(requeued);
+                    if requeued {
+                        tracing::info!(outbox_id = row.id, reference_id = %row.reference_id, "reconciliation re-queued an unknown row: no charge at the provider");
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Refund every compensation not confirmed yet (this run's and earlier
+    /// ones'), each under its own idempotency key.
+    async fn refund_pending(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        for c in store::pending_compensations(conn, 10_000).await? {
+            if !self.client.capabilities().refunds {
+                let why = format!(
+                    "the provider offers no refunds: refund charge {} by hand",
+                    c.charge_id
+                );
+                store::note_refund_failure(conn, c.id, true, &why).await?;
+                report.refunds_manual += 1;
+                continue;
+            }
+            match self
+                .client
+                .refund(&c.charge_id, &c.refund_key.to_string())
+                .await
+            {
+                Ok(refund) => {
+                    store::mark_refunded(conn, c.id, &refund.id).await?;
+                    tracing::info!(charge_id = %c.charge_id, refund_id = %refund.id, "extra charge refunded");
+                    report.refunds_confirmed += 1;
+                }
+                Err(ClientError::Status { body, .. })
+                    if body.contains("charge_already_refunded") =>
+                {
+                    // Refunded under another key (an operator, by hand).
+                    store::mark_refunded(conn, c.id, "(refunded elsewhere)").await?;
+                    report.refunds_confirmed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(charge_id = %c.charge_id, error = %e, "refund failed; the next run retries it under the same key");
+                    store::note_refund_failure(conn, c.id, false, &e.to_string()).await?;
+                    report.refunds_failed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The refund's idempotency key: a function of the refunded charge alone, so
+/// every run and every process sends the same key for the same refund.
+pub fn refund_key(charge_id: &str) -> Uuid {
+    Uuid::new_v5(
+        &idem_message::REFERENCE_NAMESPACE,
+        format!("refund:{charge_id}").as_bytes(),
+    )
+}
+
+/// Succeeded charges by reference, each list in creation order.
+fn group(charges: Vec<Charge>) -> BTreeMap<String, Vec<Charge>> {
+    let mut by_reference: BTreeMap<String, Vec<Charge>> = BTreeMap::new();
+    for charge in charges.into_iter().filter(|c| c.status == "succeeded") {
+        by_reference
+            .entry(charge.reference_id.clone())
+            .or_default()
+            .push(charge);
+    }
+    by_reference
+}
+
+/// Our rows for the listed references that are ours (UUIDs), by reference.
+async fn our_rows(
+    conn: &mut PoolConnection<Postgres>,
+    listed: &BTreeMap<String, Vec<Charge>>,
+) -> anyhow::Result<HashMap<Uuid, RowView>> {
+    let references: Vec<Uuid> = listed
+        .keys()
+        .filter_map(|r| Uuid::parse_str(r).ok())
+        .collect();
+    let mut rows = HashMap::with_capacity(references.len());
+    for chunk in references.chunks(5_000) {
+        for row in store::rows_by_reference(conn, chunk).await? {
+            rows.insert(row.reference_id, row);
+        }
+    }
+    Ok(rows)
+}
+
+fn record_metrics(report: &Report) {
+    metrics::counter!("idem_reconcile_runs_total").increment(1);
+    metrics::counter!("idem_reconcile_extra_charges_total").increment(report.extra_charges as u64);
+    metrics::counter!("idem_reconcile_refunds_total").increment(report.refunds_confirmed as u64);
+    metrics::counter!("idem_reconcile_rows_settled_total").increment(report.rows_settled as u64);
+    metrics::counter!("idem_reconcile_rows_requeued_total").increment(report.rows_requeued as u64);
+    for finding in &report.findings {
+        metrics::counter!("idem_reconcile_findings_total", "kind" => finding.kind.as_str())
+            .increment(1);
+    }
+    metrics::gauge!("idem_reconcile_last_run_timestamp_seconds")
+        .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+}

@@ -1,0 +1,247 @@
+//! Result events: the outbox of what to publish when a charge settles.
+//!
+//! Events are written by the database itself, in the transaction that makes
+//! an outbox row final (the `outbox_result_event` trigger, migration
+//! `20261122000005_result_events.sql`), so no settle path can forget one. The
+//! only event written from here is the inbox's: a duplicate request of a
+//! settled charge gets its stored result again ([`on_duplicate`]).
+//!
+//! The publisher claims due events with a lease (`next_attempt_at` pushed
+//! ahead), publishes them with confirms outside any transaction, then deletes
+//! them ([`published`]) or backs them off ([`retry`]). A publisher that dies
+//! mid-way leaves its events to be claimed again when the lease runs out: a
+//! result may be published twice, never lost, and carries a deterministic
+//! message_id so consumers drop the second copy.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use idem_message::ChargeRequest;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::outbox::OutboxState;
+
+/// Why an event exists; decides where it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The outbox row became final: the exchange, and the request's `reply_to`.
+    Settled,
+    /// A duplicate request of a final row: the exchange, and the duplicate's
+    /// own `reply_to`. The stored result, never a new charge.
+    Replayed,
+    /// A duplicate that arrived while the row was open and asked for a reply
+    /// elsewhere: only its `reply_to`.
+    Reply,
+}
+
+impl EventKind {
+    /// The kind as stored (and as the `kind` metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Settled => "settled",
+            EventKind::Replayed => "replayed",
+            EventKind::Reply => "reply",
+        }
+    }
+
+    /// Whether this kind goes to the results exchange (every kind goes to its
+    /// `reply_to`, if it has one).
+    pub fn to_exchange(self) -> bool {
+        !matches!(self, EventKind::Reply)
+    }
+}
+
+impl TryFrom<String> for EventKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "settled" => Ok(EventKind::Settled),
+            "replayed" => Ok(EventKind::Replayed),
+            "reply" => Ok(EventKind::Reply),
+            _ => Err(format!("unknown result event kind {s:?}")),
+        }
+    }
+}
+
+/// A claimed event: a snapshot of the outbox row when it became final, plus
+/// where to send it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ResultEvent {
+    /// Event row id (claim order).
+    pub id: i64,
+    /// Why it exists.
+    #[sqlx(try_from = "String")]
+    pub kind: EventKind,
+    /// The outbox row it reports (which may be gone by now).
+    pub outbox_id: i64,
+    /// Dedup scope of the request.
+    pub scope: String,
+    /// The producer's key of the request.
+    pub message_id: String,
+    /// The charge's idempotency key.
+    pub reference_id: Uuid,
+    /// The account.
+    pub account_id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// `succeeded`, `declined` or `dead`.
+    pub state: OutboxState,
+    /// The provider's charge id, when succeeded.
+    pub provider_charge_id: Option<String>,
+    /// The stored charge (succeeded) or decline (declined).
+    pub result: Option<serde_json::Value>,
+    /// Why a dead row died.
+    pub error: Option<String>,
+    /// When the row became final.
+    pub settled_at: DateTime<Utc>,
+    /// W3C trace context of the request.
+    pub traceparent: Option<String>,
+    /// Queue for the direct reply, if any.
+    pub reply_to: Option<String>,
+    /// Echoed on both publishes.
+    pub correlation_id: Option<String>,
+    /// Claims so far, this one included.
+    pub attempts: i32,
+}
+
+/// Claim up to `limit` due events for `lease`: they are not due again before
+/// the lease runs out, so another publisher skips them meanwhile. Oldest first.
+pub async fn claim(
+    conn: &mut PgConnection,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<ResultEvent>, sqlx::Error> {
+    let mut events: Vec<ResultEvent> = sqlx::query_as(
+        "UPDATE result_event e SET attempts = e.attempts + 1,
+             next_attempt_at = now() + make_interval(secs => $2)
+         FROM (SELECT id FROM result_event WHERE next_attempt_at <= now()
+               ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due
+         WHERE e.id = due.id
+         RETURNING e.id, e.kind, e.outbox_id, e.scope, e.message_id, e.reference_id,
+                   e.account_id, e.amount, e.currency, e.state, e.provider_charge_id,
+                   e.result, e.error, e.settled_at, e.traceparent, e.reply_to,
+                   e.correlation_id, e.attempts",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(conn)
+    .await?;
+    // RETURNING has no order; publish in claim order.
+    events.sort_by_key(|e| e.id);
+    Ok(events)
+}
+
+/// Forget events the broker confirmed. Returns how many were deleted (fewer
+/// than `ids` if another publisher, after a lease ran out, got there first).
+pub async fn published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM result_event WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Back off events whose publish failed (nack, lost channel, timeout):
+/// `base * 2^(attempts-1)`, at most `max`, then they are due again.
+pub async fn retry(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    base: Duration,
+    max: Duration,
+    error: &str,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE result_event SET last_error = $4,
+             next_attempt_at = now() + make_interval(secs =>
+                 least($2 * power(2, least(greatest(attempts - 1, 0), 20)), $3))
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .bind(base.as_secs_f64())
+    .bind(max.as_secs_f64())
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Events not yet published, and the age in seconds of the oldest (0 when none).
+pub async fn backlog(conn: &mut PgConnection) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+         FROM result_event",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// What [`on_duplicate`] owed the duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicateReply {
+    /// The row is final: its stored result is published again (`replayed`).
+    Replayed,
+    /// The row is open: a reply to the duplicate's `reply_to` is owed when it
+    /// settles.
+    Waiting,
+    /// Nothing more to send: the row is open and the reply it will send
+    /// already covers this request (no `reply_to`, or the original's), or
+    /// the row is gone (retention).
+    Nothing,
+}
+
+/// A duplicate of `request` was recorded: if its outbox row is final, write a
+/// `replayed` event with the stored result and the duplicate's own
+/// `reply_to`/`correlation_id`; if the row is still open and the duplicate
+/// asked for a reply the settle event will not send, owe it one
+/// (`result_reply`). Run in the inbox transaction that recorded the duplicate.
+///
+/// The row is read `FOR SHARE`, which waits for a settle in progress and then
+/// reads what it committed: either this statement sees the row final (and
+/// replays), or the settle's trigger — which must wait for this transaction —
+/// sees the owed reply. No interleaving loses the reply.
+pub async fn on_duplicate(
+    conn: &mut PgConnection,
+    request: &ChargeRequest,
+) -> Result<DuplicateReply, sqlx::Error> {
+    let (replayed, waiting): (i64, i64) = sqlx::query_as(
+        "WITH target AS (
+             SELECT * FROM outbox WHERE reference_id = $1 FOR SHARE
+         ), replay AS (
+             INSERT INTO result_event (kind, outbox_id, scope, message_id, reference_id,
+                                       account_id, amount, currency, state, provider_charge_id,
+                                       result, error, settled_at, traceparent, reply_to,
+                                       correlation_id)
+             SELECT 'replayed', t.id, t.scope, t.message_id, t.reference_id, t.account_id,
+                    t.amount, t.currency, t.state, t.provider_charge_id, t.result,
+                    CASE WHEN t.state = 'dead' THEN t.last_error END,
+                    coalesce(t.settled_at, now()), t.traceparent, $2, $3
+             FROM target t WHERE t.state IN ('succeeded', 'declined', 'dead')
+             RETURNING id
+         ), owed AS (
+             INSERT INTO result_reply (outbox_id, reply_to, correlation_id)
+             SELECT t.id, $2, $3 FROM target t
+             WHERE t.state NOT IN ('succeeded', 'declined', 'dead')
+               AND $2::text IS NOT NULL
+               AND ($2 IS DISTINCT FROM t.reply_to OR $3::text IS DISTINCT FROM t.correlation_id)
+             ON CONFLICT DO NOTHING
+             RETURNING outbox_id
+         )
+         SELECT (SELECT count(*) FROM replay), (SELECT count(*) FROM owed)",
+    )
+    .bind(request.reference_id)
+    .bind(&request.reply_to)
+    .bind(&request.correlation_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(if replayed > 0 {
+        DuplicateReply::Replayed
+    } else if waiting > 0 {
+        DuplicateReply::Waiting
+    } else {
+        DuplicateReply::Nothing
+    })
+}

@@ -1,0 +1,277 @@
+//! The reconciler's SQL: what our books say about the references the provider
+//! listed, settling rows whose charge was found, re-queuing rows whose charge
+//! was not, and the compensation table (refunds of extra charges).
+//!
+//! None of these writes touch a row that is `in_flight`: a lease holder owns
+//! it, and the reconciler looks again on its next run.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::outbox::OutboxState;
+
+/// Key of the advisory lock that makes one reconciler run at a time
+/// (`b"idemreco"` as a big-endian integer).
+pub const LOCK_KEY: i64 = 0x6964_656d_7265_636f;
+
+/// An outbox row as the reconciler sees it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct RowView {
+    /// Outbox row id.
+    pub id: i64,
+    /// The reference its charges carry.
+    pub reference_id: Uuid,
+    /// Its state now.
+    pub state: OutboxState,
+    /// The charge it recorded, if it settled as succeeded.
+    pub provider_charge_id: Option<String>,
+    /// Since when its outcome has been uncertain.
+    pub uncertain_since: Option<DateTime<Utc>>,
+    /// When the inbox recorded it (its charges can only be younger).
+    pub created_at: DateTime<Utc>,
+    /// When it was last written (claimed, settled, re-queued).
+    pub updated_at: DateTime<Utc>,
+    /// When it reached a final state.
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+const ROW_VIEW: &str = "SELECT id, reference_id, state, provider_charge_id, uncertain_since, \
+                        created_at, updated_at, settled_at FROM outbox";
+
+/// Our rows for `references` (at most one each: `reference_id` is unique).
+pub async fn rows_by_reference(
+    conn: &mut PgConnection,
+    references: &[Uuid],
+) -> Result<Vec<RowView>, sqlx::Error> {
+    sqlx::query_as(&format!("{ROW_VIEW} WHERE reference_id = ANY($1)"))
+        .bind(references)
+        .fetch_all(conn)
+        .await
+}
+
+/// Rows created at or after `since` that claim a charge (`succeeded`) or may
+/// have one (`unknown`): the ones a listing of that window must account for.
+pub async fn rows_to_account_for(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> Result<Vec<RowView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{ROW_VIEW} WHERE created_at >= $1 AND state IN ('succeeded', 'unknown')"
+    ))
+    .bind(since)
+    .fetch_all(conn)
+    .await
+}
+
+/// Settle row `id` as charged by `charge_id`, if it is not in flight and not
+/// final (`pending`, `unknown`) or final without a charge although it has one
+/// (`dead`). Returns whether it was updated.
+pub async fn settle_found(
+    conn: &mut PgConnection,
+    id: i64,
+    charge_id: &str,
+    result: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE outbox SET state = 'succeeded', provider_charge_id = $2, result = $3,
+             last_error = 'settled by reconciliation: charge found at the provider',
+             settled_at = now(), updated_at = now()
+         WHERE id = $1 AND state IN ('pending', 'unknown', 'dead')",
+    )
+    .bind(id)
+    .bind(charge_id)
+    .bind(result)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Put an `unknown` row whose charge the provider does not have back to
+/// `pending` (no longer uncertain: the next attempt charges directly), if
+/// nothing has touched it since `quiet_since` — its last attempt was made
+/// before then, so any charge it caused was already in the listing. Returns
+/// whether it was updated.
+pub async fn requeue_unknown(
+    conn: &mut PgConnection,
+    id: i64,
+    quiet_since: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE outbox SET state = 'pending', uncertain_since = NULL, next_attempt_at = now(),
+             last_error = 'reconciliation: no charge at the provider; re-queued', updated_at = now()
+         WHERE id = $1 AND state = 'unknown' AND updated_at < $2",
+    )
+    .bind(id)
+    .bind(quiet_since)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// A compensation to record.
+#[derive(Debug, Clone)]
+pub struct NewCompensation<'a> {
+    /// The reference charged more than once.
+    pub reference_id: Uuid,
+    /// Our row for it, if we have one.
+    pub outbox_id: Option<i64>,
+    /// The extra charge.
+    pub charge_id: &'a str,
+    /// The charge kept.
+    pub kept_charge_id: &'a str,
+    /// The extra charge's amount and currency.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: &'a str,
+    /// The refund's idempotency key.
+    pub refund_key: Uuid,
+    /// Why: the charges listed under the reference and our row's state.
+    pub evidence: &'a serde_json::Value,
+}
+
+/// A recorded compensation.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct Compensation {
+    /// Row id.
+    pub id: i64,
+    /// The reference charged more than once.
+    pub reference_id: Uuid,
+    /// The extra charge.
+    pub charge_id: String,
+    /// The charge kept.
+    pub kept_charge_id: String,
+    /// Amount refunded (minor units).
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The refund's idempotency key.
+    pub refund_key: Uuid,
+    /// `pending`, `refunded` or `manual`.
+    pub state: String,
+    /// The provider's refund id, once refunded.
+    pub refund_id: Option<String>,
+}
+
+const COMPENSATION: &str = "SELECT id, reference_id, charge_id, kept_charge_id, amount, currency, \
+                            refund_key, state, refund_id FROM compensation";
+
+/// Record a compensation for an extra charge, once: returns its id if this
+/// call inserted it, `None` if the charge already has one.
+pub async fn insert_compensation(
+    conn: &mut PgConnection,
+    c: &NewCompensation<'_>,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO compensation (reference_id, outbox_id, charge_id, kept_charge_id, amount,
+                                   currency, refund_key, evidence)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (charge_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(c.reference_id)
+    .bind(c.outbox_id)
+    .bind(c.charge_id)
+    .bind(c.kept_charge_id)
+    .bind(c.amount)
+    .bind(c.currency)
+    .bind(c.refund_key)
+    .bind(c.evidence)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Compensations whose refund is not confirmed yet, oldest first.
+pub async fn pending_compensations(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<Compensation>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{COMPENSATION} WHERE state = 'pending' ORDER BY id LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Every compensation of `reference_id`.
+pub async fn compensations_of(
+    conn: &mut PgConnection,
+    reference_id: Uuid,
+) -> Result<Vec<Compensation>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{COMPENSATION} WHERE reference_id = $1 ORDER BY id"
+    ))
+    .bind(reference_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// The provider confirmed the refund.
+pub async fn mark_refunded(
+    conn: &mut PgConnection,
+    id: i64,
+    refund_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE compensation SET state = 'refunded', refund_id = $2, refunded_at = now(),
+             last_error = NULL
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(refund_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The refund cannot be made by us (`manual`: the provider offers no
+/// refunds), or failed for now (`pending` stays, with the error).
+pub async fn note_refund_failure(
+    conn: &mut PgConnection,
+    id: i64,
+    manual: bool,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE compensation SET last_error = $3,
+             state = CASE WHEN $2 THEN 'manual' ELSE state END
+         WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(manual)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Take the reconciler's lock on this connection without waiting: `false`
+/// if another reconciler holds it. Session-scoped: hold the connection until
+/// [`unlock`].
+pub async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(conn)
+        .await
+}
+
+/// Take the reconciler's lock on this connection, waiting for another
+/// reconciler's run to finish.
+pub async fn lock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Release the reconciler's lock held by this connection.
+pub async fn unlock(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LOCK_KEY)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
