@@ -8,10 +8,12 @@
 //! the lease runs out. A retry may publish a result twice; both copies carry
 //! the same message_id ([`crate::wire::event_id`]).
 //!
-//! A message the broker cannot route (nobody bound to the exchange for that
-//! state; a `reply_to` queue that no longer exists) is returned (`mandatory`),
-//! counted in `idem_events_unroutable_total{target}` and not retried: retrying
-//! cannot create the queue, and the result stays on the outbox row.
+//! A reply the broker cannot route (a `reply_to` queue that no longer exists)
+//! is returned (`mandatory`), counted in `idem_events_unroutable_total{target}`
+//! and not retried: retrying cannot create the queue, and the result stays on
+//! the outbox row. Publishes to the results exchange are not mandatory: an
+//! exchange nobody has bound a queue to is a deployment choice, and a return
+//! per event would flood the log (lapin warns on each returned message).
 
 use std::time::Duration;
 
@@ -296,6 +298,7 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
+        let optional = BasicPublishOptions::default();
         let mut owed = Vec::with_capacity(2);
         if ev.kind.to_exchange() {
             let key = wire::routing_key(ev.state);
@@ -303,7 +306,7 @@ impl Publisher {
                 .basic_publish(
                     self.config.exchange.as_str().into(),
                     key.as_str().into(),
-                    mandatory,
+                    optional,
                     &body,
                     properties.clone(),
                 )

@@ -204,6 +204,9 @@ impl Handle {
         let (i, child) = {
             let mut inner = self.inner.lock().unwrap();
             let i = pick_running(&inner.slots).context("no running worker to kill")?;
+            // Marked frozen while we kill it, so the supervisor does not
+            // start a second process in the slot meanwhile.
+            inner.slots[i].frozen = true;
             (i, inner.slots[i].child.take())
         };
         if let Some(mut child) = child {
@@ -296,7 +299,7 @@ impl Inner {
             .arg("run")
             .args(&self.flags)
             .args(["--replica-id", &replica_id(i, slot.starts)])
-            .env("RUST_LOG", "warn,idem=info")
+            .env("RUST_LOG", "warn")
             .env_remove(idem_crash::ENV)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
