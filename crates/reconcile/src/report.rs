@@ -67,7 +67,8 @@ pub struct Report {
     pub references: usize,
     /// References with more than one charge.
     pub references_charged_twice: usize,
-    /// Extra charges (beyond the one kept) found this run.
+    /// Extra charges (beyond the one kept) listed this run, compensated
+    /// before or now.
     pub extra_charges: usize,
     /// Compensations recorded by this run (the rest were recorded before).
     pub compensations_recorded: usize,
@@ -114,9 +115,9 @@ impl Report {
                 "charged more than once",
                 self.references_charged_twice.to_string(),
             ),
-            ("extra charges", self.extra_charges.to_string()),
+            ("extra charges found", self.extra_charges.to_string()),
             (
-                "compensations recorded",
+                "compensations recorded (new)",
                 self.compensations_recorded.to_string(),
             ),
             ("refunds confirmed", self.refunds_confirmed.to_string()),
