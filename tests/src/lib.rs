@@ -295,8 +295,13 @@ where
 }
 
 /// The built `idem` binary (cargo builds it for `cargo test --workspace`,
-/// because the `idem` package has integration tests of its own).
+/// because the `idem` package has integration tests of its own), or
+/// `$IDEM_BIN` when set — a copy kept aside, so a long run is not changed
+/// under its feet by a rebuild.
 pub fn idem_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("IDEM_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let bin = dir.join("idem");
