@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::recorder::Recorder;
 use crate::strategy::{self, Backoff, Policy};
 
 /// Settings of a dispatcher replica.
@@ -61,12 +62,16 @@ pub struct Dispatcher {
     client: ChargeClient,
     /// Settings.
     config: Arc<DispatchConfig>,
+    /// Writes results in groups (shared by the clones).
+    recorder: Recorder,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `pool` calling `client`.
+    /// A dispatcher over `pool` calling `client` (starts its recorder task:
+    /// call inside a tokio runtime).
     pub fn new(pool: PgPool, client: ChargeClient, config: DispatchConfig) -> Self {
         Self {
+            recorder: Recorder::spawn(pool.clone()),
             pool,
             client,
             config: Arc::new(config),
@@ -153,26 +158,27 @@ impl Dispatcher {
             }
             Err(e) => {
                 metrics::counter!("idem_dispatch_abandoned_total").increment(1);
-                Err(anyhow::Error::new(e).context(format!(
+                Err(e.context(format!(
                     "recording the result of outbox row {id} (reference {reference}); the rescuer will resolve the row"
                 )))
             }
         }
     }
 
-    /// Record `settlement` for `row`, fenced by its lease token; a success the
-    /// fence refuses is still kept as evidence on the row.
-    async fn settle(
-        &self,
-        row: Claimed,
-        settlement: Settlement,
-    ) -> Result<Dispatched, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        let recorded = outbox::settle(&mut conn, row.id, row.lease_token, &settlement).await?;
+    /// Record `settlement` for `row`, fenced by its lease token (through the
+    /// recorder, which groups concurrent results into one statement); a
+    /// success the fence refuses is still kept as evidence on the row.
+    async fn settle(&self, row: Claimed, settlement: Settlement) -> anyhow::Result<Dispatched> {
+        let recorded = self
+            .recorder
+            .record(row.id, row.lease_token, settlement.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !recorded {
             metrics::counter!("idem_dispatch_fence_refusals_total").increment(1);
             let kept = match &settlement {
                 Settlement::Succeeded { charge_id, result } => {
+                    let mut conn = self.pool.acquire().await?;
                     outbox::record_late_success(&mut conn, row.id, charge_id, result).await?
                 }
                 _ => false,

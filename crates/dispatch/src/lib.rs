@@ -11,8 +11,11 @@
 //! - `dispatcher`: [`Dispatcher`]: `dispatch_once` (one claim, its attempts, their
 //!   settlements — what tests drive step by step) and `run`, the bounded
 //!   concurrent loop with the lease rescuer and graceful shutdown.
+//! - `recorder`: group commit of results — one fenced statement for every
+//!   result that queued up while the previous one was written.
 
 pub mod dispatcher;
+mod recorder;
 pub mod strategy;
 
 pub use dispatcher::{DispatchConfig, Dispatched, Dispatcher};

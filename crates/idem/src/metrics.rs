@@ -21,7 +21,7 @@ use std::time::Duration;
 use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use anyhow::anyhow;
 use idem_store::OutboxState;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Histogram buckets in rows, for batch sizes.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// Install the Prometheus recorder (first call in the process) and return the
@@ -43,6 +46,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .set_buckets_for_metric(
+                    Matcher::Full("idem_dispatch_settle_batch_rows".into()),
+                    BATCH_BUCKETS,
+                )
                 .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
@@ -117,6 +125,10 @@ fn describe() {
     describe_counter!(
         "idem_provider_responses_total",
         "Attempts by what the provider's answer meant (succeeded|declined|not_processed|uncertain|rejected)"
+    );
+    describe_histogram!(
+        "idem_dispatch_settle_batch_rows",
+        "Results written per statement by the dispatcher's recorder (group commit)"
     );
     describe_counter!(
         "idem_dispatch_fence_refusals_total",

@@ -19,6 +19,7 @@
 //!   and re-queuing found/missing charges, compensations (refunds).
 //! - `retention`: delete keys, settled outbox rows, quarantine and conflict
 //!   records past their windows, in bounded `SKIP LOCKED` batches.
+//! - `settle`: many attempts' results in one fenced statement (group commit).
 //! - `status`: counts for operators and the demo.
 
 pub mod db;
@@ -28,6 +29,7 @@ pub mod outbox;
 pub mod quarantine;
 pub mod reconcile;
 pub mod retention;
+pub mod settle;
 pub mod status;
 
 pub use db::{MIGRATOR, connect, migrate, redact_url};

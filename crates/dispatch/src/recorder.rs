@@ -1,0 +1,111 @@
+//! The recorder: group commit of attempt results. Every attempt hands its
+//! result to one task, which writes whatever has queued up meanwhile in one
+//! fenced statement ([`idem_store::settle::settle_many`]) and tells each
+//! attempt whether its lease still held. Under light load a result is written
+//! alone, at once; under heavy load results share round trips, batched by
+//! the time the previous statement took — no linger, no added latency.
+
+use idem_store::Settlement;
+use idem_store::settle::{self, Fenced};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// Most results written in one statement.
+const MAX_BATCH: usize = 256;
+
+/// One result waiting to be written.
+struct Job {
+    /// Outbox row id.
+    id: i64,
+    /// The lease token it was obtained under.
+    token: Uuid,
+    /// The result.
+    settlement: Settlement,
+    /// Where to say whether the fence accepted it (or why it was not written).
+    done: oneshot::Sender<Result<bool, String>>,
+}
+
+/// A handle on the recorder task; the task ends when every handle is gone.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorder {
+    /// The task's queue.
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    /// Start the recorder task on `pool` (inside a tokio runtime).
+    pub(crate) fn spawn(pool: PgPool) -> Self {
+        let (jobs, queue) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(run(pool, queue));
+        Self { jobs }
+    }
+
+    /// Record `settlement` for row `id` if its lease `token` still holds:
+    /// `Ok(true)` written, `Ok(false)` refused by the fence, `Err` not written
+    /// (database error: the lease rescuer resolves the row).
+    pub(crate) async fn record(
+        &self,
+        id: i64,
+        token: Uuid,
+        settlement: Settlement,
+    ) -> Result<bool, String> {
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            id,
+            token,
+            settlement,
+            done,
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| "the recorder stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the recorder dropped the result".to_owned())?
+    }
+}
+
+async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("idem_dispatch_settle_batch_rows").record(jobs.len() as f64);
+        let written = write(&pool, &jobs).await;
+        for job in jobs {
+            let answer = match &written {
+                Ok(ids) => Ok(ids.contains(&job.id)),
+                Err(e) => Err(e.clone()),
+            };
+            // The attempt may have given up waiting (shutdown): nothing to tell.
+            let _ = job.done.send(answer);
+        }
+    }
+}
+
+async fn write(pool: &PgPool, jobs: &[Job]) -> Result<Vec<i64>, String> {
+    let batch: Vec<Fenced<'_>> = jobs
+        .iter()
+        .map(|j| Fenced {
+            id: j.id,
+            token: j.token,
+            settlement: &j.settlement,
+        })
+        .collect();
+    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    settle::settle_many(&mut conn, &batch)
+        .await
+        .map_err(|e| e.to_string())
+}
