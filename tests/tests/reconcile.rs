@@ -324,6 +324,14 @@ async fn keyless_provider_nets_one_charge_each(lookup: bool) -> (usize, usize) {
     for child in [&mut survivor, &mut restarted] {
         child.kill().await.unwrap();
     }
+    // A killed worker's request may still be inside the provider (answers
+    // take up to 1.25 s here): wait until the ledger is quiet, so the
+    // reconciler's listing sees every charge there will be.
+    let mut last = usize::MAX;
+    while env.sim.ledger().charges.len() != last {
+        last = env.sim.ledger().charges.len();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let gross = env.sim.ledger().charges.len();
     // The reconciler's own calls are not the subject here: a provider that
     // still ignores keys (and offers lookup or not), but answers.

@@ -64,7 +64,11 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
         .map(|(i, (row, settlement))| Fenced {
             id: row.id,
             // The last one under a token that is not the lease's.
-            token: if i == 5 { uuid::Uuid::new_v4() } else { row.lease_token },
+            token: if i == 5 {
+                uuid::Uuid::new_v4()
+            } else {
+                row.lease_token
+            },
             settlement,
         })
         .collect();
@@ -73,7 +77,15 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     assert_eq!(recorded, ids[..5], "all but the stale one recorded");
 
-    type Row = (OutboxState, Option<String>, Option<serde_json::Value>, Option<String>, bool, bool, bool);
+    type Row = (
+        OutboxState,
+        Option<String>,
+        Option<serde_json::Value>,
+        Option<String>,
+        bool,
+        bool,
+        bool,
+    );
     let read = |id: i64| {
         let pool = env.pool.clone();
         async move {
@@ -90,25 +102,45 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
         }
     };
     let (state, charge, result, error, ..) = read(ids[0]).await;
-    assert_eq!((state, charge.as_deref(), error), (OutboxState::Succeeded, Some("ch_1"), None));
+    assert_eq!(
+        (state, charge.as_deref(), error),
+        (OutboxState::Succeeded, Some("ch_1"), None)
+    );
     assert_eq!(result.unwrap()["id"], "ch_1");
     let (state, _, result, _, _, settled, _) = read(ids[1]).await;
     assert_eq!((state, settled), (OutboxState::Declined, true));
     assert_eq!(result.unwrap()["error"]["type"], "card_declined");
     let (state, _, _, error, uncertain, settled, later) = read(ids[2]).await;
-    assert_eq!((state, uncertain, settled, later), (OutboxState::Unknown, true, false, true));
+    assert_eq!(
+        (state, uncertain, settled, later),
+        (OutboxState::Unknown, true, false, true)
+    );
     assert_eq!(error.as_deref(), Some("retry uncertain=true"));
     let (state, _, _, _, uncertain, settled, later) = read(ids[3]).await;
-    assert_eq!((state, uncertain, settled, later), (OutboxState::Pending, false, false, true));
+    assert_eq!(
+        (state, uncertain, settled, later),
+        (OutboxState::Pending, false, false, true)
+    );
     let (state, _, _, error, _, settled, _) = read(ids[4]).await;
-    assert_eq!((state, error.as_deref(), settled), (OutboxState::Dead, Some("gave up"), true));
+    assert_eq!(
+        (state, error.as_deref(), settled),
+        (OutboxState::Dead, Some("gave up"), true)
+    );
     let (state, ..) = read(ids[5]).await;
-    assert_eq!(state, OutboxState::InFlight, "the stale result did not touch the row");
+    assert_eq!(
+        state,
+        OutboxState::InFlight,
+        "the stale result did not touch the row"
+    );
     let slots: Vec<i64> = sqlx::query_scalar("SELECT outbox_id FROM account_slot")
         .fetch_all(&env.pool)
         .await
         .unwrap();
-    assert_eq!(slots, vec![ids[5]], "only the row still in flight holds its slot");
+    assert_eq!(
+        slots,
+        vec![ids[5]],
+        "only the row still in flight holds its slot"
+    );
     drop(conn);
     env.cleanup().await;
 }

@@ -35,7 +35,9 @@ pub(crate) struct Recorder {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Job")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AmqpArgs, DatabaseArgs, RunArgs};
 use crate::telemetry::LogFormat;
-use crate::{daemon, demo, reconcile, status, workload};
+use crate::{bench, daemon, demo, reconcile, status, workload};
 
 /// idem: effectively-once charges from at-least-once messages.
 #[derive(Parser, Debug)]
@@ -34,6 +34,9 @@ pub enum Command {
     ProviderSim(idem_simulator::SimArgs),
     /// End-to-end demo: simulator with faults, three replicas, 10,000 messages, a report.
     Demo(demo::DemoArgs),
+    /// Benchmark: end-to-end msg/s, latency and CPU per message of the baseline
+    /// and tuned configurations, the SQL ceiling, the claim against a backlog.
+    Bench(Box<bench::BenchArgs>),
     /// Reconcile once: hold the provider's charges in a window against ours,
     /// refund extra charges, settle or re-queue uncertain rows, report.
     Reconcile(reconcile::ReconcileCommand),
@@ -90,6 +93,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()
             idem_simulator::run(args, async move { shutdown.cancelled().await }).await
         }
         Command::Demo(args) => demo::run(args, shutdown).await,
+        Command::Bench(args) => bench::run(*args, shutdown).await,
         Command::Reconcile(cmd) => reconcile::execute(cmd).await,
     }
 }

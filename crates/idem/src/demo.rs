@@ -99,7 +99,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     );
 
     let pool = fresh_database(&args.database_url).await?;
-    fresh_queue(&args).await?;
+    fresh_queue(&args.amqp_url, &args.queue).await?;
 
     let faults = Faults {
         drop_response: args.drop_response,
@@ -168,7 +168,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-async fn fresh_database(url: &str) -> anyhow::Result<PgPool> {
+/// Drop the database of `url` if it exists, create it, apply the schema.
+pub(crate) async fn fresh_database(url: &str) -> anyhow::Result<PgPool> {
     use std::str::FromStr;
     let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
     let name = options.get_database().unwrap_or("idem_demo").to_owned();
@@ -189,10 +190,11 @@ async fn fresh_database(url: &str) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-async fn fresh_queue(args: &DemoArgs) -> anyhow::Result<()> {
-    let connection = idem_inbox::connect_amqp(&args.amqp_url).await?;
+/// Delete `queue` and its dead-letter queue if they exist, declare them anew.
+pub(crate) async fn fresh_queue(amqp_url: &str, queue: &str) -> anyhow::Result<()> {
+    let connection = idem_inbox::connect_amqp(amqp_url).await?;
     let channel = connection.create_channel().await?;
-    let topology = idem_inbox::Topology::for_queue(&args.queue);
+    let topology = idem_inbox::Topology::for_queue(queue);
     for q in [&topology.queue, &topology.dead_letter_queue] {
         channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

@@ -20,8 +20,11 @@
 //! - `workload`: sample traffic (originals, duplicates, conflicts, malformed)
 //!   and publishing with confirms.
 //! - `demo`: `idem demo`, the whole pipeline end to end with a report.
+//! - `bench`: `idem bench`, throughput, latency and CPU per message of the
+//!   pipeline against the baseline, the SQL ceiling and a large backlog.
 //! - `telemetry`: logging and the TLS crypto provider.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,7 +1,7 @@
 //! `idem`: parse the command line, set up logging and signals, run.
 
 use clap::Parser;
-use idem::cli::{Cli, execute};
+use idem::cli::{Cli, Command, execute};
 use idem::telemetry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format);
+    if matches!(cli.command, Command::Bench(_)) {
+        telemetry::init_logging_with(cli.log_format, "warn,sqlx=error,lapin=error");
+    } else {
+        telemetry::init_logging(cli.log_format);
+    }
     telemetry::install_crypto_provider();
     let shutdown = CancellationToken::new();
     tokio::spawn(forward_signals(shutdown.clone()));

@@ -95,6 +95,10 @@ fn describe() {
         "idem_inbox_batch_retries_total",
         "Inbox transactions that failed and were retried with the batch held unacked"
     );
+    describe_counter!(
+        "idem_inbox_batch_fallbacks_total",
+        "Inbox batches whose set-based statements the database refused, decided again message by message"
+    );
     describe_histogram!(
         "idem_inbox_batch_seconds",
         Unit::Seconds,
@@ -248,6 +252,7 @@ fn describe() {
     for name in [
         "idem_inbox_batches_total",
         "idem_inbox_batch_retries_total",
+        "idem_inbox_batch_fallbacks_total",
         "idem_inbox_reconnects_total",
         "idem_dispatch_claimed_rows_total",
         "idem_dispatch_fence_refusals_total",

@@ -14,8 +14,14 @@ pub enum LogFormat {
 /// Install the tracing subscriber (stderr). `RUST_LOG` overrides the default
 /// filter. Safe to call more than once (later calls do nothing).
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,hyper=warn,reqwest=warn"));
+    init_logging_with(format, "info,sqlx=warn,lapin=warn,hyper=warn,reqwest=warn");
+}
+
+/// [`init_logging`] with another default filter (`idem bench` runs daemons in
+/// process and wants only their warnings).
+pub fn init_logging_with(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,8 +1,12 @@
 //! Recording a batch of deliveries in the caller's transaction.
 //!
-//! Each delivery is decided behind its own savepoint: a message the database
-//! refuses (a constraint, an encoding problem) rolls back only its own writes and
-//! is quarantined instead, so the rest of the batch still commits. Only an error
+//! Every delivery is validated in Rust first. The common path then records the
+//! whole batch with a handful of set-based statements (`crate::bulk`) behind
+//! one savepoint. If the database refuses one of them for its data (a
+//! constraint, an encoding problem), that savepoint is rolled back and the
+//! batch is decided again message by message, each behind its own savepoint:
+//! a message the database refuses then rolls back only its own writes and is
+//! quarantined instead, so the rest of the batch still commits. Only an error
 //! of the connection itself fails the batch, and then nothing is acked.
 
 use idem_message::{ChargeRequest, Rejection};
@@ -12,7 +16,7 @@ use idem_store::quarantine::{self, Quarantined};
 use lapin::BasicProperties;
 use sqlx::{Acquire, PgConnection};
 
-use crate::delivery;
+use crate::{bulk, delivery};
 
 /// One delivery as the batch sees it.
 #[derive(Debug, Clone, Copy)]
@@ -65,13 +69,56 @@ pub async fn record_batch(
     batch: &[Incoming<'_>],
     max_body: usize,
 ) -> Result<Vec<Decision>, sqlx::Error> {
+    let parsed = parse(batch, max_body);
+    let mut savepoint = conn.begin().await?;
+    match bulk::record(&mut savepoint, batch, &parsed).await {
+        Ok(Some(decisions)) => {
+            savepoint.commit().await?;
+            return Ok(decisions);
+        }
+        Ok(None) => savepoint.rollback().await?,
+        Err(e) if is_refusal(&e) => {
+            savepoint.rollback().await?;
+            metrics::counter!("idem_inbox_batch_fallbacks_total").increment(1);
+            tracing::warn!(error = %e, batch = batch.len(), "the database refused the batch's set-based statements; deciding its messages one by one");
+        }
+        Err(e) => return Err(e),
+    }
+    record_each(conn, batch, parsed).await
+}
+
+/// Decide every delivery of `batch` one by one, each behind its own savepoint
+/// (several round trips per message): the fallback of [`record_batch`], which
+/// isolates a message the database refuses. Public so that its cost can be
+/// compared with the set-based path; same contract as [`record_batch`].
+pub async fn record_one_by_one(
+    conn: &mut PgConnection,
+    batch: &[Incoming<'_>],
+    max_body: usize,
+) -> Result<Vec<Decision>, sqlx::Error> {
+    let parsed = parse(batch, max_body);
+    record_each(conn, batch, parsed).await
+}
+
+fn parse(batch: &[Incoming<'_>], max_body: usize) -> Vec<Result<ChargeRequest, Rejection>> {
+    batch
+        .iter()
+        .map(|item| delivery::inbound(item.properties, item.body).parse(max_body))
+        .collect()
+}
+
+async fn record_each(
+    conn: &mut PgConnection,
+    batch: &[Incoming<'_>],
+    parsed: Vec<Result<ChargeRequest, Rejection>>,
+) -> Result<Vec<Decision>, sqlx::Error> {
     // Arrival order, not key order: outbox ids are assigned in insertion
     // order and per-account ordering dispatches by them. Two replicas with
     // overlapping batches can deadlock on inbox rows; PostgreSQL aborts one
     // and the caller retries that whole batch.
     let mut decisions = Vec::with_capacity(batch.len());
-    for item in batch {
-        decisions.push(record_one(conn, item, max_body).await?);
+    for (item, parsed) in batch.iter().zip(parsed) {
+        decisions.push(record_one(conn, item, parsed).await?);
     }
     Ok(decisions)
 }
@@ -79,12 +126,12 @@ pub async fn record_batch(
 async fn record_one(
     conn: &mut PgConnection,
     item: &Incoming<'_>,
-    max_body: usize,
+    parsed: Result<ChargeRequest, Rejection>,
 ) -> Result<Decision, sqlx::Error> {
-    let raw = delivery::inbound(item.properties, item.body);
-    let refused = match raw.parse(max_body) {
+    let refused = match parsed {
         Err(rejection) => {
-            tracing::warn!(code = rejection.code(), reason = %rejection, message_id = ?raw.message_id, "quarantining bad message");
+            let message_id = item.properties.message_id().as_ref().map(|s| s.as_str());
+            tracing::warn!(code = rejection.code(), reason = %rejection, ?message_id, "quarantining bad message");
             return quarantine(conn, item, &rejection).await;
         }
         Ok(request) => {

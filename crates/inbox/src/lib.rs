@@ -7,16 +7,20 @@
 //! - `topology`: the durable queue and its dead-letter exchange and queue.
 //! - `delivery`: read a lapin delivery into the message contract's raw parts,
 //!   and its properties as JSON for quarantine.
-//! - `batch`: record a batch of deliveries in one transaction, each behind its
-//!   own savepoint so one bad message never poisons the others; the decisions.
+//! - `batch`: record a batch of deliveries in one transaction; the decisions.
+//!   Set-based when the database accepts the batch, else message by message,
+//!   each behind its own savepoint, so one bad message never poisons the others.
+//! - `bulk`: the set-based path: validate in Rust, group copies of a key, a
+//!   handful of statements over arrays for the whole batch.
 //! - `consumer`: the loop — connect, declare, consume, batch, commit, ack —
 //!   that reconnects by itself and stops on the shutdown token.
 
 pub mod batch;
+mod bulk;
 pub mod consumer;
 pub mod delivery;
 pub mod topology;
 
-pub use batch::{Decision, record_batch};
+pub use batch::{Decision, Incoming, record_batch, record_one_by_one};
 pub use consumer::{InboxConfig, connect_amqp, run};
 pub use topology::{Topology, declare};

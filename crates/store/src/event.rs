@@ -4,7 +4,8 @@
 //! an outbox row final (the `outbox_result_event` trigger, migration
 //! `20261122000005_result_events.sql`), so no settle path can forget one. The
 //! only event written from here is the inbox's: a duplicate request of a
-//! settled charge gets its stored result again ([`on_duplicate`]).
+//! settled charge gets its stored result again ([`on_duplicate`]; for a whole
+//! batch of duplicates at once, [`crate::batch::on_duplicates`]).
 //!
 //! The publisher claims due events with a lease (`next_attempt_at` pushed
 //! ahead), publishes them with confirms outside any transaction, then deletes

@@ -6,6 +6,11 @@
 //! one short transaction and settles in another).
 //!
 //! ## Layout
+//! - `batch`: a whole inbox batch set-based, one statement per kind of row
+//!   over arrays (keys, outbox rows, recalls, counters, conflicts,
+//!   quarantine, duplicates' result events).
+//! - `bench`: `idem bench`'s own statements: a backlog loaded straight into
+//!   the outbox, when each message was recorded, the claim's plan.
 //! - `db`: connecting (creating the database if missing), the embedded
 //!   migrator, URL redaction for error messages.
 //! - `event`: result events to publish (written by the settle trigger, and
@@ -22,6 +27,8 @@
 //! - `settle`: many attempts' results in one fenced statement (group commit).
 //! - `status`: counts for operators and the demo.
 
+pub mod batch;
+pub mod bench;
 pub mod db;
 pub mod event;
 pub mod inbox;

@@ -217,6 +217,16 @@ pub async fn claim(
         .await
 }
 
+/// The SQL [`claim`] runs (`$1` owner, `$2` lease in seconds, `$3` limit,
+/// `$4` lease token), for `idem bench` to show its plan.
+pub fn claim_sql(per_account_ordering: bool) -> &'static str {
+    if per_account_ordering {
+        CLAIM_ORDERED
+    } else {
+        CLAIM
+    }
+}
+
 /// `UPDATE ... FROM <chosen>` that turns the chosen rows into leased ones.
 macro_rules! lease_rows {
     ($chosen:literal) => {

@@ -93,15 +93,29 @@ impl Columns {
         self.id.push(f.id);
         self.token.push(f.token);
         let (kind, charge_id, result, error, delay, uncertain) = match f.settlement {
-            Settlement::Succeeded { charge_id, result } => {
-                ("succeeded", Some(charge_id.clone()), Some(result.clone()), None, 0.0, false)
+            Settlement::Succeeded { charge_id, result } => (
+                "succeeded",
+                Some(charge_id.clone()),
+                Some(result.clone()),
+                None,
+                0.0,
+                false,
+            ),
+            Settlement::Declined { result } => {
+                ("declined", None, Some(result.clone()), None, 0.0, false)
             }
-            Settlement::Declined { result } => ("declined", None, Some(result.clone()), None, 0.0, false),
             Settlement::Retry {
                 uncertain,
                 error,
                 delay,
-            } => ("retry", None, None, Some(error.clone()), delay.as_secs_f64(), *uncertain),
+            } => (
+                "retry",
+                None,
+                None,
+                Some(error.clone()),
+                delay.as_secs_f64(),
+                *uncertain,
+            ),
             Settlement::Dead { error } => ("dead", None, None, Some(error.clone()), 0.0, false),
         };
         self.kind.push(kind);

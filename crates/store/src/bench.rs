@@ -1,0 +1,113 @@
+//! `idem bench`'s own statements: a backlog loaded straight into the outbox
+//! (one `INSERT ... SELECT generate_series`, not through the pipeline), when
+//! each benchmark message was recorded, and the claim's plan.
+//!
+//! Only the benchmark calls these, always against a database it created for
+//! the run and drops after.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::outbox;
+
+/// Insert `rows` outbox rows under `scope`, spread over 1,000 accounts:
+/// `succeeded` (history: settled rows that the claim must not pay for) when
+/// `settled`, else `pending` (work, due now, oldest first). Inserting fires no
+/// result event (the trigger is on updates of the state).
+pub async fn load_backlog(
+    conn: &mut PgConnection,
+    scope: &str,
+    rows: i64,
+    settled: bool,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
+                             state, attempts, provider_charge_id, settled_at)
+         SELECT $1, $1 || '-' || g, md5($1 || '-' || g)::uuid, 'acc_' || (g % 1000),
+                100 + g % 9900, 'EUR',
+                CASE WHEN $3 THEN 'succeeded' ELSE 'pending' END::outbox_state,
+                CASE WHEN $3 THEN 1 ELSE 0 END,
+                CASE WHEN $3 THEN 'ch_backlog_' || g END,
+                CASE WHEN $3 THEN now() END
+         FROM generate_series(1, $2::bigint) g",
+    )
+    .bind(scope)
+    .bind(rows)
+    .bind(settled)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// `VACUUM ANALYZE` the outbox, as autovacuum would have done to a table
+/// that grew to this size: fresh statistics and a visibility map, so the
+/// planner sees the table as production would. Not inside a transaction.
+pub async fn vacuum_outbox(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("VACUUM ANALYZE outbox")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// `VACUUM` the tables every message inserts into and deletes from again
+/// (result events, account slots): what autovacuum does on a server that
+/// runs it, for a server that does not (the bench's `--vacuum-ms`).
+pub async fn vacuum_churn(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("VACUUM result_event, account_slot")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// A server setting, as `SHOW` prints it.
+pub async fn setting(conn: &mut PgConnection, name: &str) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT current_setting($1)")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+}
+
+/// Rows of `scope` that have settled (any final state).
+pub async fn count_settled(conn: &mut PgConnection, scope: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE scope = $1 AND settled_at IS NOT NULL")
+        .bind(scope)
+        .fetch_one(conn)
+        .await
+}
+
+/// Each row of `scope`: its message id and when it settled (if it has).
+pub async fn settled_times(
+    conn: &mut PgConnection,
+    scope: &str,
+) -> Result<Vec<(String, Option<DateTime<Utc>>)>, sqlx::Error> {
+    sqlx::query_as("SELECT message_id, settled_at FROM outbox WHERE scope = $1")
+        .bind(scope)
+        .fetch_all(conn)
+        .await
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the claim ([`outbox::claim_sql`]) with
+/// these parameters, one line per row of the plan. The claim really runs, so
+/// the caller runs this in a transaction it rolls back.
+pub async fn explain_claim(
+    conn: &mut PgConnection,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+    per_account_ordering: bool,
+) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!(
+        "EXPLAIN (ANALYZE, BUFFERS) {}",
+        outbox::claim_sql(per_account_ordering)
+    );
+    sqlx::query_scalar(&sql)
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(limit)
+        .bind(Uuid::new_v4())
+        .fetch_all(conn)
+        .await
+}
