@@ -60,6 +60,12 @@ async fn crash_and_recover(point: &str) -> (TestEnv, idem_store::status::Status)
         || async { env.status().await.outbox_in(OutboxState::Succeeded) == MESSAGES as i64 },
     )
     .await;
+    // Charged is not drained: a redelivered batch may still be on its way to
+    // the survivor, to be absorbed and acked.
+    wait_for("queue drained", Duration::from_secs(30), || async {
+        env.queue_depth().await == 0
+    })
+    .await;
     survivor.start_kill().unwrap();
     survivor.wait().await.unwrap();
 
