@@ -52,14 +52,22 @@ pub async fn vacuum_outbox(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         .map(|_| ())
 }
 
-/// `VACUUM` the tables every message inserts into and deletes from again
-/// (result events, account slots): what autovacuum does on a server that
-/// runs it, for a server that does not (the bench's `--vacuum-ms`).
-pub async fn vacuum_churn(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("VACUUM result_event, account_slot")
-        .execute(conn)
-        .await
-        .map(|_| ())
+/// The tables autovacuum would vacuum now, at its default thresholds: more
+/// dead rows than 50 + 20% of the live ones (`autovacuum_vacuum_threshold`,
+/// `autovacuum_vacuum_scale_factor`).
+pub async fn due_for_vacuum(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT relname::text FROM pg_stat_user_tables
+         WHERE n_dead_tup > 50 + 0.2 * n_live_tup ORDER BY relname",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// `VACUUM (ANALYZE)` one table of this database.
+pub async fn vacuum_table(conn: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
+    let sql = format!("VACUUM (ANALYZE) \"{}\"", table.replace('"', "\"\""));
+    sqlx::query(&sql).execute(conn).await.map(|_| ())
 }
 
 /// A server setting, as `SHOW` prints it.

@@ -126,10 +126,11 @@ pub struct BenchArgs {
         hide_default_value = true
     )]
     pub amqp_url: String,
-    /// Every this many ms, `VACUUM` the tables each message inserts into and
-    /// deletes from (result events, account slots) in the bench database, as
-    /// autovacuum would on a server that runs it (0: never). Its CPU counts
-    /// as PostgreSQL's.
+    /// Autovacuum's naptime, emulated: every this many ms, `VACUUM
+    /// (ANALYZE)` the bench database's tables whose dead rows exceed
+    /// autovacuum's default thresholds (0: never). For a server that runs
+    /// without autovacuum, as this machine's does. Its CPU counts as
+    /// PostgreSQL's.
     #[arg(long, default_value_t = 1000)]
     pub vacuum_ms: u64,
     /// Print the report as JSON (progress still goes to stderr).

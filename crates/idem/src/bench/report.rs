@@ -20,7 +20,7 @@ pub struct BenchReport {
     pub replicas: usize,
     /// The server's `autovacuum` setting.
     pub server_autovacuum: String,
-    /// The bench's own VACUUM of the churn tables, every this many ms (0: none).
+    /// The bench's emulated autovacuum naptime, ms (0: none).
     pub vacuum_ms: u64,
     /// The end-to-end configurations, in the order they ran.
     pub configurations: Vec<PipelineReport>,
@@ -86,7 +86,7 @@ impl BenchReport {
         );
         let _ = writeln!(
             out,
-            "PostgreSQL autovacuum: {}; the bench's VACUUM of result_event, account_slot: {}",
+            "PostgreSQL autovacuum: {}; the bench's own (default thresholds): {}",
             self.server_autovacuum,
             match self.vacuum_ms {
                 0 => "never".to_owned(),
