@@ -69,6 +69,7 @@ fn reconciler(env: &TestEnv, grace: Duration) -> Reconciler {
         ReconcileConfig {
             grace,
             page_size: 7, // small pages: paging is exercised
+            replica: "reconcile-test".into(),
         },
     )
 }

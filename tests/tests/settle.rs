@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use idem::workload;
 use idem_simulator::Faults;
+use idem_store::attempt::{self, NewAttempt};
 use idem_store::settle::{Fenced, settle_many};
 use idem_store::{OutboxState, Settlement, outbox};
 use idem_tests::{TestEnv, spec, wait_for};
@@ -17,7 +18,8 @@ use serde_json::json;
 /// uncertain retry, a certain retry, dead — writes each as the single-row
 /// settle would (state, charge, result, error, uncertainty, backoff, settled
 /// time), frees their account slots, and a sixth result under a stale lease
-/// token is refused while the row keeps its lease.
+/// token is refused while the row keeps its lease; every call goes into the
+/// attempt history, the stale one's too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_statement_settles_each_kind_and_fences_the_stale() {
     let env = TestEnv::new(Faults::default()).await;
@@ -72,7 +74,24 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
             settlement,
         })
         .collect();
-    let mut recorded = settle_many(&mut conn, &batch).await.unwrap();
+    // One call per row for the attempt history: it is written for the stale
+    // result too (the call happened), and a call for a row that does not
+    // exist is skipped rather than failing the batch.
+    let call = |outbox_id: i64, status: Option<i16>| NewAttempt {
+        outbox_id,
+        kind: "charge",
+        started_at: chrono::Utc::now(),
+        latency_ms: 12.5,
+        http_status: status,
+        error: status.is_none().then(|| "timed out".to_owned()),
+        provider_id: status.map(|_| format!("ch_{outbox_id}")),
+    };
+    let mut calls: Vec<NewAttempt> = rows.iter().map(|r| call(r.id, Some(201))).collect();
+    calls[2] = call(rows[2].id, None);
+    calls.push(call(i64::MAX, Some(201)));
+    let mut recorded = settle_many(&mut conn, &batch, "replica-a", &calls)
+        .await
+        .unwrap();
     recorded.sort_unstable();
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     assert_eq!(recorded, ids[..5], "all but the stale one recorded");
@@ -141,6 +160,31 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
         vec![ids[5]],
         "only the row still in flight holds its slot"
     );
+    for (i, id) in ids.iter().enumerate() {
+        let history = attempt::of_outbox(&mut conn, *id).await.unwrap();
+        assert_eq!(history.len(), 1, "row {i}: one call recorded");
+        let h = &history[0];
+        assert_eq!(
+            (h.kind.as_str(), h.replica.as_str()),
+            ("charge", "replica-a")
+        );
+        assert!((h.latency_ms - 12.5).abs() < 1e-9);
+        if i == 2 {
+            assert_eq!(
+                (h.http_status, h.error.as_deref()),
+                (None, Some("timed out"))
+            );
+        } else {
+            assert_eq!(h.http_status, Some(201));
+            assert_eq!(h.provider_id, Some(format!("ch_{id}")));
+        }
+    }
+    let orphans: i64 = sqlx::query_scalar("SELECT count(*) FROM attempt WHERE outbox_id = $1")
+        .bind(i64::MAX)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(orphans, 0);
     drop(conn);
     env.cleanup().await;
 }

@@ -87,8 +87,67 @@ pub enum ClientError {
     },
 }
 
+/// Which provider call a [`Call`] was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    /// `POST /v1/charges`.
+    Charge,
+    /// `GET /v1/charges?reference_id=R`.
+    Lookup,
+    /// `POST /v1/charges/{id}/refunds`.
+    Refund,
+}
+
+impl CallKind {
+    /// The name stored in the attempt history.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Charge => "charge",
+            Self::Lookup => "lookup",
+            Self::Refund => "refund",
+        }
+    }
+}
+
+/// One HTTP call to the provider as the attempt history records it: when, how
+/// long, what came back (status, or the transport error), and the provider's id
+/// of what it answered about (charge or refund), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Which call.
+    pub kind: CallKind,
+    /// When the request was started (wall clock).
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// How long until the answer (or the failure).
+    pub latency: Duration,
+    /// The HTTP status, when one arrived.
+    pub http_status: Option<u16>,
+    /// The transport error or the failure's reason; `None` on success.
+    pub error: Option<String>,
+    /// The provider's id: the charge (charge, lookup) or refund made or found.
+    pub provider_id: Option<String>,
+}
+
+impl Call {
+    fn start(kind: CallKind) -> (Self, std::time::Instant) {
+        let call = Self {
+            kind,
+            started_at: chrono::Utc::now(),
+            latency: Duration::ZERO,
+            http_status: None,
+            error: None,
+            provider_id: None,
+        };
+        (call, std::time::Instant::now())
+    }
+}
+
+/// Header carrying W3C trace context to the provider.
+pub const TRACEPARENT: &str = "traceparent";
+
 /// HTTP client for the charge API. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ChargeClient {
     /// Shared connection pool.
     http: reqwest::Client,
@@ -96,6 +155,19 @@ pub struct ChargeClient {
     base: String,
     /// What the provider offers.
     capabilities: Capabilities,
+    /// Sent as `Authorization: Bearer <key>` on every call, when set.
+    api_key: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for ChargeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the API key.
+        f.debug_struct("ChargeClient")
+            .field("base", &self.base)
+            .field("capabilities", &self.capabilities)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChargeClient {
@@ -105,17 +177,51 @@ impl ChargeClient {
         timeout: Duration,
         capabilities: Capabilities,
     ) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::new_with_roots(base_url, timeout, capabilities, None)
+    }
+
+    /// [`ChargeClient::new`], also trusting the CA certificates in
+    /// `extra_roots_pem` (a PEM bundle) for `https://`, on top of the
+    /// system's roots (the platform verifier; `SSL_CERT_FILE` replaces those).
+    pub fn new_with_roots(
+        base_url: &str,
+        timeout: Duration,
+        capabilities: Capabilities,
+        extra_roots_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(256);
+        if let Some(pem) = extra_roots_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Transport(format!("bad CA certificates: {e}")))?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
             capabilities,
+            api_key: None,
         })
+    }
+
+    /// Send `key` as a bearer token on every call (`None`: no `Authorization`).
+    #[must_use]
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key.filter(|k| !k.is_empty()).map(Into::into);
+        self
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let call = self.http.request(method, format!("{}{path}", self.base));
+        match &self.api_key {
+            Some(key) => call.bearer_auth(key),
+            None => call,
+        }
     }
 
     /// What the provider offers.
@@ -123,18 +229,45 @@ impl ChargeClient {
         self.capabilities
     }
 
-    /// `POST /v1/charges`, keyed by the reference id where keys are honoured.
-    pub async fn create_charge(&self, request: &CreateCharge) -> Attempt {
+    /// `POST /v1/charges`, keyed by the reference id where keys are honoured,
+    /// with `traceparent` passed on; returns the classified outcome and the
+    /// call's record for the attempt history.
+    pub async fn create_charge(
+        &self,
+        request: &CreateCharge,
+        traceparent: Option<&str>,
+    ) -> (Attempt, Call) {
+        let (mut call, started) = Call::start(CallKind::Charge);
+        let (attempt, status) = self.send_charge(request, traceparent).await;
+        call.latency = started.elapsed();
+        call.http_status = status;
+        match &attempt {
+            Attempt::Succeeded { charge, .. } => call.provider_id = Some(charge.id.clone()),
+            Attempt::Declined { code } => call.error = Some(format!("declined: {code}")),
+            Attempt::NotProcessed { reason }
+            | Attempt::Uncertain { reason }
+            | Attempt::Rejected { reason } => call.error = Some(reason.clone()),
+        }
+        (attempt, call)
+    }
+
+    async fn send_charge(
+        &self,
+        request: &CreateCharge,
+        traceparent: Option<&str>,
+    ) -> (Attempt, Option<u16>) {
         let mut call = self
-            .http
-            .post(format!("{}/v1/charges", self.base))
+            .request(reqwest::Method::POST, "/v1/charges")
             .json(request);
         if self.capabilities.idempotency_keys {
             call = call.header(IDEMPOTENCY_KEY, &request.reference_id);
         }
+        if let Some(t) = traceparent {
+            call = call.header(TRACEPARENT, t);
+        }
         let response = match call.send().await {
             Ok(response) => response,
-            Err(e) => return classify_transport(&e),
+            Err(e) => return (classify_transport(&e), None),
         };
         let status = response.status();
         let replayed = response
@@ -146,23 +279,50 @@ impl ChargeClient {
             // The status line arrived but the body did not: the provider has
             // decided, we just do not know what. Uncertain.
             Err(e) => {
-                return Attempt::Uncertain {
+                let attempt = Attempt::Uncertain {
                     reason: format!("{status}: body lost: {e}"),
                 };
+                return (attempt, Some(status.as_u16()));
             }
         };
-        classify_answer(status, replayed, &body)
+        (
+            classify_answer(status, replayed, &body),
+            Some(status.as_u16()),
+        )
     }
 
-    /// `GET /v1/charges?reference_id=R`: every charge under this reference.
-    pub async fn lookup(&self, reference_id: &str) -> Result<Vec<Charge>, ClientError> {
-        if !self.capabilities.lookup {
-            return Err(ClientError::Unsupported("lookup by reference"));
+    /// `GET /v1/charges?reference_id=R`: every charge under this reference,
+    /// and the call's record (its `provider_id`: the first succeeded charge).
+    pub async fn lookup(
+        &self,
+        reference_id: &str,
+        traceparent: Option<&str>,
+    ) -> (Result<Vec<Charge>, ClientError>, Call) {
+        let (mut call, started) = Call::start(CallKind::Lookup);
+        let result = if self.capabilities.lookup {
+            let mut request = self
+                .request(reqwest::Method::GET, "/v1/charges")
+                .query(&[("reference_id", reference_id)]);
+            if let Some(t) = traceparent {
+                request = request.header(TRACEPARENT, t);
+            }
+            send_json::<ChargeList>(request, &mut call.http_status)
+                .await
+                .map(|list| list.data)
+        } else {
+            Err(ClientError::Unsupported("lookup by reference"))
+        };
+        call.latency = started.elapsed();
+        match &result {
+            Ok(charges) => {
+                call.provider_id = charges
+                    .iter()
+                    .find(|c| c.status == "succeeded")
+                    .map(|c| c.id.clone());
+            }
+            Err(e) => call.error = Some(e.to_string()),
         }
-        let list: ChargeList = self
-            .get_json("/v1/charges", &[("reference_id", reference_id.to_owned())])
-            .await?;
-        Ok(list.data)
+        (result, call)
     }
 
     /// One page of the provider's charge listing, for reconciliation.
@@ -186,19 +346,27 @@ impl ChargeClient {
         self.get_json("/v1/charges", &query).await
     }
 
-    /// `POST /v1/charges/{id}/refunds` under its own idempotency key.
-    pub async fn refund(&self, charge_id: &str, key: &str) -> Result<Refund, ClientError> {
-        if !self.capabilities.refunds {
-            return Err(ClientError::Unsupported("refunds"));
+    /// `POST /v1/charges/{id}/refunds` under its own idempotency key, and the
+    /// call's record (its `provider_id`: the refund's id).
+    pub async fn refund(&self, charge_id: &str, key: &str) -> (Result<Refund, ClientError>, Call) {
+        let (mut call, started) = Call::start(CallKind::Refund);
+        let result = if self.capabilities.refunds {
+            let request = self
+                .request(
+                    reqwest::Method::POST,
+                    &format!("/v1/charges/{charge_id}/refunds"),
+                )
+                .header(IDEMPOTENCY_KEY, key);
+            send_json::<Refund>(request, &mut call.http_status).await
+        } else {
+            Err(ClientError::Unsupported("refunds"))
+        };
+        call.latency = started.elapsed();
+        match &result {
+            Ok(refund) => call.provider_id = Some(refund.id.clone()),
+            Err(e) => call.error = Some(e.to_string()),
         }
-        let response = self
-            .http
-            .post(format!("{}/v1/charges/{charge_id}/refunds", self.base))
-            .header(IDEMPOTENCY_KEY, key)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        decode(response).await
+        (result, call)
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(
@@ -206,15 +374,23 @@ impl ChargeClient {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, ClientError> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .query(query)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        decode(response).await
+        let request = self.request(reqwest::Method::GET, path).query(query);
+        send_json(request, &mut None).await
     }
+}
+
+/// Send `request` and decode a JSON answer; `status` gets the HTTP status
+/// when one arrived.
+async fn send_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    status: &mut Option<u16>,
+) -> Result<T, ClientError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ClientError::Transport(error_chain(&e)))?;
+    *status = Some(response.status().as_u16());
+    decode(response).await
 }
 
 async fn decode<T: serde::de::DeserializeOwned>(

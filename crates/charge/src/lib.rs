@@ -12,5 +12,5 @@
 pub mod client;
 pub mod wire;
 
-pub use client::{Attempt, Capabilities, ChargeClient, ClientError};
+pub use client::{Attempt, Call, CallKind, Capabilities, ChargeClient, ClientError};
 pub use wire::{Charge, ChargeList, ChargeMetadata, CreateCharge, Refund};

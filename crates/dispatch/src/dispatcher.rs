@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_charge::ChargeClient;
+use idem_charge::{Call, ChargeClient};
 use idem_store::{Claimed, Settlement, outbox};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::recorder::Recorder;
-use crate::strategy::{self, Backoff, Policy};
+use crate::strategy::{self, Backoff, CallLog, Policy};
 
 /// Settings of a dispatcher replica.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl Dispatcher {
     /// call inside a tokio runtime).
     pub fn new(pool: PgPool, client: ChargeClient, config: DispatchConfig) -> Self {
         Self {
-            recorder: Recorder::spawn(pool.clone()),
+            recorder: Recorder::spawn(pool.clone(), config.owner.clone()),
             pool,
             client,
             config: Arc::new(config),
@@ -137,7 +137,8 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         let bound = self.config.lease.mul_f64(0.9);
         let policy = self.policy();
-        let attempt = strategy::attempt(&self.client, &policy, &row);
+        let calls = CallLog::default();
+        let attempt = strategy::attempt(&self.client, &policy, &row, &calls);
         let settlement = match tokio::time::timeout(bound, attempt).await {
             Ok(settlement) => settlement,
             Err(_) => {
@@ -149,8 +150,9 @@ impl Dispatcher {
         let class = response_class(&settlement);
         metrics::counter!("idem_provider_responses_total", "class" => class).increment(1);
         idem_crash::point("dispatch.after_answer");
+        let calls = calls.take("cut off: no answer within the lease budget");
         let (id, reference) = (row.id, row.reference_id);
-        match self.settle(row, settlement).await {
+        match self.settle(row, settlement, calls).await {
             Ok(done) => {
                 metrics::histogram!("idem_dispatch_attempt_seconds", "class" => class)
                     .record(started.elapsed().as_secs_f64());
@@ -168,10 +170,15 @@ impl Dispatcher {
     /// Record `settlement` for `row`, fenced by its lease token (through the
     /// recorder, which groups concurrent results into one statement); a
     /// success the fence refuses is still kept as evidence on the row.
-    async fn settle(&self, row: Claimed, settlement: Settlement) -> anyhow::Result<Dispatched> {
+    async fn settle(
+        &self,
+        row: Claimed,
+        settlement: Settlement,
+        calls: Vec<Call>,
+    ) -> anyhow::Result<Dispatched> {
         let recorded = self
             .recorder
-            .record(row.id, row.lease_token, settlement.clone())
+            .record(row.id, row.lease_token, settlement.clone(), calls)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !recorded {

@@ -11,12 +11,15 @@
 //! - `dispatcher`: [`Dispatcher`]: `dispatch_once` (one claim, its attempts, their
 //!   settlements — what tests drive step by step) and `run`, the bounded
 //!   concurrent loop with the lease rescuer and graceful shutdown.
+//! - `trace`: the attempt span's parent (the row's stored `traceparent`) and
+//!   the child `traceparent` sent on the provider call.
 //! - `recorder`: group commit of results — one fenced statement for every
 //!   result that queued up while the previous one was written.
 
 pub mod dispatcher;
 mod recorder;
 pub mod strategy;
+mod trace;
 
 pub use dispatcher::{DispatchConfig, Dispatched, Dispatcher};
 pub use strategy::Backoff;

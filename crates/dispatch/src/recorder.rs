@@ -5,7 +5,9 @@
 //! alone, at once; under heavy load results share round trips, batched by
 //! the time the previous statement took — no linger, no added latency.
 
+use idem_charge::Call;
 use idem_store::Settlement;
+use idem_store::attempt::NewAttempt;
 use idem_store::settle::{self, Fenced};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +24,8 @@ struct Job {
     token: Uuid,
     /// The result.
     settlement: Settlement,
+    /// The provider calls the attempt made, for the history.
+    calls: Vec<Call>,
     /// Where to say whether the fence accepted it (or why it was not written).
     done: oneshot::Sender<Result<bool, String>>,
 }
@@ -42,10 +46,11 @@ impl std::fmt::Debug for Job {
 }
 
 impl Recorder {
-    /// Start the recorder task on `pool` (inside a tokio runtime).
-    pub(crate) fn spawn(pool: PgPool) -> Self {
+    /// Start the recorder task on `pool` (inside a tokio runtime); `replica`
+    /// names this replica in the attempt history.
+    pub(crate) fn spawn(pool: PgPool, replica: String) -> Self {
         let (jobs, queue) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(pool, queue));
+        tokio::spawn(run(pool, replica, queue));
         Self { jobs }
     }
 
@@ -57,12 +62,14 @@ impl Recorder {
         id: i64,
         token: Uuid,
         settlement: Settlement,
+        calls: Vec<Call>,
     ) -> Result<bool, String> {
         let (done, answer) = oneshot::channel();
         let job = Job {
             id,
             token,
             settlement,
+            calls,
             done,
         };
         self.jobs
@@ -75,7 +82,7 @@ impl Recorder {
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
+async fn run(pool: PgPool, replica: String, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -85,7 +92,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
             }
         }
         metrics::histogram!("idem_dispatch_settle_batch_rows").record(jobs.len() as f64);
-        let written = write(&pool, &jobs).await;
+        let written = write(&pool, &replica, &jobs).await;
         for job in jobs {
             let answer = match &written {
                 Ok(ids) => Ok(ids.contains(&job.id)),
@@ -97,7 +104,7 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
     }
 }
 
-async fn write(pool: &PgPool, jobs: &[Job]) -> Result<Vec<i64>, String> {
+async fn write(pool: &PgPool, replica: &str, jobs: &[Job]) -> Result<Vec<i64>, String> {
     let batch: Vec<Fenced<'_>> = jobs
         .iter()
         .map(|j| Fenced {
@@ -106,8 +113,12 @@ async fn write(pool: &PgPool, jobs: &[Job]) -> Result<Vec<i64>, String> {
             settlement: &j.settlement,
         })
         .collect();
+    let calls: Vec<NewAttempt> = jobs
+        .iter()
+        .flat_map(|j| j.calls.iter().map(|c| NewAttempt::of_call(j.id, c)))
+        .collect();
     let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
-    settle::settle_many(&mut conn, &batch)
+    settle::settle_many(&mut conn, &batch, replica, &calls)
         .await
         .map_err(|e| e.to_string())
 }

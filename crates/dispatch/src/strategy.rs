@@ -7,9 +7,12 @@
 //! honours idempotency keys; where it does not, a retry waits long enough for a
 //! late original to have landed (and reconciliation has the last word).
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use idem_charge::{Attempt, Capabilities, ChargeClient, ChargeMetadata, CreateCharge};
+use idem_charge::{
+    Attempt, Call, CallKind, Capabilities, ChargeClient, ChargeMetadata, CreateCharge,
+};
 use idem_store::{Claimed, Settlement};
 use rand::Rng;
 use serde_json::json;
@@ -48,13 +51,72 @@ pub struct Policy {
     pub charge_timeout: Duration,
 }
 
-/// Make one attempt for `row` and decide what to record.
-#[tracing::instrument(skip_all, fields(outbox_id = row.id, reference_id = %row.reference_id, message_id = %row.message_id, attempt = row.attempts))]
-pub async fn attempt(client: &ChargeClient, policy: &Policy, row: &Claimed) -> Settlement {
+/// The provider calls of one attempt, for the attempt history. Shared with the
+/// dispatcher, so a call cut off by the lease budget (its future dropped) is
+/// still recorded, as one that got no answer.
+#[derive(Debug, Clone, Default)]
+pub struct CallLog(Arc<Mutex<Calls>>);
+
+#[derive(Debug, Default)]
+struct Calls {
+    /// Finished calls, in order.
+    done: Vec<Call>,
+    /// The call under way: its kind, wall-clock start and monotonic start.
+    open: Option<(CallKind, chrono::DateTime<chrono::Utc>, std::time::Instant)>,
+}
+
+impl CallLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn opened(&self, kind: CallKind) {
+        self.lock().open = Some((kind, chrono::Utc::now(), std::time::Instant::now()));
+    }
+
+    fn finished(&self, call: Call) {
+        let mut calls = self.lock();
+        calls.open = None;
+        calls.done.push(call);
+    }
+
+    /// Every call made; a call still open (cut off) is closed with `error`.
+    pub fn take(&self, cut_off: &str) -> Vec<Call> {
+        let mut calls = self.lock();
+        if let Some((kind, started_at, started)) = calls.open.take() {
+            calls.done.push(Call {
+                kind,
+                started_at,
+                latency: started.elapsed(),
+                http_status: None,
+                error: Some(cut_off.to_owned()),
+                provider_id: None,
+            });
+        }
+        std::mem::take(&mut calls.done)
+    }
+}
+
+/// Make one attempt for `row` and decide what to record; every provider call
+/// goes into `calls`.
+#[tracing::instrument(skip_all, fields(outbox_id = row.id, reference_id = %row.reference_id, message_id = %row.message_id, attempt = row.attempts, trace_id = row.traceparent.as_deref().and_then(idem_message::trace::trace_id)))]
+pub async fn attempt(
+    client: &ChargeClient,
+    policy: &Policy,
+    row: &Claimed,
+    calls: &CallLog,
+) -> Settlement {
     let caps = client.capabilities();
     let reference = row.reference_id.to_string();
+    // The message's trace continues: this span's parent is the stored
+    // traceparent; the provider sees a child of it (see `crate::trace`).
+    let traceparent = crate::trace::outgoing(&tracing::Span::current(), row.traceparent.as_deref());
+    let traceparent = traceparent.as_deref();
     if row.uncertain_since.is_some() && caps.lookup {
-        match client.lookup(&reference).await {
+        calls.opened(CallKind::Lookup);
+        let (found, call) = client.lookup(&reference, traceparent).await;
+        calls.finished(call);
+        match found {
             Ok(charges) => {
                 if let Some(first) = charges.iter().find(|c| c.status == "succeeded") {
                     if charges.len() > 1 {
@@ -83,7 +145,10 @@ pub async fn attempt(client: &ChargeClient, policy: &Policy, row: &Claimed) -> S
             message_id: row.message_id.clone(),
         },
     };
-    match client.create_charge(&request).await {
+    calls.opened(CallKind::Charge);
+    let (outcome, call) = client.create_charge(&request, traceparent).await;
+    calls.finished(call);
+    match outcome {
         Attempt::Succeeded { charge, replayed } => {
             tracing::info!(charge_id = %charge.id, replayed, "charged");
             succeeded(&charge)

@@ -6,7 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AmqpArgs, DatabaseArgs, RunArgs};
 use crate::telemetry::LogFormat;
-use crate::{bench, daemon, demo, reconcile, status, workload};
+use crate::{admin, bench, daemon, demo, reconcile, status, workload};
 
 /// idem: effectively-once charges from at-least-once messages.
 #[derive(Parser, Debug)]
@@ -40,6 +40,12 @@ pub enum Command {
     /// Reconcile once: hold the provider's charges in a window against ours,
     /// refund extra charges, settle or re-queue uncertain rows, report.
     Reconcile(reconcile::ReconcileCommand),
+    /// Outbox rows: list, show (with attempt history), retry dead, resolve by hand.
+    Outbox(admin::OutboxCommand),
+    /// Quarantined messages: list, show, replay through the normal path.
+    Quarantine(admin::QuarantineCommand),
+    /// Inbox keys: was a message seen, how often, and what became of it.
+    Inbox(admin::InboxCommand),
 }
 
 /// `idem publish`.
@@ -95,6 +101,9 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()
         Command::Demo(args) => demo::run(args, shutdown).await,
         Command::Bench(args) => bench::run(*args, shutdown).await,
         Command::Reconcile(cmd) => reconcile::execute(cmd).await,
+        Command::Outbox(cmd) => admin::outbox(cmd).await,
+        Command::Quarantine(cmd) => admin::quarantine(cmd).await,
+        Command::Inbox(cmd) => admin::inbox(cmd).await,
     }
 }
 

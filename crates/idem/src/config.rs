@@ -3,29 +3,32 @@
 //! [`Config`] whose errors say what to fix.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use clap::{ArgAction, Args, ValueEnum};
-use idem_charge::Capabilities;
+use idem_charge::{Capabilities, ChargeClient};
 use idem_dispatch::{Backoff, DispatchConfig};
 use idem_inbox::InboxConfig;
 
 use crate::reconcile::{ReconcileArgs, ReconcileSettings};
 use crate::results::ResultsArgs;
 use crate::retention::{RetentionArgs, RetentionConfig};
+use crate::secrets::{Secret, SecretUrl};
 
 /// Where the database lives.
 #[derive(Args, Debug, Clone)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL; the database is created if missing.
+    /// PostgreSQL URL; the database is created if missing. TLS: add
+    /// `?sslmode=require` (or `verify-full` with `sslrootcert=<PEM file>`).
     #[arg(
         long,
         env = "IDEM_DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/idem",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// Most connections this process opens to PostgreSQL.
     #[arg(long, env = "IDEM_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -34,7 +37,7 @@ pub struct DatabaseArgs {
 /// Where the broker lives.
 #[derive(Args, Debug, Clone)]
 pub struct AmqpArgs {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL (default: the local broker as guest); `amqps://` for TLS.
     #[arg(
         long,
         env = "IDEM_AMQP_URL",
@@ -42,7 +45,7 @@ pub struct AmqpArgs {
         hide_env_values = true,
         hide_default_value = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: SecretUrl,
     /// The work queue (declared durable, with `<queue>.dlx` / `<queue>.dead`).
     #[arg(long, env = "IDEM_QUEUE", default_value = "idem.charges")]
     pub queue: String,
@@ -79,7 +82,18 @@ pub struct RunArgs {
         default_value = "http://127.0.0.1:8099"
     )]
     pub charge_api_url: String,
-    /// Health and metrics listener (use port 0 for any free port).
+    /// Bearer token sent to the charge API as `Authorization: Bearer <key>`
+    /// (unset: no `Authorization` header). Prefer the variable or its file
+    /// to the flag, which other users can see in the process list.
+    #[arg(long, env = "IDEM_CHARGE_API_KEY", hide_env_values = true)]
+    pub charge_api_key: Option<Secret>,
+    /// PEM file of CA certificates to trust for an `https://` charge API, on
+    /// top of the system's roots (e.g. a private CA).
+    #[arg(long, env = "IDEM_CHARGE_API_CA_FILE")]
+    pub charge_api_ca_file: Option<PathBuf>,
+    /// Health and metrics listener (use port 0 for any free port). Serves
+    /// plain HTTP without authentication: keep it on loopback or a private
+    /// network.
     #[arg(long, env = "IDEM_HTTP_ADDR", default_value = "127.0.0.1:9464")]
     pub http_addr: SocketAddr,
     /// The provider honours `Idempotency-Key`.
@@ -142,11 +156,12 @@ pub struct RunArgs {
     pub results: ResultsArgs,
 }
 
-/// A validated configuration for [`crate::daemon::run`].
-#[derive(Debug, Clone)]
+/// A validated configuration for [`crate::daemon::run`]. Its `Debug` prints
+/// no credential (URLs with `***` for the password, the key `<redacted>`).
+#[derive(Clone)]
 pub struct Config {
     /// PostgreSQL URL.
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// Pool size.
     pub db_max_connections: u32,
     /// Roles to run.
@@ -155,6 +170,10 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Charge API base URL.
     pub charge_api_url: String,
+    /// Bearer token for the charge API.
+    pub charge_api_key: Option<Secret>,
+    /// Extra CA certificates (PEM) for an `https://` charge API.
+    pub charge_api_ca: Option<CaBundle>,
     /// What the provider offers.
     pub capabilities: Capabilities,
     /// Inbox consumer settings.
@@ -169,7 +188,92 @@ pub struct Config {
     pub results: idem_events::PublisherConfig,
 }
 
-fn default_replica_id() -> String {
+/// CA certificates read from a PEM file at start.
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    /// Where they came from (for messages).
+    pub path: PathBuf,
+    /// The file's content: one or more PEM certificates.
+    pub pem: Vec<u8>,
+}
+
+impl CaBundle {
+    /// Read and check `path` (at least one certificate, all parseable);
+    /// errors name `var` and the path.
+    pub fn read(var: &str, path: &std::path::Path) -> anyhow::Result<Self> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let shown = path.display();
+        let pem = std::fs::read(path).with_context(|| format!("cannot read {var}={shown}"))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("{var}={shown} is not a PEM certificate file: {e}"))?;
+        ensure!(
+            !certs.is_empty(),
+            "{var}={shown} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+        );
+        Ok(Self {
+            path: path.to_owned(),
+            pem,
+        })
+    }
+}
+
+impl Config {
+    /// The charge API client of this configuration: base URL, timeout,
+    /// capabilities, API key and extra CA roots. Every client idem builds
+    /// for the provider comes from here, so none lacks the credentials.
+    pub fn charge_client(&self) -> anyhow::Result<ChargeClient> {
+        let roots = self.charge_api_ca.as_ref().map(|ca| ca.pem.as_slice());
+        let client = ChargeClient::new_with_roots(
+            &self.charge_api_url,
+            self.dispatch.charge_timeout,
+            self.capabilities,
+            roots,
+        )
+        .context("building the charge API client (IDEM_CHARGE_API_URL, IDEM_CHARGE_API_CA_FILE)")?;
+        Ok(client.with_api_key(
+            self.charge_api_key
+                .as_ref()
+                .map(|key| key.expose().to_owned()),
+        ))
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The inbox and publisher settings hold the broker URL as a plain
+        // string: show copies with the password replaced.
+        let inbox = InboxConfig {
+            amqp_url: idem_store::redact_url(&self.inbox.amqp_url),
+            ..self.inbox.clone()
+        };
+        let results = idem_events::PublisherConfig {
+            amqp_url: idem_store::redact_url(&self.results.amqp_url),
+            ..self.results.clone()
+        };
+        f.debug_struct("Config")
+            .field("database_url", &self.database_url)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("role", &self.role)
+            .field("http_addr", &self.http_addr)
+            .field("charge_api_url", &self.charge_api_url)
+            .field("charge_api_key", &self.charge_api_key)
+            .field(
+                "charge_api_ca",
+                &self.charge_api_ca.as_ref().map(|ca| &ca.path),
+            )
+            .field("capabilities", &self.capabilities)
+            .field("inbox", &inbox)
+            .field("dispatch", &self.dispatch)
+            .field("retention", &self.retention)
+            .field("reconcile", &self.reconcile)
+            .field("results", &results)
+            .finish()
+    }
+}
+
+pub(crate) fn default_replica_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "idem".to_owned());
@@ -258,6 +362,19 @@ impl RunArgs {
         )?;
         check_url("IDEM_AMQP_URL", &a.amqp.amqp_url, &["amqp", "amqps"])?;
         check_url("IDEM_CHARGE_API_URL", &a.charge_api_url, &["http", "https"])?;
+        // The client's transport errors quote the URL: credentials there
+        // would be printed. The key has its own setting.
+        ensure!(
+            url::Url::parse(&a.charge_api_url)
+                .is_ok_and(|u| u.username().is_empty() && u.password().is_none()),
+            "IDEM_CHARGE_API_URL must not carry credentials (user:password@): give the provider's \
+             key as IDEM_CHARGE_API_KEY (or IDEM_CHARGE_API_KEY_FILE)"
+        );
+        let charge_api_ca = a
+            .charge_api_ca_file
+            .as_deref()
+            .map(|path| CaBundle::read("IDEM_CHARGE_API_CA_FILE", path))
+            .transpose()?;
         let retention = a.retention.validate(
             Duration::from_secs(a.lease_secs),
             Duration::from_millis(a.retry_max_ms),
@@ -282,13 +399,15 @@ impl RunArgs {
             role: a.role,
             http_addr: a.http_addr,
             charge_api_url: a.charge_api_url.clone(),
+            charge_api_key: a.charge_api_key.clone(),
+            charge_api_ca,
             capabilities: Capabilities {
                 idempotency_keys: a.provider_idempotency_keys,
                 lookup: a.provider_lookup,
                 refunds: a.provider_refunds,
             },
             inbox: InboxConfig {
-                amqp_url: a.amqp.amqp_url.clone(),
+                amqp_url: a.amqp.amqp_url.expose().to_owned(),
                 queue: a.amqp.queue.clone(),
                 prefetch: a.prefetch,
                 batch_size: a.inbox_batch_size,
@@ -320,6 +439,18 @@ impl RunArgs {
 
 fn check_url(var: &str, raw: &str, schemes: &[&str]) -> anyhow::Result<()> {
     match url::Url::parse(raw) {
+        // Messages redact the password of the user-info part only; one in
+        // the query (`?password=`, which the PostgreSQL driver reads) would
+        // be printed with every connection error.
+        Ok(u)
+            if u.query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password")) =>
+        {
+            bail!(
+                "{var} has a password in its query (?password=...): put it in the URL's user part \
+             (scheme://user:password@host/...), which idem never prints"
+            )
+        }
         Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
         Ok(u) => bail!(
             "{var} has scheme {:?}; expected one of {schemes:?} (got {})",
@@ -382,6 +513,67 @@ mod tests {
         assert!(
             !err.to_string().contains("hunter2"),
             "password leaked: {err}"
+        );
+    }
+
+    #[test]
+    fn debug_prints_no_credential() {
+        let args = parse(&[
+            "--database-url",
+            "postgres://u:pg-pw-1@h/db",
+            "--amqp-url",
+            "amqp://u:amqp-pw-2@h/%2f",
+            "--charge-api-key",
+            "api-key-3",
+        ]);
+        let config = args.validate().expect("valid");
+        assert_eq!(
+            config.charge_api_key.as_ref().map(Secret::expose),
+            Some("api-key-3")
+        );
+        assert_eq!(config.inbox.amqp_url, "amqp://u:amqp-pw-2@h/%2f");
+        let shown = format!("{args:?}\n{config:?}\n{config:#?}");
+        for secret in ["pg-pw-1", "amqp-pw-2", "api-key-3"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("postgres://u:***@h/db"), "{shown}");
+        assert!(shown.contains("amqp://u:***@h/%2f"), "{shown}");
+    }
+
+    #[test]
+    fn credentials_where_they_would_be_printed_are_refused() {
+        let err = parse(&["--charge-api-url", "https://u:pw-1@provider.example/"])
+            .validate()
+            .expect_err("credentials in the provider URL");
+        assert!(err.to_string().contains("IDEM_CHARGE_API_KEY"), "{err}");
+        assert!(!err.to_string().contains("pw-1"), "{err}");
+        let err = parse(&["--database-url", "postgres://u@h/db?password=pw-2"])
+            .validate()
+            .expect_err("password in the query");
+        assert!(err.to_string().contains("IDEM_DATABASE_URL"), "{err}");
+        assert!(!err.to_string().contains("pw-2"), "{err}");
+    }
+
+    #[test]
+    fn the_charge_api_ca_file_must_hold_certificates() {
+        let dir = std::env::temp_dir().join(format!("idem-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let missing = dir.join("missing.pem");
+        let err = parse(&["--charge-api-ca-file", missing.to_str().expect("utf-8")])
+            .validate()
+            .expect_err("missing file");
+        assert!(
+            format!("{err:#}").contains("cannot read IDEM_CHARGE_API_CA_FILE="),
+            "{err:#}"
+        );
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = parse(&["--charge-api-ca-file", empty.to_str().expect("utf-8")])
+            .validate()
+            .expect_err("no certificate");
+        assert!(
+            format!("{err:#}").contains("holds no certificate"),
+            "{err:#}"
         );
     }
 

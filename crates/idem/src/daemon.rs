@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use idem_charge::ChargeClient;
 use idem_dispatch::Dispatcher;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,12 +35,7 @@ pub async fn run_with(
     let metrics_handle = metrics::install()?;
     let pool = idem_store::connect(&config.database_url, config.db_max_connections).await?;
     idem_store::migrate(&pool).await?;
-    let client = ChargeClient::new(
-        &config.charge_api_url,
-        config.dispatch.charge_timeout,
-        config.capabilities,
-    )
-    .context("building the charge API client")?;
+    let client = config.charge_client()?;
 
     let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
         format!(

@@ -209,6 +209,10 @@ fn spawn_worker(args: &DemoArgs, sim_url: &str, n: usize) -> anyhow::Result<Chil
     let exe = std::env::current_exe().context("locating the idem binary")?;
     Command::new(exe)
         .arg("run")
+        // The URLs are given directly; a `*_FILE` inherited from our own
+        // environment would clash with them ("both set").
+        .env_remove("IDEM_DATABASE_URL_FILE")
+        .env_remove("IDEM_AMQP_URL_FILE")
         .env("IDEM_DATABASE_URL", &args.database_url)
         .env("IDEM_AMQP_URL", &args.amqp_url)
         .env("IDEM_QUEUE", &args.queue)

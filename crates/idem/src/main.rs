@@ -1,29 +1,38 @@
 //! `idem`: parse the command line, set up logging and signals, run.
 
-use clap::Parser;
-use idem::cli::{Cli, Command, execute};
+use idem::cli::{Command, execute};
 use idem::telemetry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    if matches!(cli.command, Command::Bench(_)) {
-        telemetry::init_logging_with(cli.log_format, "warn,sqlx=error,lapin=error");
+    // Like `Cli::parse()`, with secrets' `*_FILE` variables resolved.
+    let cli = match idem::secrets::parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let telemetry = if matches!(cli.command, Command::Bench(_)) {
+        telemetry::init_logging_with(cli.log_format, "warn,sqlx=error,lapin=error")
     } else {
-        telemetry::init_logging(cli.log_format);
-    }
+        telemetry::init_logging(cli.log_format)
+    };
     telemetry::install_crypto_provider();
     let shutdown = CancellationToken::new();
     tokio::spawn(forward_signals(shutdown.clone()));
-    match execute(cli, shutdown).await {
+    let code = match execute(cli, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Export the spans still buffered (blocks up to 5 s; nothing without OTLP).
+    tokio::task::block_in_place(|| telemetry.shutdown());
+    code
 }
 
 /// SIGTERM or SIGINT: graceful shutdown. A second signal exits at once.

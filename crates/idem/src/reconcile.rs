@@ -6,7 +6,6 @@ use std::time::Duration;
 use anyhow::{bail, ensure};
 use chrono::{DateTime, Utc};
 use clap::Args;
-use idem_charge::ChargeClient;
 use idem_reconcile::{ReconcileConfig, Reconciler, Window};
 
 use crate::config::RunArgs;
@@ -68,6 +67,7 @@ impl ReconcileArgs {
             reconciler: ReconcileConfig {
                 grace: Duration::from_secs(self.reconcile_grace_secs),
                 page_size: self.reconcile_page_size,
+                replica: format!("reconciler@{}", crate::config::default_replica_id()),
             },
             interval: (self.reconcile_interval_secs > 0)
                 .then(|| Duration::from_secs(self.reconcile_interval_secs)),
@@ -118,11 +118,7 @@ pub async fn execute(cmd: ReconcileCommand) -> anyhow::Result<()> {
     };
     let pool = idem_store::connect(&config.database_url, 4).await?;
     idem_store::migrate(&pool).await?;
-    let client = ChargeClient::new(
-        &config.charge_api_url,
-        config.dispatch.charge_timeout,
-        config.capabilities,
-    )?;
+    let client = config.charge_client()?;
     let reconciler = Reconciler::new(pool, client, config.reconcile.reconciler.clone());
     let report = reconciler.run_once(window).await?;
     if cmd.json {

@@ -16,7 +16,7 @@ use idem_store::quarantine::{self, Quarantined};
 use lapin::BasicProperties;
 use sqlx::{Acquire, PgConnection};
 
-use crate::{bulk, delivery};
+use crate::{bulk, delivery, trace};
 
 /// One delivery as the batch sees it.
 #[derive(Debug, Clone, Copy)]
@@ -131,7 +131,8 @@ async fn record_one(
     let refused = match parsed {
         Err(rejection) => {
             let message_id = item.properties.message_id().as_ref().map(|s| s.as_str());
-            tracing::warn!(code = rejection.code(), reason = %rejection, ?message_id, "quarantining bad message");
+            let trace_id = trace::of_properties(item.properties);
+            tracing::warn!(code = rejection.code(), reason = %rejection, ?message_id, trace_id, "quarantining bad message");
             return quarantine(conn, item, &rejection).await;
         }
         Ok(request) => {
@@ -142,11 +143,11 @@ async fn record_one(
                     return Ok(match recorded {
                         Recorded::New { outbox_id } => Decision::New { outbox_id },
                         Recorded::Duplicate { .. } => {
-                            tracing::debug!(message_id = %request.message_id, "duplicate absorbed");
+                            tracing::debug!(message_id = %request.message_id, trace_id = trace::of_request(&request), "duplicate absorbed");
                             Decision::Duplicate
                         }
                         Recorded::Conflict => {
-                            tracing::warn!(scope = %request.scope, message_id = %request.message_id, "key conflict: same key, other payload; not charged");
+                            tracing::warn!(scope = %request.scope, message_id = %request.message_id, trace_id = trace::of_request(&request), "key conflict: same key, other payload; not charged");
                             Decision::Conflict
                         }
                     });

@@ -24,7 +24,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::batch::{Decision, Incoming};
-use crate::delivery;
+use crate::{delivery, trace};
 
 /// Record `batch` (validated into `parsed`, same order) set-based inside the
 /// caller's savepoint, returning one decision per delivery in delivery order.
@@ -153,7 +153,7 @@ async fn write(
         .iter()
         .filter(|c| c.2 == Verdict::Conflict)
         .map(|&(i, request, _, holds)| {
-            tracing::warn!(scope = %request.scope, message_id = %request.message_id, "key conflict: same key, other payload; not charged");
+            tracing::warn!(scope = %request.scope, message_id = %request.message_id, trace_id = trace::of_request(request), "key conflict: same key, other payload; not charged");
             Conflict {
                 scope: &request.scope,
                 message_id: &request.message_id,
@@ -170,7 +170,7 @@ async fn write(
         .iter()
         .filter(|c| c.2 == Verdict::Duplicate)
         .map(|&(_, request, _, _)| {
-            tracing::debug!(message_id = %request.message_id, "duplicate absorbed");
+            tracing::debug!(message_id = %request.message_id, trace_id = trace::of_request(request), "duplicate absorbed");
             Duplicate {
                 reference_id: request.reference_id,
                 reply_to: request.reply_to.as_deref(),
@@ -238,7 +238,8 @@ async fn quarantine(
             .message_id()
             .as_ref()
             .map(|s| s.as_str());
-        tracing::warn!(code = rejection.code(), reason = %rejection, ?message_id, "quarantining bad message");
+        let trace_id = trace::of_properties(batch[i].properties);
+        tracing::warn!(code = rejection.code(), reason = %rejection, ?message_id, trace_id, "quarantining bad message");
         decisions[i] = Some(Decision::Quarantined {
             code: rejection.code(),
         });
@@ -382,6 +383,7 @@ fn judge<'r>(group: &Group<'r>, found: Found<'_>) -> Judgement<'r> {
             tracing::info!(
                 scope = %candidate.scope,
                 message_id = %candidate.message_id,
+                trace_id = trace::of_request(candidate),
                 same_payload = (original == candidate.fingerprint),
                 state = row.state.as_str(),
                 "key no longer in the inbox but its outbox row is: not charged again, key restored"

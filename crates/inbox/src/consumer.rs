@@ -245,6 +245,7 @@ async fn settle_batch(
             redelivered: d.redelivered,
         })
         .collect();
+    let spans = crate::trace::message_spans(batch);
     let mut backoff = Duration::from_millis(100);
     let mut refusals = 0;
     let decisions = loop {
@@ -292,6 +293,7 @@ async fn settle_batch(
             }
         }
     };
+    crate::trace::finish(spans, decisions.iter().map(decision_label));
     acknowledge(batch, &decisions).await
 }
 

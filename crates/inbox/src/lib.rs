@@ -12,6 +12,10 @@
 //!   each behind its own savepoint, so one bad message never poisons the others.
 //! - `bulk`: the set-based path: validate in Rust, group copies of a key, a
 //!   handful of statements over arrays for the whole batch.
+//! - `trace`: a `message` span per delivery, parented on its `traceparent`
+//!   header, with its `trace_id` (DEBUG: free unless logged or exported).
+//! - `replay`: a quarantined message's properties rebuilt, published again
+//!   with a confirm (`idem quarantine replay`).
 //! - `consumer`: the loop — connect, declare, consume, batch, commit, ack —
 //!   that reconnects by itself and stops on the shutdown token.
 
@@ -19,7 +23,9 @@ pub mod batch;
 mod bulk;
 pub mod consumer;
 pub mod delivery;
+pub mod replay;
 pub mod topology;
+mod trace;
 
 pub use batch::{Decision, Incoming, record_batch, record_one_by_one};
 pub use consumer::{InboxConfig, connect_amqp, run};

@@ -187,18 +187,7 @@ fn optional_property(
 
 /// `version-traceid-parentid-flags`, lower-case hex, version `00` layout.
 fn valid_traceparent(t: &str) -> bool {
-    let parts: Vec<&str> = t.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1] != "0".repeat(32)
-        && hex(parts[2], 16)
-        && parts[2] != "0".repeat(16)
-        && hex(parts[3], 2)
+    crate::trace::TraceParent::parse(t).is_some()
 }
 
 fn check_body(body: &ChargeBody) -> Result<(), Rejection> {

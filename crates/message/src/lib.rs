@@ -10,9 +10,13 @@
 //!   [`ChargeRequest`] or a [`Rejection`].
 //! - `identity`: the dedup key's derived values, [`fingerprint`] and
 //!   [`reference_id`].
+//! - `trace`: the W3C `traceparent` a message may carry: parsing, and the
+//!   child header sent on the provider call ([`TraceParent`]).
 
 pub mod envelope;
 pub mod identity;
+pub mod trace;
 
 pub use envelope::{ChargeBody, ChargeRequest, DEFAULT_SCOPE, Inbound, MAX_KEY_LEN, Rejection};
 pub use identity::{REFERENCE_NAMESPACE, fingerprint, reference_id};
+pub use trace::TraceParent;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use idem_charge::{Charge, ChargeClient, ChargeList, ClientError};
 use idem_store::OutboxState;
+use idem_store::attempt::{self, NewAttempt};
 use idem_store::reconcile::{self as store, NewCompensation, RowView};
 use serde_json::json;
 use sqlx::PgPool;
@@ -36,6 +37,8 @@ pub struct ReconcileConfig {
     pub grace: Duration,
     /// Charges per listing page.
     pub page_size: u32,
+    /// This process's name in the attempt history (refund calls).
+    pub replica: String,
 }
 
 /// The window of provider charges a run looks at (by the charge's creation
@@ -322,11 +325,12 @@ impl Reconciler {
                 report.refunds_manual += 1;
                 continue;
             }
-            match self
+            let (refunded, call) = self
                 .client
                 .refund(&c.charge_id, &c.refund_key.to_string())
-                .await
-            {
+                .await;
+            self.record_call(conn, c.reference_id, &call).await;
+            match refunded {
                 Ok(refund) => {
                     store::mark_refunded(conn, c.id, &refund.id).await?;
                     tracing::info!(charge_id = %c.charge_id, refund_id = %refund.id, "extra charge refunded");
@@ -347,6 +351,30 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+}
+
+impl Reconciler {
+    /// Put a refund call into the attempt history of the reference's outbox
+    /// row (if we have one). Best effort: the compensation row is the record
+    /// that counts, and a failed history write must not stop refunds.
+    async fn record_call(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        reference_id: Uuid,
+        call: &idem_charge::Call,
+    ) {
+        let written = async {
+            let Some(outbox_id) = attempt::outbox_id_of(conn, reference_id).await? else {
+                return Ok(0);
+            };
+            let row = NewAttempt::of_call(outbox_id, call);
+            attempt::record(conn, &self.config.replica, &[row]).await
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(%reference_id, error = %e, "could not record the refund call in the attempt history");
+        }
     }
 }
 

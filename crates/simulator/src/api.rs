@@ -24,6 +24,7 @@ use tracing::debug;
 use crate::Simulator;
 use crate::answer::{Answer, Step};
 use crate::faults::{Fate, Faults};
+use crate::ledger::SeenRequest;
 use crate::server::ConnKill;
 use crate::state::{ListQuery, validate_charge};
 
@@ -36,7 +37,16 @@ pub(crate) fn router(sim: Simulator) -> Router {
     Router::new()
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}/refunds", post(refund))
+        // Only the routes above: `/_sim/*` and `/healthz` need no key.
+        .route_layer(axum::middleware::from_fn_with_state(
+            sim.clone(),
+            crate::auth::require,
+        ))
+        // Outermost of the two: every `/v1` request is remembered as
+        // received, a refused one too.
+        .route_layer(axum::middleware::from_fn_with_state(sim.clone(), remember))
         .route("/_sim/ledger", get(ledger))
+        .route("/_sim/requests", get(requests))
         .route("/_sim/stats", get(stats))
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/healthz", get(|| async { "ok" }))
@@ -269,4 +279,49 @@ async fn put_faults(State(sim): State<Simulator>, body: Bytes) -> Response {
     debug!(?faults, "faults replaced");
     sim.set_faults(faults.clone());
     Json(faults).into_response()
+}
+
+/// Middleware of the `/v1` routes: remember the request (method, path,
+/// reference, `traceparent`) in the bounded list of `/_sim/requests`.
+async fn remember(
+    State(sim): State<Simulator>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let seen = seen(&request);
+    sim.lock().saw(seen);
+    next.run(request).await
+}
+
+/// What `/_sim/requests` keeps of a request.
+fn seen(request: &axum::extract::Request) -> SeenRequest {
+    let text = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let reference_id = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("reference_id="))
+            .map(str::to_owned)
+    });
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    SeenRequest {
+        method: request.method().as_str().to_owned(),
+        path: request.uri().path().to_owned(),
+        reference_id,
+        idempotency_key: text(IDEMPOTENCY_KEY),
+        traceparent: text("traceparent"),
+        at_ms,
+    }
+}
+
+/// `GET /_sim/requests`: the most recent `/v1` requests, oldest first.
+async fn requests(State(sim): State<Simulator>) -> Response {
+    Json(sim.requests()).into_response()
 }

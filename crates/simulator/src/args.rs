@@ -2,12 +2,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::builder::BoolishValueParser;
 use tokio::net::TcpListener;
 
-use crate::{Faults, Simulator};
+use crate::{ApiKey, Faults, Simulator};
 
 /// Flags of `idem provider-sim`; each has an `IDEM_SIM_*` environment variable.
 #[derive(clap::Args, Debug, Clone)]
@@ -45,6 +46,16 @@ pub struct SimArgs {
     /// Accounts starting with this prefix are declined (402); empty: none.
     #[arg(long, env = "IDEM_SIM_DECLINE_PREFIX", default_value = "acc_decline")]
     pub decline_prefix: String,
+    /// Require `Authorization: Bearer <key>` on /v1 requests (others get 401,
+    /// unprocessed); /_sim and /healthz stay open. Unset: no check.
+    #[arg(long, env = "IDEM_SIM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<ApiKey>,
+    /// Serve https with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, env = "IDEM_SIM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "IDEM_SIM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl SimArgs {
@@ -75,12 +86,22 @@ pub async fn run(
     faults
         .validate()
         .map_err(|reason| anyhow::anyhow!("invalid faults: {reason}"))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, ?faults, "provider simulator listening");
-    Simulator::new(faults).serve(listener, shutdown).await
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let api_key = args.api_key.is_some();
+    tracing::info!(%addr, %url, api_key, ?faults, "provider simulator listening");
+    let sim = Simulator::new(faults).with_api_key(args.api_key);
+    match tls {
+        Some(config) => sim.serve_tls(listener, config, shutdown).await,
+        None => sim.serve(listener, shutdown).await,
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What the simulated provider has done: its charges and refunds (the ledger
-//! the tests count), and exact counters of what it was asked.
+//! the tests count), exact counters of what it was asked, and the most recent
+//! requests as received (their trace context, for the tracing tests).
 
 use std::collections::BTreeMap;
 
@@ -54,6 +55,26 @@ impl Ledger {
         }
         counts
     }
+}
+
+/// Most `/v1` requests kept in [`SeenRequest`]s; older ones are forgotten.
+pub const MAX_SEEN_REQUESTS: usize = 10_000;
+
+/// One `/v1` request as the simulator received it, before any fault or check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeenRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path, without the query.
+    pub path: String,
+    /// Query parameter `reference_id` (a lookup), if any.
+    pub reference_id: Option<String>,
+    /// Header `Idempotency-Key` (the reference id of a charge), if any.
+    pub idempotency_key: Option<String>,
+    /// Header `traceparent`, if any.
+    pub traceparent: Option<String>,
+    /// Unix milliseconds at receipt.
+    pub at_ms: i64,
 }
 
 /// Exact counters of what the simulator was asked and did. Admin endpoints are

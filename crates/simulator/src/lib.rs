@@ -7,8 +7,9 @@
 //!
 //! # Layout
 //! - `faults`: [`Faults`] (what goes wrong on purpose) and the per-request dice.
-//! - `ledger`: [`Ledger`] (charges and refunds, as tests count them) and
-//!   [`Stats`] (exact counters).
+//! - `ledger`: [`Ledger`] (charges and refunds, as tests count them),
+//!   [`Stats`] (exact counters) and [`SeenRequest`] (recent requests as
+//!   received, with their `traceparent`).
 //! - `answer`: an answer to send, or work reserved for after the latency.
 //! - `state`: the provider's rules, synchronous, under one mutex: idempotency
 //!   keys (in progress / replay / conflict), declines, lookup, listing, refunds.
@@ -17,6 +18,8 @@
 //!   answer" is a real TCP reset of that connection only. [`Running`] is a
 //!   background server for tests.
 //! - `args`: [`SimArgs`] for `idem provider-sim`, and [`run`].
+//! - `auth`: the API key ([`ApiKey`]) the `/v1` routes require when set.
+//! - `tls`: the rustls server configuration for `https://`.
 //!
 //! # Semantics worth knowing
 //! - The dice are rolled for every `/v1` request (charges, lookups, listing,
@@ -28,10 +31,12 @@
 mod answer;
 mod api;
 mod args;
+mod auth;
 mod faults;
 mod ledger;
 mod server;
 mod state;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,8 +46,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 pub use args::{SimArgs, run};
+pub use auth::ApiKey;
 pub use faults::Faults;
-pub use ledger::{Ledger, LedgerRefund, Stats};
+pub use ledger::{Ledger, LedgerRefund, MAX_SEEN_REQUESTS, SeenRequest, Stats};
 pub use server::Running;
 
 use faults::Fate;
@@ -53,6 +59,8 @@ use state::State;
 pub struct Simulator {
     /// The shared state.
     inner: Arc<Mutex<State>>,
+    /// When set, `/v1` requests must present it as a bearer token.
+    api_key: Option<ApiKey>,
 }
 
 impl Simulator {
@@ -60,7 +68,16 @@ impl Simulator {
     pub fn new(faults: Faults) -> Self {
         Self {
             inner: Arc::new(Mutex::new(State::new(faults))),
+            api_key: None,
         }
+    }
+
+    /// Require `key` as `Authorization: Bearer <key>` on `/v1` requests
+    /// (others get `401`, unprocessed); `None`: no check. Set before serving.
+    #[must_use]
+    pub fn with_api_key(mut self, key: Option<ApiKey>) -> Self {
+        self.api_key = key;
+        self
     }
 
     /// The routes, bound to this simulator. Served by anything but
@@ -77,7 +94,19 @@ impl Simulator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        server::serve(self.router(), listener, shutdown).await
+        server::serve(self.router(), listener, None, shutdown).await
+    }
+
+    /// [`Simulator::serve`] over TLS (`https://`) with `config`
+    /// (see [`tls::server_config`]).
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        server::serve(self.router(), listener, Some(acceptor), shutdown).await
     }
 
     /// Binds `addr` (port 0 for any free port) and serves in a background
@@ -108,6 +137,12 @@ impl Simulator {
     /// A copy of the counters.
     pub fn stats(&self) -> Stats {
         self.lock().stats.clone()
+    }
+
+    /// The most recent `/v1` requests as received (at most
+    /// [`MAX_SEEN_REQUESTS`]), oldest first: what tests check trace context on.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.lock().seen()
     }
 
     /// The state; never held across an await.

@@ -2,7 +2,8 @@
 //! connection task, so a handler can make the client see "no answer" by
 //! resetting its connection: it cancels the connection's [`ConnKill`], the task
 //! drops the connection, and the socket (set to `SO_LINGER` 0) sends a TCP RST.
-//! Other connections are untouched.
+//! Other connections are untouched. With a TLS acceptor, the same happens
+//! under TLS (the reset is of the TCP connection beneath).
 
 use std::future::Future;
 use std::io;
@@ -19,12 +20,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::{debug, warn};
 
 /// How long open connections may finish their requests after shutdown.
 const GRACE: Duration = Duration::from_secs(5);
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Request extension: cancelling it resets the request's TCP connection.
 #[derive(Debug, Clone)]
@@ -89,11 +93,13 @@ impl Drop for KillableIo {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets open
-/// connections finish for up to [`GRACE`] and aborts the rest.
+/// Serves `router` on `listener` (over TLS when `tls` is given) until
+/// `shutdown` resolves, then lets open connections finish for up to [`GRACE`]
+/// and aborts the rest.
 pub(crate) async fn serve(
     router: Router,
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stopping = CancellationToken::new();
@@ -108,6 +114,7 @@ pub(crate) async fn serve(
                         router.clone(),
                         stream,
                         peer,
+                        tls.clone(),
                         stopping.clone(),
                     ));
                 }
@@ -137,21 +144,43 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Serves one connection until it ends, is killed, or drains after shutdown.
+/// Serves one connection (after its TLS handshake, if any) until it ends,
+/// is killed, or drains after shutdown.
 async fn serve_connection(
     router: Router,
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     stopping: CancellationToken,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
     let kill = ConnKill(CancellationToken::new());
-    let io = TokioIo::new(KillableIo {
+    let io = KillableIo {
         stream,
         kill: kill.0.clone(),
-    });
+    };
+    let Some(acceptor) = tls else {
+        return serve_http(router, TokioIo::new(io), peer, kill, stopping).await;
+    };
+    match tokio::time::timeout(HANDSHAKE, acceptor.accept(io)).await {
+        Ok(Ok(io)) => serve_http(router, TokioIo::new(io), peer, kill, stopping).await,
+        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// HTTP/1 over `io` (plain or TLS) until it ends, is killed, or drains.
+async fn serve_http<I>(
+    router: Router,
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    kill: ConnKill,
+    stopping: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let request_kill = kill.clone();
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(request_kill.clone());
@@ -198,7 +227,12 @@ impl Running {
     pub(crate) fn start(router: Router, listener: TcpListener) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(router, listener, stop.clone().cancelled_owned()));
+        let task = tokio::spawn(serve(
+            router,
+            listener,
+            None,
+            stop.clone().cancelled_owned(),
+        ));
         Ok(Self {
             addr,
             stop,

@@ -2,14 +2,14 @@
 //! lookups, listing and refunds. Everything here is synchronous and runs under
 //! the simulator's mutex; waiting (latency) and faults live in `api`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use idem_charge::{Charge, ChargeList, CreateCharge, Refund};
 
 use crate::answer::{Answer, Step, Ticket};
 use crate::faults::Faults;
-use crate::ledger::{Ledger, LedgerRefund, Stats};
+use crate::ledger::{Ledger, LedgerRefund, MAX_SEEN_REQUESTS, SeenRequest, Stats};
 
 /// Default page size of the charge listing.
 const DEFAULT_LIMIT: usize = 100;
@@ -83,6 +83,9 @@ pub(crate) struct State {
     charges_in_flight_total: u64,
     /// Refund idempotency keys, bound to the refunded charge's id.
     refund_keys: HashMap<String, KeyState<String>>,
+    /// The most recent `/v1` requests, oldest first, at most
+    /// [`MAX_SEEN_REQUESTS`].
+    seen: VecDeque<SeenRequest>,
 }
 
 /// Unix seconds now.
@@ -127,6 +130,19 @@ impl State {
             charges: self.charges.clone(),
             refunds: self.refunds.clone(),
         }
+    }
+
+    /// Remembers a received `/v1` request, forgetting the oldest past the bound.
+    pub fn saw(&mut self, request: SeenRequest) {
+        if self.seen.len() >= MAX_SEEN_REQUESTS {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(request);
+    }
+
+    /// The remembered `/v1` requests, oldest first.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.iter().cloned().collect()
     }
 
     /// First half of `POST /v1/charges`: resolve the key, or reserve it.
@@ -387,3 +403,31 @@ fn key_conflict(key: &str) -> Answer {
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+
+    #[test]
+    fn seen_requests_are_bounded_oldest_first() {
+        let mut state = State::default();
+        for i in 0..MAX_SEEN_REQUESTS + 3 {
+            state.saw(SeenRequest {
+                method: "POST".into(),
+                path: "/v1/charges".into(),
+                reference_id: None,
+                idempotency_key: Some(i.to_string()),
+                traceparent: None,
+                at_ms: 0,
+            });
+        }
+        let seen = state.seen();
+        assert_eq!(seen.len(), MAX_SEEN_REQUESTS);
+        assert_eq!(seen[0].idempotency_key.as_deref(), Some("3"));
+        let last = (MAX_SEEN_REQUESTS + 2).to_string();
+        assert_eq!(
+            seen[seen.len() - 1].idempotency_key.as_deref(),
+            Some(&*last)
+        );
+    }
+}

@@ -8,14 +8,42 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 /// The workspace's `migrations/`, embedded in every binary that links the store.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+///
+/// `ignore_missing`: a migration applied by a *newer* release is accepted, so
+/// an older replica that restarts during a rolling upgrade (or after a
+/// rollback) starts against the expanded schema — which the expand/contract
+/// rules of docs/upgrades.md make safe — instead of crash-looping. A migration
+/// whose file changed after it was applied (checksum) is still refused.
+pub static MIGRATOR: sqlx::migrate::Migrator = {
+    let mut migrator = sqlx::migrate!("../../migrations");
+    migrator.ignore_missing = true;
+    migrator
+};
 
-/// The URL with any password replaced by `***`, for messages and logs.
+/// The URL with any password replaced by `***`, for messages and logs: the
+/// one in the authority and a `password=` query parameter (libpq style).
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut url) => {
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
+            }
+            if url
+                .query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+            {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k.eq_ignore_ascii_case("password") {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
             }
             url.to_string()
         }
@@ -100,5 +128,8 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert!(!redact_url("amqp://guest:guest@h:5672/%2f").contains("guest@"));
+        let shown = redact_url("postgres://u@h/db?sslmode=require&password=s3cret");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("sslmode=require"), "{shown}");
     }
 }

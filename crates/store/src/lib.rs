@@ -6,6 +6,9 @@
 //! one short transaction and settles in another).
 //!
 //! ## Layout
+//! - `admin`: the operators' reads and hand changes (retry, resolve, replay),
+//!   each change in one transaction with its audit row.
+//! - `attempt`: the attempt history, every provider call per outbox row.
 //! - `batch`: a whole inbox batch set-based, one statement per kind of row
 //!   over arrays (keys, outbox rows, recalls, counters, conflicts,
 //!   quarantine, duplicates' result events).
@@ -27,6 +30,8 @@
 //! - `settle`: many attempts' results in one fenced statement (group commit).
 //! - `status`: counts for operators and the demo.
 
+pub mod admin;
+pub mod attempt;
 pub mod batch;
 pub mod bench;
 pub mod db;

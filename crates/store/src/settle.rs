@@ -7,6 +7,7 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::attempt::{self, NewAttempt};
 use crate::outbox::Settlement;
 
 /// One result to record: the row, the holder's lease token, the outcome.
@@ -22,19 +23,24 @@ pub struct Fenced<'a> {
 
 /// Record every result of `batch` whose lease still holds; returns the ids
 /// recorded (the others were refused by the fence). Rows must be distinct.
+/// In the same statement, `calls` (the attempts' provider calls, made by
+/// `replica`) go into the attempt history, fence or not: the calls happened.
 pub async fn settle_many(
     conn: &mut PgConnection,
     batch: &[Fenced<'_>],
+    replica: &str,
+    calls: &[NewAttempt],
 ) -> Result<Vec<i64>, sqlx::Error> {
     let mut cols = Columns::default();
     for f in batch {
         cols.push(f);
     }
+    let history = attempt::Columns::of(calls);
     // Column by column, one array each; `SET` reads the row's old values, as
     // the single-row statements do. Final states are written with the
     // trigger of the result events firing per row, as for single settles.
-    sqlx::query_scalar(
-        "WITH x AS (
+    let sql = format!(
+        "WITH calls AS ({}), x AS (
              SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::text[], $7::float8[], $8::bool[])
                  AS x(id, token, kind, charge_id, result, error, delay, uncertain)
@@ -62,17 +68,27 @@ pub async fn settle_many(
              DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM settled)
          )
          SELECT id FROM settled",
-    )
-    .bind(cols.id)
-    .bind(cols.token)
-    .bind(cols.kind)
-    .bind(cols.charge_id)
-    .bind(cols.result)
-    .bind(cols.error)
-    .bind(cols.delay)
-    .bind(cols.uncertain)
-    .fetch_all(conn)
-    .await
+        attempt::insert_sql(9)
+    );
+    sqlx::query_scalar(&sql)
+        .bind(cols.id)
+        .bind(cols.token)
+        .bind(cols.kind)
+        .bind(cols.charge_id)
+        .bind(cols.result)
+        .bind(cols.error)
+        .bind(cols.delay)
+        .bind(cols.uncertain)
+        .bind(replica)
+        .bind(history.outbox_id)
+        .bind(history.kind)
+        .bind(history.started_at)
+        .bind(history.latency_ms)
+        .bind(history.http_status)
+        .bind(history.error)
+        .bind(history.provider_id)
+        .fetch_all(conn)
+        .await
 }
 
 /// The batch as one array per column.

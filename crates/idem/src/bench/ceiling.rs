@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use idem_inbox::batch::Incoming;
+use idem_store::attempt::NewAttempt;
 use idem_store::settle::{self, Fenced};
 use idem_store::{Claimed, Settlement, event, outbox};
 use lapin::BasicProperties;
@@ -244,8 +245,21 @@ pub async fn settle_all(pool: &PgPool, rows: &[Claimed]) -> anyhow::Result<()> {
             settlement,
         })
         .collect();
+    // One charge call per row in the attempt history, as the dispatcher writes.
+    let calls: Vec<NewAttempt> = rows
+        .iter()
+        .map(|row| NewAttempt {
+            outbox_id: row.id,
+            kind: "charge",
+            started_at: chrono::Utc::now(),
+            latency_ms: 0.1,
+            http_status: Some(201),
+            error: None,
+            provider_id: Some(format!("ch_ceiling_{}", row.id)),
+        })
+        .collect();
     let mut conn = pool.acquire().await?;
-    let recorded = settle::settle_many(&mut conn, &batch).await?;
+    let recorded = settle::settle_many(&mut conn, &batch, "ceiling", &calls).await?;
     anyhow::ensure!(
         recorded.len() == rows.len(),
         "the fence refused {} of {} settles",

@@ -1,0 +1,529 @@
+//! The operators' statements (`idem outbox|quarantine|inbox ...`): read a row
+//! with everything around it, and the few hand changes an operator may make —
+//! each in one transaction with its audit row, so no change is ever made
+//! without its record, nor recorded without being made.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::outbox::OutboxState;
+
+/// An outbox row, every column an operator may need.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct OutboxRow {
+    /// Row id.
+    pub id: i64,
+    /// Dedup scope.
+    pub scope: String,
+    /// Producer key.
+    pub message_id: String,
+    /// Idempotency key at the provider.
+    pub reference_id: Uuid,
+    /// Account charged.
+    pub account_id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// Free text from the message.
+    pub description: Option<String>,
+    /// Where the result is replied to.
+    pub reply_to: Option<String>,
+    /// Echoed in the reply.
+    pub correlation_id: Option<String>,
+    /// W3C trace context of the message.
+    pub traceparent: Option<String>,
+    /// Lifecycle state.
+    pub state: OutboxState,
+    /// Claims so far.
+    pub attempts: i32,
+    /// The replica holding the lease (in flight).
+    pub lease_owner: Option<String>,
+    /// When the lease runs out.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When the row is next due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Since when the outcome has been uncertain.
+    pub uncertain_since: Option<DateTime<Utc>>,
+    /// The provider's charge.
+    pub provider_charge_id: Option<String>,
+    /// The settled answer.
+    pub result: Option<serde_json::Value>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Enqueued at.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Settled at (final states).
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+const OUTBOX_COLUMNS: &str = "id, scope, message_id, reference_id, account_id, amount, currency, \
+     description, reply_to, correlation_id, traceparent, state, attempts, lease_owner, \
+     lease_expires_at, next_attempt_at, uncertain_since, provider_charge_id, result, last_error, \
+     created_at, updated_at, settled_at";
+
+/// How an operator names an outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxSelector {
+    /// The row id.
+    Id(i64),
+    /// The reference id (the provider's idempotency key).
+    Reference(Uuid),
+    /// The message's key.
+    Key {
+        /// Dedup scope.
+        scope: String,
+        /// Producer key.
+        message_id: String,
+    },
+}
+
+impl std::str::FromStr for OutboxSelector {
+    type Err = String;
+
+    /// `123` (id), a UUID (reference id), or `scope:message_id` (the scope
+    /// ends at the first `:`; the message id may hold more).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(id) = s.parse::<i64>() {
+            return Ok(Self::Id(id));
+        }
+        if let Ok(reference) = Uuid::parse_str(s) {
+            return Ok(Self::Reference(reference));
+        }
+        parse_key(s).map(|(scope, message_id)| Self::Key { scope, message_id })
+    }
+}
+
+/// `scope:message_id`, split at the first `:`.
+pub fn parse_key(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((scope, id)) if !scope.is_empty() && !id.is_empty() => {
+            Ok((scope.to_owned(), id.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?} is neither a row id, a reference id (UUID) nor scope:message_id \
+             (the default scope is `default`, e.g. default:order-17)"
+        )),
+    }
+}
+
+/// The outbox row named by `selector`, if any. A key is looked up by its
+/// reference id (UUIDv5 over the key, UNIQUE in the outbox).
+pub async fn find_outbox(
+    conn: &mut PgConnection,
+    selector: &OutboxSelector,
+) -> Result<Option<OutboxRow>, sqlx::Error> {
+    let reference = match selector {
+        OutboxSelector::Id(id) => {
+            let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = $1");
+            return sqlx::query_as(&sql).bind(*id).fetch_optional(conn).await;
+        }
+        OutboxSelector::Reference(r) => *r,
+        OutboxSelector::Key { scope, message_id } => idem_message::reference_id(scope, message_id),
+    };
+    let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE reference_id = $1");
+    sqlx::query_as(&sql)
+        .bind(reference)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Up to `limit` rows, oldest first; only rows in `state` when given.
+pub async fn list_outbox(
+    conn: &mut PgConnection,
+    state: Option<OutboxState>,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE ($1::outbox_state IS NULL OR state = $1)
+         ORDER BY id LIMIT $2"
+    ))
+    .bind(state)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// An inbox key.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct InboxRow {
+    /// Dedup scope.
+    pub scope: String,
+    /// Producer key.
+    pub message_id: String,
+    /// SHA-256 of (account_id, amount, currency), hex.
+    pub fingerprint: String,
+    /// Later deliveries absorbed.
+    pub duplicates: i32,
+    /// Later deliveries with another payload.
+    pub conflicts: i32,
+    /// First seen.
+    pub received_at: DateTime<Utc>,
+    /// Last seen.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// The inbox key `(scope, message_id)`, if recorded (and not yet expired).
+pub async fn find_inbox(
+    conn: &mut PgConnection,
+    scope: &str,
+    message_id: &str,
+) -> Result<Option<InboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT scope, message_id, encode(fingerprint, 'hex') AS fingerprint, duplicates,
+                conflicts, received_at, last_seen_at
+         FROM inbox WHERE scope = $1 AND message_id = $2",
+    )
+    .bind(scope)
+    .bind(message_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A key conflict: the same key with another payload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConflictRow {
+    /// Row id.
+    pub id: i64,
+    /// The fingerprint first recorded, hex.
+    pub stored_fingerprint: String,
+    /// The conflicting delivery's fingerprint, hex.
+    pub received_fingerprint: String,
+    /// The conflicting body, as text (lossy).
+    pub body: String,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Conflicts recorded for `(scope, message_id)`, oldest first.
+pub async fn conflicts_of(
+    conn: &mut PgConnection,
+    scope: &str,
+    message_id: &str,
+) -> Result<Vec<ConflictRow>, sqlx::Error> {
+    type Raw = (i64, String, String, Vec<u8>, DateTime<Utc>);
+    let rows: Vec<Raw> = sqlx::query_as(
+        "SELECT id, encode(stored_fingerprint, 'hex'), encode(received_fingerprint, 'hex'),
+                body, received_at
+         FROM key_conflict WHERE scope = $1 AND message_id = $2 ORDER BY id",
+    )
+    .bind(scope)
+    .bind(message_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, stored, received, body, received_at)| ConflictRow {
+            id,
+            stored_fingerprint: stored,
+            received_fingerprint: received,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            received_at,
+        })
+        .collect())
+}
+
+/// A quarantined message.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct QuarantineRow {
+    /// Row id.
+    pub id: i64,
+    /// Stable reason code.
+    pub reason_code: String,
+    /// Human reason.
+    pub reason: String,
+    /// The raw `message_id` property.
+    #[serde(skip)]
+    pub message_id: Option<Vec<u8>>,
+    /// AMQP properties and headers.
+    pub properties: serde_json::Value,
+    /// The raw body.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// When an operator last replayed it.
+    pub replayed_at: Option<DateTime<Utc>>,
+    /// How often it was replayed.
+    pub replay_count: i32,
+}
+
+const QUARANTINE_COLUMNS: &str =
+    "id, reason_code, reason, message_id, properties, body, received_at, replayed_at, replay_count";
+
+/// Up to `limit` quarantined messages, newest first.
+pub async fn list_quarantine(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<QuarantineRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {QUARANTINE_COLUMNS} FROM quarantine ORDER BY id DESC LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Quarantined message `id`, if kept.
+pub async fn find_quarantine(
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<Option<QuarantineRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {QUARANTINE_COLUMNS} FROM quarantine WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// An audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct AuditRow {
+    /// Row id.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What, e.g. `outbox.retry`.
+    pub action: String,
+    /// On what, e.g. `outbox:17`.
+    pub target: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// Before/after.
+    pub details: serde_json::Value,
+}
+
+/// The audit records of `target`, oldest first.
+pub async fn audit_of(conn: &mut PgConnection, target: &str) -> Result<Vec<AuditRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, at, actor, action, target, reason, details FROM audit
+         WHERE target = $1 ORDER BY id",
+    )
+    .bind(target)
+    .fetch_all(conn)
+    .await
+}
+
+/// Who does what, on what, and why: the audit row of an operator action.
+#[derive(Debug, Clone)]
+pub struct Action<'a> {
+    /// Who.
+    pub actor: &'a str,
+    /// Why (required for changes to money-related state).
+    pub reason: Option<&'a str>,
+}
+
+async fn audit(
+    tx: &mut Transaction<'_, Postgres>,
+    action: &Action<'_>,
+    what: &str,
+    target: &str,
+    details: serde_json::Value,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO audit (actor, action, target, reason, details) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id",
+    )
+    .bind(action.actor)
+    .bind(what)
+    .bind(target)
+    .bind(action.reason)
+    .bind(details)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Why an operator change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// No such row.
+    #[error("no outbox row {0}")]
+    NotFound(i64),
+    /// The row is not in a state the change applies to.
+    #[error("outbox row {id} is {state}; {why}")]
+    WrongState {
+        /// The row.
+        id: i64,
+        /// Its state.
+        state: &'static str,
+        /// What to do instead.
+        why: &'static str,
+    },
+    /// The database failed; nothing was changed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The row's state, locked for the rest of `tx`.
+async fn lock_state(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+) -> Result<(OutboxState, Option<String>), Refused> {
+    sqlx::query_as("SELECT state, last_error FROM outbox WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or(Refused::NotFound(id))
+}
+
+/// `dead` → `pending`, due now, its attempt count reset (the next failure
+/// does not kill it at once); an uncertain row keeps `uncertain_since`, so
+/// its next attempt looks the charge up before charging. Returns the audit id.
+pub async fn retry_dead(
+    conn: &mut PgConnection,
+    id: i64,
+    action: &Action<'_>,
+) -> Result<i64, Refused> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let (state, last_error) = lock_state(&mut tx, id).await?;
+    if state != OutboxState::Dead {
+        return Err(Refused::WrongState {
+            id,
+            state: state.as_str(),
+            why: "only dead rows are retried (pending and unknown rows are retried by the dispatcher already)",
+        });
+    }
+    sqlx::query(
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now(),
+                settled_at = NULL, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    let details = serde_json::json!({"from": "dead", "to": "pending", "last_error": last_error});
+    let audit_id = audit(
+        &mut tx,
+        action,
+        "outbox.retry",
+        &format!("outbox:{id}"),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(audit_id)
+}
+
+/// How an operator settles a row by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The charge was made (seen at the provider).
+    Succeeded,
+    /// The charge must not be made, or was refused.
+    Declined,
+}
+
+/// Settle a `pending`, `unknown` or `dead` row by hand as `resolution`, with
+/// the operator's reason (and the provider's charge id, when known) as its
+/// result. Never an `in_flight` row: a replica holds its lease and is calling
+/// the provider now. The final state fires the result event, as any settle.
+/// Returns the audit id.
+pub async fn resolve(
+    conn: &mut PgConnection,
+    id: i64,
+    resolution: Resolution,
+    charge_id: Option<&str>,
+    action: &Action<'_>,
+) -> Result<i64, Refused> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let (state, last_error) = lock_state(&mut tx, id).await?;
+    let why = match state {
+        OutboxState::Pending | OutboxState::Unknown | OutboxState::Dead => None,
+        OutboxState::InFlight => Some(
+            "a replica holds its lease and is calling the provider: wait for its result \
+             (or for the lease to expire) and look again",
+        ),
+        OutboxState::Succeeded | OutboxState::Declined => {
+            Some("it is settled already; nothing to resolve")
+        }
+    };
+    if let Some(why) = why {
+        return Err(Refused::WrongState {
+            id,
+            state: state.as_str(),
+            why,
+        });
+    }
+    let (to, result) = match resolution {
+        Resolution::Succeeded => (
+            OutboxState::Succeeded,
+            serde_json::json!({
+                "status": "succeeded", "id": charge_id, "resolved_by": action.actor,
+                "reason": action.reason,
+            }),
+        ),
+        Resolution::Declined => (
+            OutboxState::Declined,
+            serde_json::json!({
+                "status": "declined", "code": "resolved_by_operator",
+                "resolved_by": action.actor, "reason": action.reason,
+            }),
+        ),
+    };
+    sqlx::query(
+        "UPDATE outbox SET state = $2, result = $3,
+                provider_charge_id = coalesce($4, provider_charge_id),
+                settled_at = now(), updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(to)
+    .bind(&result)
+    .bind(charge_id)
+    .execute(&mut *tx)
+    .await?;
+    let details = serde_json::json!({
+        "from": state.as_str(), "to": to.as_str(), "charge_id": charge_id,
+        "last_error": last_error,
+    });
+    let audit_id = audit(
+        &mut tx,
+        action,
+        "outbox.resolve",
+        &format!("outbox:{id}"),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(audit_id)
+}
+
+/// Record that quarantined message `id` was published again (after the
+/// broker confirmed it), with its audit row. Returns the audit id, or `None`
+/// if the row is gone.
+pub async fn mark_replayed(
+    conn: &mut PgConnection,
+    id: i64,
+    queue: &str,
+    action: &Action<'_>,
+) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let count: Option<i32> = sqlx::query_scalar(
+        "UPDATE quarantine SET replayed_at = now(), replay_count = replay_count + 1
+         WHERE id = $1 RETURNING replay_count",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(count) = count else {
+        return Ok(None);
+    };
+    let details = serde_json::json!({"queue": queue, "replay_count": count});
+    let audit_id = audit(
+        &mut tx,
+        action,
+        "quarantine.replay",
+        &format!("quarantine:{id}"),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(audit_id))
+}

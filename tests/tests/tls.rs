@@ -1,0 +1,223 @@
+//! TLS where idem offers it: PostgreSQL as the URL's `sslmode` says (the
+//! server's own view, `pg_stat_ssl`, shows idem's connections encrypted with
+//! `require` and `verify-full`, and not with `disable`), and the provider over
+//! `https://` with a private CA given by `IDEM_CHARGE_API_CA_FILE` (without
+//! it the handshake fails and nothing is charged).
+//!
+//! AMQP over TLS (`amqps://`) is not exercised: the shared broker has no TLS
+//! listener, and reconfiguring it would disturb every other suite.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "support/process.rs"]
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use idem::workload;
+use idem_simulator::Faults;
+use idem_store::OutboxState;
+use idem_tests::{PG_ADMIN_URL, TestEnv, spec, wait_for};
+use process::{Proc, run, run_flags_without, simulator};
+use sqlx::PgPool;
+
+const SETTLE: Duration = Duration::from_secs(60);
+/// The certificate Debian's `ssl-cert` package makes for the local server
+/// (CN and SAN `localhost`).
+const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+async fn publish_and_settle(env: &TestEnv, prefix: &str, n: usize, settled: &mut usize) {
+    env.publish(&workload::generate(&spec(prefix, n))).await;
+    *settled += n;
+    let want = *settled as i64;
+    wait_for(&format!("{want} charges succeeded"), SETTLE, || async {
+        env.status().await.outbox_in(OutboxState::Succeeded) == want
+    })
+    .await;
+}
+
+/// Invariant: every connection idem opens to PostgreSQL is encrypted exactly
+/// when its URL asks for it (`sslmode=require`, or `verify-full` against the
+/// server's certificate), as the server itself reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_are_encrypted_as_sslmode_says() {
+    let env = TestEnv::new(Faults::default()).await;
+    let admin = PgPool::connect(PG_ADMIN_URL).await.unwrap();
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    if ssl != "on" {
+        eprintln!("SKIPPED: the local PostgreSQL runs with ssl = {ssl}; nothing to test");
+        env.cleanup().await;
+        return;
+    }
+    let cert_file: String = sqlx::query_scalar("SHOW ssl_cert_file")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let mut modes = vec![
+        ("disable", "127.0.0.1", false),
+        ("require", "127.0.0.1", true),
+    ];
+    let verify_full = format!("verify-full&sslrootcert={SNAKEOIL}");
+    if cert_file == SNAKEOIL && Path::new(SNAKEOIL).exists() {
+        // The certificate names `localhost`, so that is the host to verify.
+        modes.push((verify_full.as_str(), "localhost", true));
+    } else {
+        eprintln!("verify-full not tried: the server's certificate is {cert_file}");
+    }
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut settled = 0;
+    for (i, (mode, host, encrypted)) in modes.into_iter().enumerate() {
+        let app = format!("idem-tls-{i}-{}", &tag[..12]);
+        let url = format!(
+            "postgres://postgres@{host}:5432/{}?sslmode={mode}&application_name={app}",
+            env.name
+        );
+        let worker = env.start_worker(&["--database-url", &url]);
+        publish_and_settle(&env, &format!("tls-pg-{i}"), 3, &mut settled).await;
+        let ssl: Vec<bool> = sqlx::query_scalar(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = $1",
+        )
+        .bind(&app)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        assert!(
+            !ssl.is_empty(),
+            "sslmode={mode}: no connection of idem seen"
+        );
+        assert!(
+            ssl.iter().all(|&s| s == encrypted),
+            "sslmode={mode}: connections encrypted {ssl:?}, expected all {encrypted}"
+        );
+        worker.stop().await.unwrap();
+    }
+    admin.close().await;
+    env.cleanup().await;
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1` (not a CA, as
+/// webpki wants of a server certificate), made by `openssl`.
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// Invariant: over `https://`, idem charges only when it trusts the
+/// provider's certificate, which `IDEM_CHARGE_API_CA_FILE` makes it do; an
+/// untrusted certificate fails the handshake before any request is sent
+/// (retried, never charged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_over_https_with_a_private_ca() {
+    let env = TestEnv::new(Faults::default()).await;
+    let dir = std::env::temp_dir().join(format!("idem-tls-{}", env.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir);
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let api_key = format!("tls-key-{}", env.name);
+    let (sim, sim_url) = simulator(
+        &["--tls-cert", cert, "--tls-key", key],
+        &[("IDEM_SIM_API_KEY", &api_key)],
+    )
+    .await;
+    assert!(sim_url.starts_with("https://"), "{sim_url}");
+    let mut flags = run_flags_without(&env, &["--charge-api-url"]);
+    flags.extend(["--charge-api-url".to_owned(), sim_url.clone()]);
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(cert).unwrap()).unwrap();
+    let admin_client = reqwest::Client::builder()
+        .tls_certs_merge([ca])
+        .build()
+        .unwrap();
+    let charges = || async {
+        let ledger: serde_json::Value = admin_client
+            .get(format!("{sim_url}/_sim/ledger"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ledger["charges"].as_array().unwrap().len()
+    };
+
+    // The system's roots only: the handshake fails, nothing is charged.
+    let mut untrusting = run(
+        &flags,
+        &[
+            ("IDEM_CHARGE_API_KEY", &api_key),
+            ("IDEM_MAX_ATTEMPTS", "1000"),
+        ],
+    );
+    let worker = Proc::spawn("idem run (no CA)", &mut untrusting);
+    env.publish(&workload::generate(&spec("tls-untrusted", 1)))
+        .await;
+    wait_for("the untrusted provider tried twice", SETTLE, || async {
+        let row: Option<(i32, Option<String>)> =
+            sqlx::query_as("SELECT attempts, last_error FROM outbox")
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap();
+        matches!(row, Some((attempts, Some(_))) if attempts >= 2)
+    })
+    .await;
+    let (status, text) = worker.stop().await;
+    assert!(status.success(), "{status:?}\n{text}");
+    let last_error: String = sqlx::query_scalar("SELECT last_error FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(last_error.contains("certificate"), "{last_error}");
+    assert_eq!(charges().await, 0, "charged over an untrusted connection");
+
+    // With the CA: the waiting charge and new ones go through.
+    let mut trusting = run(
+        &flags,
+        &[
+            ("IDEM_CHARGE_API_KEY", &api_key),
+            ("IDEM_CHARGE_API_CA_FILE", cert),
+        ],
+    );
+    let worker = Proc::spawn("idem run (CA)", &mut trusting);
+    let mut settled = 1;
+    publish_and_settle(&env, "tls-trusted", 3, &mut settled).await;
+    assert_eq!(charges().await, 4);
+    let (status, text) = worker.stop().await;
+    assert!(status.success(), "{status:?}\n{text}");
+    let (_, sim_text) = sim.stop().await;
+    assert!(!sim_text.contains(&api_key), "{sim_text}");
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
