@@ -241,6 +241,23 @@ fn describe() {
     for target in ["exchange", "reply_to"] {
         ::metrics::counter!("idem_events_unroutable_total", "target" => target).increment(0);
     }
+    for counter in [
+        "idem_reconcile_runs_total",
+        "idem_reconcile_extra_charges_total",
+        "idem_reconcile_refunds_total",
+        "idem_reconcile_rows_settled_total",
+        "idem_reconcile_rows_requeued_total",
+    ] {
+        ::metrics::counter!(counter).increment(0);
+    }
+    for kind in [
+        "foreign_charge",
+        "missing_at_provider",
+        "charged_but_declined",
+        "charge_mismatch",
+    ] {
+        ::metrics::counter!("idem_reconcile_findings_total", "kind" => kind).increment(0);
+    }
     ::metrics::counter!("idem_events_failed_total").increment(0);
     ::metrics::counter!("idem_events_reconnects_total").increment(0);
     for decision in DECISIONS {
