@@ -12,8 +12,9 @@ use crate::{admin, bench, daemon, demo, reconcile, status, workload};
 #[derive(Parser, Debug)]
 #[command(name = "idem", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
-    /// Log format (stderr). Filter with RUST_LOG.
-    #[arg(long, env = "IDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    /// Log format (stderr): `auto` is text on a terminal, JSON lines otherwise.
+    /// Filter with RUST_LOG.
+    #[arg(long, env = "IDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

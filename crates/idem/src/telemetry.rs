@@ -1,6 +1,7 @@
 //! Process-wide set-up: logging, span export, and the TLS crypto provider.
 //!
-//! Logs always go to stderr, as text or JSON (`IDEM_LOG_FORMAT`), filtered by
+//! Logs always go to stderr, as text or JSON (`IDEM_LOG_FORMAT`; by default
+//! text on a terminal and JSON otherwise), filtered by
 //! `RUST_LOG`. When `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans are also exported over
 //! OTLP http/protobuf by a batch span processor on its own thread, with the
@@ -26,10 +27,25 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 /// Log format of the process.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise (a daemon's stderr goes to a log
+    /// shipper: JSON lines with `trace_id` on the message and attempt spans).
+    Auto,
     /// Human-readable lines.
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+impl LogFormat {
+    /// `Auto` decided by whether stderr is a terminal.
+    pub fn resolve(self) -> Self {
+        use std::io::IsTerminal;
+        match self {
+            Self::Auto if std::io::stderr().is_terminal() => Self::Text,
+            Self::Auto => Self::Json,
+            other => other,
+        }
+    }
 }
 
 /// The default log filter of the daemon and the operator commands.
@@ -84,8 +100,8 @@ pub fn init_logging_with(format: LogFormat, default_filter: &str) -> Telemetry {
         filter = filter.add_directive(cap);
     }
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = match format {
-        LogFormat::Text => logs.boxed(),
+    let logs = match format.resolve() {
+        LogFormat::Auto | LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().boxed(),
     };
     let (provider, export_error) = match otlp_provider() {
