@@ -238,6 +238,8 @@ impl Dispatcher {
                 next_rescue = Instant::now() + self.config.lease / 4;
             }
             let free = slots.available_permits() as i64;
+            metrics::gauge!("idem_dispatch_in_flight")
+                .set((self.config.concurrency.max(1) as i64 - free) as f64);
             let claimed = if free == 0 {
                 Ok(Vec::new())
             } else {

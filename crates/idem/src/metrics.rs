@@ -170,6 +170,10 @@ fn describe() {
         "idem_status_sampled_timestamp_seconds",
         "Unix time of the last successful sample of the table gauges"
     );
+    describe_gauge!(
+        "idem_dispatch_in_flight",
+        "Provider calls in flight in this replica (at most IDEM_DISPATCH_CONCURRENCY)"
+    );
     describe_counter!(
         "idem_reconcile_runs_total",
         "Reconciliation runs completed by this process"
