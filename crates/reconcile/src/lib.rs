@@ -44,7 +44,20 @@ pub async fn run_periodic(
             from: chrono::Utc::now() - lookback,
             to: None,
         };
-        match reconciler.try_run_once(window).await {
+        // Shutdown does not wait for a long run (a day's listing): the run is
+        // dropped between two writes. Safe: each write is one guarded
+        // statement, a compensation is recorded before its refund is sent,
+        // and the next run (here or on another replica) picks up where this
+        // one stopped, refunds under the same keys. The advisory lock goes
+        // with the process's connections.
+        let run = tokio::select! {
+            () = shutdown.cancelled() => {
+                tracing::info!("shutdown during a reconciliation run; the next run resumes its work");
+                return Ok(());
+            }
+            run = reconciler.try_run_once(window) => run,
+        };
+        match run {
             Ok(Some(report)) => log_report(&report),
             Ok(None) => tracing::debug!("another replica is reconciling; skipping this turn"),
             Err(e) => tracing::warn!(
