@@ -81,6 +81,17 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
+    // The usual case: the database exists. Only when PostgreSQL says it does
+    // not (3D000) is the `postgres` database asked to create it, so a role
+    // without access there (a managed server, least privilege) still starts.
+    match PgConnection::connect_with(options).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(e) => return Err(e.into()),
+    }
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
