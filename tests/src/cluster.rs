@@ -4,7 +4,9 @@
 //! - [`PgCluster`]: its own `initdb`'d cluster in a scratch dir, on its own TCP
 //!   port and Unix socket dir, run as the `postgres` user when we are root.
 //! - [`RabbitNode`]: its own Erlang node (own node name, AMQP and distribution
-//!   ports, mnesia / log dirs, config and cookie), sharing only epmd.
+//!   ports, mnesia / log dirs, config and cookie), sharing only epmd; with
+//!   [`RabbitNode::start_with_tls`] also an AMQP-over-TLS listener whose
+//!   certificate is signed by a CA made for the node.
 //!
 //! Both servers run as direct child processes of the test, never daemonised:
 //! pid 1 on this machine reaps orphans only every ~2 s, and a zombie
@@ -28,7 +30,8 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lapin::{Connection, ConnectionProperties};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User, geteuid};
 use sqlx::Connection as _;
@@ -335,6 +338,11 @@ fn pg_bindir() -> anyhow::Result<PathBuf> {
 /// AMQP port on 127.0.0.1, distribution port, mnesia, logs, config and Erlang
 /// cookie; no plugins. Only epmd (port 4369) is shared with the shared node.
 ///
+/// Started with [`RabbitNode::start_with_tls`], it also listens for AMQP over
+/// TLS on a second port of 127.0.0.1 ([`RabbitNode::amqps_url`]), with a
+/// server certificate for `localhost` and `127.0.0.1` signed by a CA made for
+/// this node ([`RabbitNode::ca_cert`]); client certificates are not asked for.
+///
 /// It runs as the current user (root is fine for Erlang) with `HOME` set to
 /// its scratch dir, where its cookie lives, so `rabbitmqctl` (run with the same
 /// environment by [`RabbitNode::ctl`]) can talk to it.
@@ -344,6 +352,8 @@ pub struct RabbitNode {
     node: String,
     /// AMQP port on 127.0.0.1, the same across restarts.
     amqp_port: u16,
+    /// AMQP-over-TLS port on 127.0.0.1 (same across restarts), if any.
+    tls_port: Option<u16>,
     /// Erlang distribution port (for `rabbitmqctl`), the same across restarts.
     dist_port: u16,
     /// RabbitMQ's own scripts dir (not the Debian `/usr/sbin` wrappers, which
@@ -359,12 +369,25 @@ pub struct RabbitNode {
 impl RabbitNode {
     /// Configure and boot a fresh node; returns once AMQP connections succeed.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::boot(false).await
+    }
+
+    /// [`RabbitNode::start`] with a TLS listener as well: a CA and a server
+    /// certificate (`localhost`, `127.0.0.1`) are made with `openssl` in the
+    /// node's dir. Returns once plain and TLS AMQP connections both succeed.
+    pub async fn start_with_tls() -> anyhow::Result<Self> {
+        Self::boot(true).await
+    }
+
+    /// Configure and boot a fresh node, with a TLS listener if `tls`.
+    async fn boot(tls: bool) -> anyhow::Result<Self> {
         sweep_orphans();
         let started = Instant::now();
         let sbin = rabbit_sbin()?;
         let dir = Scratch::create(RABBIT_PREFIX)?;
         let amqp_port = free_port()?;
         let dist_port = free_port()?;
+        let tls_port = if tls { Some(free_port()?) } else { None };
         let node = format!(
             "idem-chaos-{}@localhost",
             &Uuid::new_v4().simple().to_string()[..12]
@@ -375,10 +398,24 @@ impl RabbitNode {
         fs::write(path.join("enabled_plugins"), "[].\n")?;
         // Our own config and env files: the shared ones in /etc/rabbitmq set
         // the node name and listen on 5672.
-        fs::write(
-            path.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{amqp_port}\n"),
-        )?;
+        let mut config = format!("listeners.tcp.1 = 127.0.0.1:{amqp_port}\n");
+        if let Some(tls_port) = tls_port {
+            let tls_dir = path.join("tls");
+            fs::create_dir_all(&tls_dir)?;
+            make_tls_certs(&tls_dir).await?;
+            config.push_str(&format!(
+                "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                tls_dir.join("ca.pem").display(),
+                tls_dir.join("server.pem").display(),
+                tls_dir.join("server.key").display(),
+            ));
+        }
+        fs::write(path.join("rabbitmq.conf"), config)?;
         fs::write(path.join("rabbitmq-env.conf"), "")?;
         let cookie_path = path.join(".erlang.cookie");
         let cookie: String = Uuid::new_v4()
@@ -394,6 +431,7 @@ impl RabbitNode {
         let rabbit = Self {
             node,
             amqp_port,
+            tls_port,
             dist_port,
             sbin,
             server: Mutex::new(None),
@@ -404,6 +442,7 @@ impl RabbitNode {
         tracing::info!(
             node = %rabbit.node,
             amqp_port,
+            ?tls_port,
             dist_port,
             dir = %rabbit.dir.path.display(),
             took = ?started.elapsed(),
@@ -420,6 +459,48 @@ impl RabbitNode {
     /// The AMQP port (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.amqp_port
+    }
+
+    /// The AMQP-over-TLS port (on 127.0.0.1), for a node started with
+    /// [`RabbitNode::start_with_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `amqps://guest:guest@localhost:<tls port>/%2f` (the name in the
+    /// server certificate; `guest` may log in from loopback), for a node
+    /// started with [`RabbitNode::start_with_tls`].
+    pub fn amqps_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("amqps://guest:guest@localhost:{port}/%2f"))
+    }
+
+    /// The PEM file of the CA that signed the TLS listener's certificate
+    /// (a client trusts the listener with it), for a node started with
+    /// [`RabbitNode::start_with_tls`].
+    pub fn ca_cert(&self) -> Option<PathBuf> {
+        self.tls_port
+            .map(|_| self.dir.path.join("tls").join("ca.pem"))
+    }
+
+    /// An AMQP connection over TLS trusting [`RabbitNode::ca_cert`] (given to
+    /// lapin as an extra root, not through the environment), for a node
+    /// started with [`RabbitNode::start_with_tls`].
+    pub async fn connect_tls(&self) -> anyhow::Result<Connection> {
+        let (Some(url), Some(ca)) = (self.amqps_url(), self.ca_cert()) else {
+            bail!("RabbitNode {} has no TLS listener", self.node);
+        };
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(fs::read_to_string(&ca).context("reading the node's CA")?),
+        };
+        let builder = DefaultConnectionBuilder::new()?
+            .with_uri_str(url)
+            .with_tls_config(tls);
+        let connection = tokio::time::timeout(Duration::from_secs(15), builder.connect())
+            .await
+            .context("TLS connection timed out")??;
+        Ok(connection)
     }
 
     /// The Erlang node name (for `rabbitmqctl -n`).
@@ -602,12 +683,15 @@ impl RabbitNode {
     }
 
     /// Wait until an AMQP connection succeeds (the listener opens at the end
-    /// of the boot); fail early if the VM exits. Cheaper than polling
+    /// of the boot), and one over TLS too if the node has a TLS listener;
+    /// fail early if the VM exits. Cheaper than polling
     /// `rabbitmqctl await_startup`, which fails at once until the node has
     /// registered with epmd and costs ~0.5 s CPU per try.
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         let url = self.amqp_url();
+        let mut plain_ready = false;
+        let mut tls_error = String::from("not tried");
         loop {
             if !self.is_running() {
                 bail!(
@@ -620,18 +704,31 @@ impl RabbitNode {
             let port_open = tokio::net::TcpStream::connect(("127.0.0.1", self.amqp_port))
                 .await
                 .is_ok();
-            if port_open {
+            if port_open && !plain_ready {
                 let connect = Connection::connect(&url, ConnectionProperties::default());
                 if let Ok(Ok(connection)) =
                     tokio::time::timeout(Duration::from_secs(5), connect).await
                 {
                     let _ = connection.close(200, "ready".into()).await;
+                    plain_ready = true;
+                }
+            }
+            if plain_ready {
+                if self.tls_port.is_none() {
                     return Ok(());
+                }
+                match self.connect_tls().await {
+                    Ok(connection) => {
+                        let _ = connection.close(200, "ready".into()).await;
+                        return Ok(());
+                    }
+                    Err(e) => tls_error = format!("{e:#}"),
                 }
             }
             if Instant::now() > deadline {
                 bail!(
-                    "RabbitMQ node {} not ready after {START_TIMEOUT:?}; log:\n{}",
+                    "RabbitMQ node {} not ready after {START_TIMEOUT:?} (plain AMQP ready: \
+                     {plain_ready}, TLS: {tls_error}); log:\n{}",
                     self.node,
                     tail(&self.log_path(), 30)
                 );
@@ -653,6 +750,84 @@ impl Drop for RabbitNode {
             kill_child_tree(child);
         }
     }
+}
+
+/// Make, with `openssl`, a CA (`ca.pem`, `ca.key`) and a server certificate
+/// it signs (`server.pem`, `server.key`) in `dir`: P-256 keys, valid 2 days;
+/// the server's for `localhost` and `127.0.0.1`, not a CA itself, for server
+/// authentication (what webpki, and so rustls, wants of it).
+async fn make_tls_certs(dir: &Path) -> anyhow::Result<()> {
+    let openssl = |args: &[&str]| {
+        let mut command = tokio::process::Command::new("openssl");
+        command
+            .current_dir(dir)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+            ])
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    };
+    let steps: [(&str, &[&str]); 2] = [
+        (
+            "CA",
+            &[
+                "-subj",
+                "/CN=idem RabbitNode test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ),
+        (
+            "server certificate",
+            &[
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+                "-addext",
+                "extendedKeyUsage=serverAuth",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.pem",
+            ],
+        ),
+    ];
+    for (what, args) in steps {
+        let output = openssl(args)
+            .output()
+            .await
+            .context("running openssl (apt-get install openssl)")?;
+        if !output.status.success() {
+            bail!(
+                "openssl req ({what}) failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// RabbitMQ's scripts dir: `$IDEM_RABBITMQ_SBIN`, Debian's

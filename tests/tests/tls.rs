@@ -2,10 +2,9 @@
 //! server's own view, `pg_stat_ssl`, shows idem's connections encrypted with
 //! `require` and `verify-full`, and not with `disable`), and the provider over
 //! `https://` with a private CA given by `IDEM_CHARGE_API_CA_FILE` (without
-//! it the handshake fails and nothing is charged).
-//!
-//! AMQP over TLS (`amqps://`) is not exercised: the shared broker has no TLS
-//! listener, and reconfiguring it would disturb every other suite.
+//! it the handshake fails and nothing is charged), and RabbitMQ over
+//! `amqps://` with a private CA given by `SSL_CERT_FILE` (on a private node of
+//! the harness with a TLS listener: the shared broker has none).
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,9 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use idem::workload;
+use idem::workload::Outgoing;
 use idem_simulator::Faults;
 use idem_store::OutboxState;
+use idem_tests::cluster::RabbitNode;
 use idem_tests::{PG_ADMIN_URL, TestEnv, spec, wait_for};
+use lapin::Connection;
+use lapin::options::ConfirmSelectOptions;
 use process::{Proc, run, run_flags_without, simulator};
 use sqlx::PgPool;
 
@@ -219,5 +222,117 @@ async fn the_provider_over_https_with_a_private_ca() {
     let (_, sim_text) = sim.stop().await;
     assert!(!sim_text.contains(&api_key), "{sim_text}");
     let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+/// Declare `queue` with idem's topology on `connection`'s broker and publish
+/// `messages` to it, confirmed; then close the connection.
+async fn publish_over(connection: Connection, queue: &str, messages: &[Outgoing]) {
+    let channel = connection.create_channel().await.unwrap();
+    idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(queue))
+        .await
+        .unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    workload::publish(&channel, queue, messages, 0, |_| {})
+        .await
+        .unwrap();
+    connection.close(200, "published".into()).await.unwrap();
+}
+
+/// Invariant: given only an `amqps://` URL, idem consumes over TLS, trusting
+/// a private CA named by `SSL_CERT_FILE`; every message is charged exactly
+/// once, and the broker reports every connection to it as TLS. With the
+/// system's roots only (no `SSL_CERT_FILE`), the handshake fails: `idem run`
+/// stops at start saying why, and nothing is taken from the queue or charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_over_amqps_with_a_private_ca() {
+    let env = TestEnv::new(Faults::default()).await;
+    let node = RabbitNode::start_with_tls().await.unwrap();
+    let (amqps_url, ca) = (node.amqps_url().unwrap(), node.ca_cert().unwrap());
+    let tls_port = node.tls_port().unwrap();
+    let ca = ca.to_str().unwrap();
+    let flags = run_flags_without(&env, &["--amqp-url"]);
+    // Three originals and two re-publishes of them, over the plain listener.
+    let mut first = spec("tls-amqp-a", 3);
+    first.duplicates = 2;
+    let first = workload::generate(&first);
+    let plain = Connection::connect(&node.amqp_url(), Default::default())
+        .await
+        .unwrap();
+    publish_over(plain, &env.queue, &first).await;
+
+    // The system's roots only: the handshake fails, idem stops at start.
+    let mut untrusting = run(&flags, &[("IDEM_AMQP_URL", &amqps_url)]);
+    untrusting
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR");
+    let (status, text) =
+        tokio::time::timeout(Duration::from_secs(30), process::output(&mut untrusting))
+            .await
+            .expect("idem run without the CA stops within 30 s");
+    assert!(!status.success(), "{status:?}\n{text}");
+    assert!(
+        text.contains("invalid peer certificate: UnknownIssuer"),
+        "the failure names the certificate: {text}"
+    );
+    assert!(!text.contains("guest:guest"), "password shown: {text}");
+    let status = env.status().await;
+    assert_eq!(status.inbox_keys, 0, "consumed without trust: {status:?}");
+    assert!(env.charges_by_reference().is_empty(), "charged: {text}");
+
+    // With the CA as `SSL_CERT_FILE`: the waiting messages and new ones,
+    // published over TLS, are charged once each.
+    let mut trusting = run(
+        &flags,
+        &[("IDEM_AMQP_URL", &amqps_url), ("SSL_CERT_FILE", ca)],
+    );
+    trusting.env_remove("SSL_CERT_DIR");
+    let worker = Proc::spawn("idem run (amqps, CA)", &mut trusting);
+    let mut second = spec("tls-amqp-b", 4);
+    second.duplicates = 1;
+    let second = workload::generate(&second);
+    publish_over(node.connect_tls().await.unwrap(), &env.queue, &second).await;
+    wait_for("7 charges succeeded", SETTLE, || async {
+        env.status().await.outbox_in(OutboxState::Succeeded) == 7
+    })
+    .await;
+    let charges = env.charges_by_reference();
+    assert_eq!(charges.len(), 7, "{charges:?}");
+    assert!(charges.values().all(|&n| n == 1), "{charges:?}");
+    assert_eq!(env.status().await.duplicates, 3, "re-publishes absorbed");
+
+    // The broker's view: idem's connections (ours are closed) are all on the
+    // TLS listener, encrypted.
+    let listed = node
+        .ctl(&[
+            "list_connections",
+            "--quiet",
+            "--no-table-headers",
+            "port",
+            "ssl",
+            "ssl_protocol",
+            "user",
+        ])
+        .await
+        .unwrap();
+    let connections: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.len() == 4)
+        .collect();
+    assert!(!connections.is_empty(), "no connection listed: {listed}");
+    for fields in &connections {
+        assert_eq!(fields[0], tls_port.to_string(), "{listed}");
+        assert_eq!(fields[1], "true", "{listed}");
+        assert!(fields[2].starts_with("tlsv1."), "{listed}");
+    }
+    eprintln!("connections to the node:\n{listed}");
+
+    let (status, text) = worker.stop().await;
+    assert!(status.success(), "{status:?}\n{text}");
+    drop(node);
     env.cleanup().await;
 }

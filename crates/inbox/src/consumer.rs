@@ -88,7 +88,9 @@ pub async fn connect_amqp(url: &str) -> anyhow::Result<Connection> {
 fn broker_hint(shown: &str) -> String {
     format!(
         "cannot connect to RabbitMQ at {shown}: check that the broker is running and reachable, \
-         and that IDEM_AMQP_URL (or --amqp-url) has the right host, port, credentials and vhost"
+         and that IDEM_AMQP_URL (or --amqp-url) has the right host, port, credentials and vhost \
+         (amqps://: the broker's certificate must be issued for that host by a CA in the system \
+         store, or in SSL_CERT_FILE)"
     )
 }
 
