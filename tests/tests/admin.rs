@@ -189,6 +189,35 @@ async fn retry_and_resolve_change_state_with_their_audit_rows() {
     let dead = idem_json(&env, &["outbox", "list", "--state", "dead"]);
     assert_eq!(dead.as_array().unwrap().len(), 2);
 
+    // A dead row whose last outcome was uncertain (as a provider without
+    // keys or lookup leaves it): a retry could charge twice, so it is
+    // refused — naming the reference to look up and --force — and audits
+    // nothing; with --force it goes ahead, the audit row saying so.
+    let set_uncertain = |id: i64, on: bool| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE outbox SET uncertain_since = CASE WHEN $2 THEN now() END WHERE id = $1",
+            )
+            .bind(id)
+            .bind(on)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    set_uncertain(a, true).await;
+    let (ok, _, err) = idem(
+        &env,
+        &["outbox", "retry", &a.to_string(), "--reason", "try"],
+    );
+    assert!(
+        !ok && err.contains("uncertain") && err.contains("--force") && err.contains("reference"),
+        "{err}"
+    );
+    assert!(audit_rows(&env, &format!("outbox:{a}")).await.is_empty());
+    assert_eq!(state(&env, a).await, OutboxState::Dead);
+
     // retry: dead -> pending, audited.
     let out = idem_json(
         &env,
@@ -196,6 +225,7 @@ async fn retry_and_resolve_change_state_with_their_audit_rows() {
             "outbox",
             "retry",
             &a.to_string(),
+            "--force",
             "--actor",
             "alice",
             "--reason",
@@ -215,6 +245,8 @@ async fn retry_and_resolve_change_state_with_their_audit_rows() {
         (details["from"].as_str(), details["to"].as_str()),
         (Some("dead"), Some("pending"))
     );
+    assert_eq!(details["force"], true);
+    assert!(details["uncertain_since"].is_string());
     // The audit row has a time, in this transaction's past.
     let fresh: bool = sqlx::query_scalar(
         "SELECT bool_and(at > now() - interval '1 minute') FROM audit WHERE target = $1",
@@ -330,18 +362,25 @@ async fn retry_and_resolve_change_state_with_their_audit_rows() {
     .execute(&env.pool)
     .await
     .unwrap();
-    let (ok, text, err) = idem(
-        &env,
-        &[
-            "outbox",
-            "resolve",
-            &c.to_string(),
-            "--as",
-            "declined",
-            "--reason",
-            "customer cancelled",
-        ],
+    // Declined while the outcome is uncertain: refused without --force.
+    set_uncertain(c, true).await;
+    let resolve_c = [
+        "outbox",
+        "resolve",
+        &c.to_string(),
+        "--as",
+        "declined",
+        "--reason",
+        "customer cancelled",
+    ];
+    let (ok, _, err) = idem(&env, &resolve_c);
+    assert!(
+        !ok && err.contains("uncertain") && err.contains("--force"),
+        "{err}"
     );
+    assert!(audit_rows(&env, &format!("outbox:{c}")).await.is_empty());
+    set_uncertain(c, false).await;
+    let (ok, text, err) = idem(&env, &resolve_c);
     assert!(ok, "{err}");
     assert!(text.contains("resolved as declined"), "{text}");
     assert_eq!(state(&env, c).await, OutboxState::Declined);
@@ -458,6 +497,10 @@ async fn replay_goes_through_the_normal_path_and_is_deduplicated() {
             .all(|a| a.0 == "carol" && a.1 == "quarantine.replay")
     );
     assert_eq!(audit[1].3["replay_count"], 2);
+    assert!(
+        audit.iter().all(|a| a.3["outcome"] == "published"),
+        "{audit:?}"
+    );
     let looked = idem_json(&env, &["inbox", "lookup", "default:adm-replay-1"]);
     assert_eq!(looked["inbox"]["duplicates"], 1);
     let (ok, _, err) = idem(&env, &["quarantine", "show", "999999"]);

@@ -53,7 +53,9 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
         retry(true),
         retry(false),
         Settlement::Dead {
-            error: "gave up".into(),
+            // A NUL from the provider's answer must not fail the group
+            // statement (PostgreSQL text cannot hold it).
+            error: "gave\0up".into(),
         },
         Settlement::Dead {
             error: "stale".into(),
@@ -143,7 +145,7 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
     let (state, _, _, error, _, settled, _) = read(ids[4]).await;
     assert_eq!(
         (state, error.as_deref(), settled),
-        (OutboxState::Dead, Some("gave up"), true)
+        (OutboxState::Dead, Some("gave\u{FFFD}up"), true)
     );
     let (state, ..) = read(ids[5]).await;
     assert_eq!(

@@ -82,7 +82,13 @@ impl Recorder {
     }
 }
 
+/// Most calls kept for the next write after failed ones (the oldest go first).
+const MAX_CARRIED: usize = 100_000;
+
 async fn run(pool: PgPool, replica: String, mut queue: mpsc::Receiver<Job>) {
+    // Calls of groups whose write failed: their results are left to the lease
+    // rescuer, but the calls happened; they go with the next write.
+    let mut carried: Vec<NewAttempt> = Vec::new();
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -92,7 +98,7 @@ async fn run(pool: PgPool, replica: String, mut queue: mpsc::Receiver<Job>) {
             }
         }
         metrics::histogram!("idem_dispatch_settle_batch_rows").record(jobs.len() as f64);
-        let written = write(&pool, &replica, &jobs).await;
+        let written = write(&pool, &replica, &jobs, &mut carried).await;
         for job in jobs {
             let answer = match &written {
                 Ok(ids) => Ok(ids.contains(&job.id)),
@@ -104,7 +110,12 @@ async fn run(pool: PgPool, replica: String, mut queue: mpsc::Receiver<Job>) {
     }
 }
 
-async fn write(pool: &PgPool, replica: &str, jobs: &[Job]) -> Result<Vec<i64>, String> {
+async fn write(
+    pool: &PgPool,
+    replica: &str,
+    jobs: &[Job],
+    carried: &mut Vec<NewAttempt>,
+) -> Result<Vec<i64>, String> {
     let batch: Vec<Fenced<'_>> = jobs
         .iter()
         .map(|j| Fenced {
@@ -113,12 +124,27 @@ async fn write(pool: &PgPool, replica: &str, jobs: &[Job]) -> Result<Vec<i64>, S
             settlement: &j.settlement,
         })
         .collect();
-    let calls: Vec<NewAttempt> = jobs
-        .iter()
-        .flat_map(|j| j.calls.iter().map(|c| NewAttempt::of_call(j.id, c)))
-        .collect();
-    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
-    settle::settle_many(&mut conn, &batch, replica, &calls)
-        .await
-        .map_err(|e| e.to_string())
+    let mut calls = std::mem::take(carried);
+    calls.extend(
+        jobs.iter()
+            .flat_map(|j| j.calls.iter().map(|c| NewAttempt::of_call(j.id, c))),
+    );
+    let written = match pool.acquire().await {
+        Ok(mut conn) => settle::settle_many(&mut conn, &batch, replica, &calls)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if written.is_err() {
+        if calls.len() > MAX_CARRIED {
+            let dropped = calls.len() - MAX_CARRIED;
+            tracing::warn!(
+                dropped,
+                "attempt history: dropping the oldest calls kept for the database's return"
+            );
+            calls.drain(..dropped);
+        }
+        *carried = calls;
+    }
+    written
 }

@@ -69,6 +69,10 @@ pub enum OutboxAction {
         common: Common,
         /// Row id.
         id: i64,
+        /// Retry although the last outcome was uncertain (the charge may exist
+        /// at the provider and is sent again).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         why: Why,
     },
@@ -84,6 +88,10 @@ pub enum OutboxAction {
         /// The provider's charge id, when resolving as succeeded.
         #[arg(long)]
         charge_id: Option<String>,
+        /// Record `declined` although the last outcome was uncertain (the
+        /// charge may exist at the provider).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         why: Why,
     },
@@ -260,7 +268,12 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        OutboxAction::Retry { common, id, why } => {
+        OutboxAction::Retry {
+            common,
+            id,
+            force,
+            why,
+        } => {
             check_reason(&why)?;
             let actor = actor(&why)?;
             let pool = pool(&common).await?;
@@ -268,6 +281,7 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
             let action = Action {
                 actor: &actor,
                 reason: Some(&why.reason),
+                force,
             };
             let audit_id = refused(admin::retry_dead(&mut conn, id, &action).await)?;
             report(
@@ -281,6 +295,7 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
             id,
             resolution,
             charge_id,
+            force,
             why,
         } => {
             check_reason(&why)?;
@@ -293,6 +308,7 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
             let action = Action {
                 actor: &actor,
                 reason: Some(&why.reason),
+                force,
             };
             let (resolution, state) = match resolution {
                 ResolutionArg::Succeeded => (Resolution::Succeeded, "succeeded"),
@@ -397,24 +413,27 @@ pub async fn quarantine(cmd: QuarantineCommand) -> anyhow::Result<()> {
             let Some(r) = admin::find_quarantine(&mut conn, id).await? else {
                 bail!("no quarantined message {id} (retention may have deleted it)");
             };
-            let props = idem_inbox::replay::properties(&r.properties, r.message_id.as_deref(), id);
-            let connection = idem_inbox::connect_amqp(&amqp.amqp_url).await?;
-            let channel = connection.create_channel().await?;
-            idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&amqp.queue))
-                .await
-                .context("declaring the queue")?;
-            idem_inbox::replay::publish(&channel, &amqp.queue, &r.body, props)
-                .await
-                .with_context(|| format!("replaying quarantined message {id}"))?;
-            let _ = connection.close(200, "done".into()).await;
             let action = Action {
                 actor: &actor,
                 reason: Some(&why.reason),
+                force: false,
             };
-            let Some(audit_id) = admin::mark_replayed(&mut conn, id, &amqp.queue, &action).await?
+            // The audit row first: no replay is published without one.
+            let Some(audit_id) = admin::begin_replay(&mut conn, id, &amqp.queue, &action).await?
             else {
-                bail!("quarantined message {id} was published but deleted meanwhile; no audit row");
+                bail!("no quarantined message {id} (retention deleted it meanwhile)");
             };
+            let props = idem_inbox::replay::properties(&r.properties, r.message_id.as_deref(), id);
+            let published = publish_replay(&amqp, &r.body, props).await;
+            let outcome = published.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
+            admin::finish_replay(&mut conn, id, audit_id, outcome.as_ref().map(|_| ()).map_err(String::as_str))
+                .await
+                .with_context(|| {
+                    format!("recording the outcome of replay #{audit_id} (audit row {audit_id} says requested)")
+                })?;
+            published.with_context(|| {
+                format!("replaying quarantined message {id} (audit #{audit_id})")
+            })?;
             report(
                 common.json,
                 json!({"quarantine_id": id, "queue": amqp.queue, "audit_id": audit_id, "actor": actor}),
@@ -425,6 +444,22 @@ pub async fn quarantine(cmd: QuarantineCommand) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// Publish a replayed message to the work queue, confirmed.
+async fn publish_replay(
+    amqp: &AmqpArgs,
+    body: &[u8],
+    props: lapin::BasicProperties,
+) -> anyhow::Result<()> {
+    let connection = idem_inbox::connect_amqp(&amqp.amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&amqp.queue))
+        .await
+        .context("declaring the queue")?;
+    idem_inbox::replay::publish(&channel, &amqp.queue, body, props).await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
 }
 
 /// `idem inbox ...`.

@@ -451,6 +451,13 @@ fn check_url(var: &str, raw: &str, schemes: &[&str]) -> anyhow::Result<()> {
              (scheme://user:password@host/...), which idem never prints"
             )
         }
+        // `scheme:user:pw@host` parses, with no host and the whole rest as
+        // its path: nothing in it would be redacted. Say what to fix, never
+        // the value.
+        Ok(u) if !u.has_host() => bail!(
+            "{var} has no host: write it as {}://[user[:password]@]host[:port]/...",
+            schemes[0]
+        ),
         Ok(u) if schemes.contains(&u.scheme()) => Ok(()),
         Ok(u) => bail!(
             "{var} has scheme {:?}; expected one of {schemes:?} (got {})",
@@ -507,6 +514,14 @@ mod tests {
             .validate()
             .expect_err("absurd lease");
         assert!(err.to_string().contains("IDEM_LEASE_SECS"), "{err}");
+        let err = parse(&["--amqp-url", "amqp:u:hunter2@h/"])
+            .validate()
+            .expect_err("no host");
+        assert!(err.to_string().contains("IDEM_AMQP_URL"), "{err}");
+        assert!(
+            !err.to_string().contains("hunter2"),
+            "password leaked: {err}"
+        );
         let err = parse(&["--amqp-url", "amqp://u:hunter2@h:99999/"])
             .validate()
             .expect_err("bad url");

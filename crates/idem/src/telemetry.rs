@@ -86,8 +86,9 @@ pub fn init_logging(format: LogFormat) -> Telemetry {
     init_logging_with(format, DEFAULT_FILTER)
 }
 
-/// Caps the target that would print credentials (see [`init_logging_with`]).
-const NO_FRAME_TRACE: &str = "lapin::io_loop=debug";
+/// Caps the targets that would print credentials (see [`init_logging_with`]):
+/// lapin logs whole frames at TRACE in these modules.
+const NO_FRAME_TRACE: [&str; 2] = ["lapin::io_loop=debug", "lapin::frames=debug"];
 
 /// [`init_logging`] with another default filter (`idem bench` runs daemons in
 /// process and wants only their warnings).
@@ -96,8 +97,10 @@ pub fn init_logging_with(format: LogFormat, default_filter: &str) -> Telemetry {
     // broker password among them: never below DEBUG, whatever RUST_LOG says.
     let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    if let Ok(cap) = NO_FRAME_TRACE.parse() {
-        filter = filter.add_directive(cap);
+    for cap in NO_FRAME_TRACE {
+        if let Ok(cap) = cap.parse() {
+            filter = filter.add_directive(cap);
+        }
     }
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match format.resolve() {
@@ -240,10 +243,8 @@ mod tests {
     fn the_default_filter_parses() {
         // EnvFilter::new ignores bad directives silently; this must not.
         assert!(EnvFilter::try_new(DEFAULT_FILTER).is_ok());
-        assert!(
-            NO_FRAME_TRACE
-                .parse::<tracing_subscriber::filter::Directive>()
-                .is_ok()
-        );
+        for cap in NO_FRAME_TRACE {
+            assert!(cap.parse::<tracing_subscriber::filter::Directive>().is_ok());
+        }
     }
 }

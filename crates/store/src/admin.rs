@@ -318,6 +318,9 @@ pub struct Action<'a> {
     pub actor: &'a str,
     /// Why (required for changes to money-related state).
     pub reason: Option<&'a str>,
+    /// Go ahead although the row's last outcome is uncertain (the charge
+    /// may exist at the provider).
+    pub force: bool,
 }
 
 async fn audit(
@@ -356,40 +359,93 @@ pub enum Refused {
         /// What to do instead.
         why: &'static str,
     },
+    /// The row's last outcome is uncertain: the change could charge twice or
+    /// leave a real charge unaccounted for.
+    #[error(
+        "outbox row {id}'s last attempt had an uncertain outcome (since {since}): the charge may \
+         exist at the provider. Look up reference {reference} there first; if it was charged, \
+         `idem outbox resolve {id} --as succeeded --charge-id <id>`; {instead}"
+    )]
+    Uncertain {
+        /// The row.
+        id: i64,
+        /// Since when.
+        since: DateTime<Utc>,
+        /// Its reference id.
+        reference: Uuid,
+        /// What `--force` would do.
+        instead: &'static str,
+    },
     /// The database failed; nothing was changed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// The row's state, locked for the rest of `tx`.
-async fn lock_state(
-    tx: &mut Transaction<'_, Postgres>,
+/// What an operator change needs to know of its row.
+#[derive(sqlx::FromRow)]
+struct Locked {
+    state: OutboxState,
+    last_error: Option<String>,
+    uncertain_since: Option<DateTime<Utc>>,
+    reference_id: Uuid,
+}
+
+/// The row, locked for the rest of `tx` (`FOR NO KEY UPDATE`: the key does
+/// not change, so history and reply inserts are not blocked).
+async fn lock_row(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Locked, Refused> {
+    sqlx::query_as(
+        "SELECT state, last_error, uncertain_since, reference_id FROM outbox
+         WHERE id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(Refused::NotFound(id))
+}
+
+/// Refuse a change to an uncertain row unless forced.
+fn check_uncertain(
     id: i64,
-) -> Result<(OutboxState, Option<String>), Refused> {
-    sqlx::query_as("SELECT state, last_error FROM outbox WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or(Refused::NotFound(id))
+    row: &Locked,
+    action: &Action<'_>,
+    instead: &'static str,
+) -> Result<(), Refused> {
+    match row.uncertain_since {
+        Some(since) if !action.force => Err(Refused::Uncertain {
+            id,
+            since,
+            reference: row.reference_id,
+            instead,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `dead` → `pending`, due now, its attempt count reset (the next failure
-/// does not kill it at once); an uncertain row keeps `uncertain_since`, so
-/// its next attempt looks the charge up before charging. Returns the audit id.
+/// does not kill it at once). A row whose last outcome was uncertain is
+/// refused unless `action.force`: it went dead because the provider offers
+/// neither keys nor lookup, so a retry re-sends the charge blind. Returns
+/// the audit id.
 pub async fn retry_dead(
     conn: &mut PgConnection,
     id: i64,
     action: &Action<'_>,
 ) -> Result<i64, Refused> {
     let mut tx = sqlx::Connection::begin(conn).await?;
-    let (state, last_error) = lock_state(&mut tx, id).await?;
-    if state != OutboxState::Dead {
+    let row = lock_row(&mut tx, id).await?;
+    if row.state != OutboxState::Dead {
         return Err(Refused::WrongState {
             id,
-            state: state.as_str(),
+            state: row.state.as_str(),
             why: "only dead rows are retried (pending and unknown rows are retried by the dispatcher already)",
         });
     }
+    check_uncertain(
+        id,
+        &row,
+        action,
+        "to send the charge again anyway (a second charge is then refunded by reconciliation), add --force",
+    )?;
     sqlx::query(
         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now(),
                 settled_at = NULL, updated_at = now()
@@ -398,7 +454,10 @@ pub async fn retry_dead(
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    let details = serde_json::json!({"from": "dead", "to": "pending", "last_error": last_error});
+    let details = serde_json::json!({
+        "from": "dead", "to": "pending", "last_error": row.last_error,
+        "uncertain_since": row.uncertain_since, "force": action.force,
+    });
     let audit_id = audit(
         &mut tx,
         action,
@@ -433,7 +492,8 @@ pub async fn resolve(
     action: &Action<'_>,
 ) -> Result<i64, Refused> {
     let mut tx = sqlx::Connection::begin(conn).await?;
-    let (state, last_error) = lock_state(&mut tx, id).await?;
+    let row = lock_row(&mut tx, id).await?;
+    let state = row.state;
     let why = match state {
         OutboxState::Pending | OutboxState::Unknown | OutboxState::Dead => None,
         OutboxState::InFlight => Some(
@@ -450,6 +510,14 @@ pub async fn resolve(
             state: state.as_str(),
             why,
         });
+    }
+    if resolution == Resolution::Declined {
+        check_uncertain(
+            id,
+            &row,
+            action,
+            "to record it as declined anyway (a charge found later is reported as charged_but_declined), add --force",
+        )?;
     }
     let (to, result) = match resolution {
         Resolution::Succeeded => (
@@ -481,7 +549,7 @@ pub async fn resolve(
     .await?;
     let details = serde_json::json!({
         "from": state.as_str(), "to": to.as_str(), "charge_id": charge_id,
-        "last_error": last_error,
+        "last_error": row.last_error, "uncertain_since": row.uncertain_since, "force": action.force,
     });
     let audit_id = audit(
         &mut tx,
@@ -495,27 +563,26 @@ pub async fn resolve(
     Ok(audit_id)
 }
 
-/// Record that quarantined message `id` was published again (after the
-/// broker confirmed it), with its audit row. Returns the audit id, or `None`
-/// if the row is gone.
-pub async fn mark_replayed(
+/// The first half of a replay, before anything is published: the audit row
+/// of quarantined message `id` (outcome `requested`), committed. Returns its
+/// id, or `None` if the message is gone. Written first so that no replay is
+/// ever published without its audit row.
+pub async fn begin_replay(
     conn: &mut PgConnection,
     id: i64,
     queue: &str,
     action: &Action<'_>,
 ) -> Result<Option<i64>, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(conn).await?;
-    let count: Option<i32> = sqlx::query_scalar(
-        "UPDATE quarantine SET replayed_at = now(), replay_count = replay_count + 1
-         WHERE id = $1 RETURNING replay_count",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(count) = count else {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM quarantine WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if exists.is_none() {
         return Ok(None);
-    };
-    let details = serde_json::json!({"queue": queue, "replay_count": count});
+    }
+    let details = serde_json::json!({"queue": queue, "outcome": "requested"});
     let audit_id = audit(
         &mut tx,
         action,
@@ -526,4 +593,35 @@ pub async fn mark_replayed(
     .await?;
     tx.commit().await?;
     Ok(Some(audit_id))
+}
+
+/// The second half: after the broker confirmed (`Ok`) or refused (`Err`) the
+/// message, count the replay on the quarantine row and record the outcome
+/// on the audit row `audit_id`, in one transaction.
+pub async fn finish_replay(
+    conn: &mut PgConnection,
+    id: i64,
+    audit_id: i64,
+    published: Result<(), &str>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let outcome = match published {
+        Ok(()) => {
+            let count: Option<i32> = sqlx::query_scalar(
+                "UPDATE quarantine SET replayed_at = now(), replay_count = replay_count + 1
+                 WHERE id = $1 RETURNING replay_count",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            serde_json::json!({"outcome": "published", "replay_count": count})
+        }
+        Err(e) => serde_json::json!({"outcome": "failed", "error": e}),
+    };
+    sqlx::query("UPDATE audit SET details = details || $2 WHERE id = $1")
+        .bind(audit_id)
+        .bind(outcome)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }

@@ -87,7 +87,8 @@ impl Columns {
             cols.http_status.push(a.http_status);
             cols.error
                 .push(a.error.as_deref().map(crate::quarantine::sanitize));
-            cols.provider_id.push(a.provider_id.clone());
+            cols.provider_id
+                .push(a.provider_id.as_deref().map(crate::quarantine::sanitize));
         }
         cols
     }

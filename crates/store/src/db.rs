@@ -24,6 +24,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = {
 /// one in the authority and a `password=` query parameter (libpq style).
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
+        // No authority (`scheme:user:pw@host`): the "password" is in the path,
+        // where it cannot be told apart; show nothing of it.
+        Ok(url) if !url.has_host() && raw.contains('@') => "<unparseable URL>".to_owned(),
         Ok(mut url) => {
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
@@ -139,6 +142,7 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert!(!redact_url("amqp://guest:guest@h:5672/%2f").contains("guest@"));
+        assert!(!redact_url("amqp:guest:s3cret@host").contains("s3cret"));
         let shown = redact_url("postgres://u@h/db?sslmode=require&password=s3cret");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("sslmode=require"), "{shown}");

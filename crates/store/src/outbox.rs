@@ -401,8 +401,8 @@ pub async fn record_late_success(
          WHERE id = $1 AND state IN ('pending', 'unknown')",
     )
     .bind(id)
-    .bind(charge_id)
-    .bind(result)
+    .bind(crate::quarantine::sanitize(charge_id))
+    .bind(crate::quarantine::sanitize_json(result))
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)

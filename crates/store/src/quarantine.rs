@@ -37,3 +37,40 @@ pub async fn insert(conn: &mut PgConnection, q: &Quarantined<'_>) -> Result<i64,
 pub fn sanitize(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
+
+/// [`sanitize`] for JSON (jsonb cannot hold `\u0000` either): every string
+/// and key. What the provider answered is stored, so it must be storable
+/// whatever it contains; a NUL would otherwise fail a whole group settle.
+pub fn sanitize_json(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(sanitize(s)),
+        Value::Array(items) => Value::Array(items.iter().map(sanitize_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (sanitize(k), sanitize_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_never_reaches_the_database() {
+        let v = serde_json::json!({"id": "ch_\0", "a\0": [1, "x\0y"]});
+        let clean = sanitize_json(&v).to_string();
+        assert!(
+            !clean.contains("\\u0000") && !clean.contains('\0'),
+            "{clean}"
+        );
+        assert!(v.to_string().contains("\\u0000"), "the input has them");
+        assert_eq!(
+            sanitize_json(&serde_json::json!({"n": 1})),
+            serde_json::json!({"n": 1})
+        );
+    }
+}

@@ -97,20 +97,27 @@ pub async fn delete_settled_outbox(
     window: Duration,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox
-             WHERE state IN ('succeeded', 'declined', 'dead')
-               AND settled_at < now() - make_interval(secs => $1)
-             ORDER BY settled_at
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED)",
+    // The rows' attempt history goes in the same statement.
+    let done: i64 = sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE state IN ('succeeded', 'declined', 'dead')
+                   AND settled_at < now() - make_interval(secs => $1)
+                 ORDER BY settled_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id
+         ), history AS (
+             DELETE FROM attempt WHERE outbox_id IN (SELECT id FROM gone)
+         )
+         SELECT count(*) FROM gone",
     )
     .bind(window.as_secs_f64())
     .bind(limit)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(u64::try_from(done).unwrap_or(0))
 }
 
 /// Delete up to `limit` quarantined messages received more than `window` ago.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::attempt::{self, NewAttempt};
 use crate::outbox::Settlement;
+use crate::quarantine::{sanitize, sanitize_json};
 
 /// One result to record: the row, the holder's lease token, the outcome.
 #[derive(Debug, Clone, Copy)]
@@ -111,15 +112,20 @@ impl Columns {
         let (kind, charge_id, result, error, delay, uncertain) = match f.settlement {
             Settlement::Succeeded { charge_id, result } => (
                 "succeeded",
-                Some(charge_id.clone()),
-                Some(result.clone()),
+                Some(sanitize(charge_id)),
+                Some(sanitize_json(result)),
                 None,
                 0.0,
                 false,
             ),
-            Settlement::Declined { result } => {
-                ("declined", None, Some(result.clone()), None, 0.0, false)
-            }
+            Settlement::Declined { result } => (
+                "declined",
+                None,
+                Some(sanitize_json(result)),
+                None,
+                0.0,
+                false,
+            ),
             Settlement::Retry {
                 uncertain,
                 error,
@@ -128,11 +134,11 @@ impl Columns {
                 "retry",
                 None,
                 None,
-                Some(error.clone()),
+                Some(sanitize(error)),
                 delay.as_secs_f64(),
                 *uncertain,
             ),
-            Settlement::Dead { error } => ("dead", None, None, Some(error.clone()), 0.0, false),
+            Settlement::Dead { error } => ("dead", None, None, Some(sanitize(error)), 0.0, false),
         };
         self.kind.push(kind);
         self.charge_id.push(charge_id);

@@ -1,0 +1,11 @@
+-- The attempt history without its foreign key.
+--
+-- The history rows are written by the dispatcher's group commit (one statement
+-- settles a whole group of results and inserts their calls). With a foreign
+-- key, a row deleted by retention (or by hand) between the statement's
+-- snapshot and its end made the key check fail and with it the whole group's
+-- results. Without it, the insert's own guard (the row exists in the
+-- statement's snapshot) is all, a call can never fail a settle, and the
+-- per-row key check is saved. Retention deletes a row's history in the
+-- statement that deletes the row (crates/store/src/retention.rs).
+ALTER TABLE attempt DROP CONSTRAINT IF EXISTS attempt_outbox_id_fkey;
