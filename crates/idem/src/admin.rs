@@ -1,7 +1,8 @@
 //! The operators' commands: `idem outbox list|show|retry|resolve`,
 //! `idem quarantine list|show|replay`, `idem inbox lookup`. Every command
-//! prints a readable table, or JSON with `--json`; every change is made in one
-//! transaction with its audit row (crates/store/src/admin.rs).
+//! prints a readable table, or JSON with `--json`; every change has its audit
+//! row: `retry` and `resolve` in the change's transaction, `replay` committed
+//! before publishing and completed after (crates/store/src/admin.rs).
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};

@@ -1,7 +1,10 @@
 //! The operators' statements (`idem outbox|quarantine|inbox ...`): read a row
-//! with everything around it, and the few hand changes an operator may make —
-//! each in one transaction with its audit row, so no change is ever made
-//! without its record, nor recorded without being made.
+//! with everything around it, and the few hand changes an operator may make.
+//! A row change (retry, resolve) and its audit row are one transaction: never
+//! one without the other. A replay publishes to the broker, outside any
+//! transaction, so its audit row is committed first (`requested`) and
+//! completed after the broker's answer (`published` or `failed`): no replay
+//! is ever sent without its record.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
