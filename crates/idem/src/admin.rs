@@ -453,7 +453,7 @@ async fn publish_replay(
     body: &[u8],
     props: lapin::BasicProperties,
 ) -> anyhow::Result<()> {
-    let connection = idem_inbox::connect_amqp(&amqp.amqp_url).await?;
+    let connection = idem_inbox::connect_amqp(&amqp.broker.amqp_url).await?;
     let channel = connection.create_channel().await?;
     idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&amqp.queue))
         .await

@@ -126,7 +126,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         seed: 7,
     };
     let messages = workload::generate(&spec);
-    let connection = idem_inbox::connect_amqp(&args.amqp.amqp_url).await?;
+    let connection = idem_inbox::connect_amqp(&args.amqp.broker.amqp_url).await?;
     let channel = connection.create_channel().await?;
     idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&args.amqp.queue))
         .await

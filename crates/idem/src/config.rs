@@ -34,9 +34,10 @@ pub struct DatabaseArgs {
     pub db_max_connections: u32,
 }
 
-/// Where the broker lives.
+/// The broker's URL: one definition for every command that talks to
+/// RabbitMQ (`run`, `publish`, `quarantine replay`, `demo`, `bench`).
 #[derive(Args, Debug, Clone)]
-pub struct AmqpArgs {
+pub struct BrokerUrl {
     /// RabbitMQ URL (default: the local broker as guest); `amqps://` for TLS.
     #[arg(
         long,
@@ -46,6 +47,13 @@ pub struct AmqpArgs {
         hide_default_value = true
     )]
     pub amqp_url: SecretUrl,
+}
+
+/// Where the broker lives, and the work queue.
+#[derive(Args, Debug, Clone)]
+pub struct AmqpArgs {
+    #[command(flatten)]
+    pub broker: BrokerUrl,
     /// The work queue (declared durable, with `<queue>.dlx` / `<queue>.dead`).
     #[arg(long, env = "IDEM_QUEUE", default_value = "idem.charges")]
     pub queue: String,
@@ -360,7 +368,7 @@ impl RunArgs {
             &a.database.database_url,
             &["postgres", "postgresql"],
         )?;
-        check_url("IDEM_AMQP_URL", &a.amqp.amqp_url, &["amqp", "amqps"])?;
+        check_url("IDEM_AMQP_URL", &a.amqp.broker.amqp_url, &["amqp", "amqps"])?;
         check_url("IDEM_CHARGE_API_URL", &a.charge_api_url, &["http", "https"])?;
         // The client's transport errors quote the URL: credentials there
         // would be printed. The key has its own setting.
@@ -390,9 +398,10 @@ impl RunArgs {
             a.retention.outbox_retention_hours,
             a.reconcile.reconcile_lookback_hours
         );
-        let results = a
-            .results
-            .validate(&a.amqp.amqp_url, Duration::from_millis(a.idle_poll_ms))?;
+        let results = a.results.validate(
+            &a.amqp.broker.amqp_url,
+            Duration::from_millis(a.idle_poll_ms),
+        )?;
         Ok(Config {
             database_url: a.database.database_url.clone(),
             db_max_connections: a.database.db_max_connections,
@@ -407,7 +416,7 @@ impl RunArgs {
                 refunds: a.provider_refunds,
             },
             inbox: InboxConfig {
-                amqp_url: a.amqp.amqp_url.expose().to_owned(),
+                amqp_url: a.amqp.broker.amqp_url.expose().to_owned(),
                 queue: a.amqp.queue.clone(),
                 prefetch: a.prefetch,
                 batch_size: a.inbox_batch_size,

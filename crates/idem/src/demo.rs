@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::BrokerUrl;
 use crate::workload::{self, Kind, Spec};
 
 /// `idem demo` settings; the defaults are the scenario.
@@ -57,15 +58,8 @@ pub struct DemoArgs {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "IDEM_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub broker: BrokerUrl,
     /// Demo queue (deleted and re-declared at start).
     #[arg(long, default_value = "idem.demo")]
     pub queue: String,
@@ -99,7 +93,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     );
 
     let pool = fresh_database(&args.database_url).await?;
-    fresh_queue(&args.amqp_url, &args.queue).await?;
+    fresh_queue(&args.broker.amqp_url, &args.queue).await?;
 
     let faults = Faults {
         drop_response: args.drop_response,
@@ -134,7 +128,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
 
     let started = Instant::now();
     let (amqp, channel) = {
-        let c = idem_inbox::connect_amqp(&args.amqp_url).await?;
+        let c = idem_inbox::connect_amqp(&args.broker.amqp_url).await?;
         let ch = c.create_channel().await?;
         (c, ch)
     };
@@ -214,7 +208,7 @@ fn spawn_worker(args: &DemoArgs, sim_url: &str, n: usize) -> anyhow::Result<Chil
         .env_remove("IDEM_DATABASE_URL_FILE")
         .env_remove("IDEM_AMQP_URL_FILE")
         .env("IDEM_DATABASE_URL", &args.database_url)
-        .env("IDEM_AMQP_URL", &args.amqp_url)
+        .env("IDEM_AMQP_URL", args.broker.amqp_url.expose())
         .env("IDEM_QUEUE", &args.queue)
         .env("IDEM_CHARGE_API_URL", sim_url)
         .env("IDEM_HTTP_ADDR", "127.0.0.1:0")

@@ -60,7 +60,7 @@ pub async fn run(
     cfg: &Configuration,
     watch: &Watch,
 ) -> anyhow::Result<CeilingReport> {
-    let scratch = Scratch::create(&args.database_url, &args.amqp_url, false).await?;
+    let scratch = Scratch::create(&args.database_url, &args.broker.amqp_url, false).await?;
     let outcome = async {
         super::preload(&scratch, args.backlog).await?;
         let config = daemon_config(cfg, &scratch, "http://127.0.0.1:1", 0)?;

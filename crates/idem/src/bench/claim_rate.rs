@@ -112,7 +112,7 @@ pub async fn run(
         let mut rates = Vec::new();
         for backlog in [args.claim_backlog_small, args.claim_backlog_large] {
             let explain = backlog == args.claim_backlog_large;
-            let scratch = Scratch::create(&args.database_url, &args.amqp_url, false).await?;
+            let scratch = Scratch::create(&args.database_url, &args.broker.amqp_url, false).await?;
             let outcome = async {
                 let config = daemon_config(cfg, &scratch, "http://127.0.0.1:1", 0)?;
                 let m = measure(args, &config, &scratch, watch, shape, backlog, explain).await?;

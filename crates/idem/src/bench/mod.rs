@@ -48,6 +48,8 @@ pub use report::{BenchReport, Ratios};
 use pipeline::Configuration;
 use scratch::Scratch;
 
+use crate::config::BrokerUrl;
+
 /// Scope (`app_id`) of the bench's messages.
 const SCOPE: &str = "bench";
 
@@ -117,15 +119,8 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "IDEM_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub amqp_url: String,
+    #[command(flatten)]
+    pub broker: BrokerUrl,
     /// Autovacuum's naptime, emulated: every this many ms, `VACUUM
     /// (ANALYZE)` the bench database's tables whose dead rows exceed
     /// autovacuum's default thresholds (0: never). For a server that runs
@@ -206,7 +201,7 @@ pub async fn measure(
     let started = Instant::now();
     let watch = cpu::Watch::new(
         port_of(&args.database_url, 5432),
-        port_of(&args.amqp_url, 5672),
+        port_of(&args.broker.amqp_url, 5672),
     );
     let (pg_found, rabbit_found) = watch.found();
     eprintln!(

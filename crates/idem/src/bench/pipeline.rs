@@ -191,7 +191,7 @@ pub async fn run(
     watch: &Watch,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<PipelineReport> {
-    let scratch = Scratch::create(&args.database_url, &args.amqp_url, true).await?;
+    let scratch = Scratch::create(&args.database_url, &args.broker.amqp_url, true).await?;
     let outcome = async {
         super::preload(&scratch, args.backlog).await?;
         let provider = Provider::start(args.provider_latency_ms)?;
