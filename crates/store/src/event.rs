@@ -208,36 +208,14 @@ pub async fn on_duplicate(
     conn: &mut PgConnection,
     request: &ChargeRequest,
 ) -> Result<DuplicateReply, sqlx::Error> {
-    let (replayed, waiting): (i64, i64) = sqlx::query_as(
-        "WITH target AS (
-             SELECT * FROM outbox WHERE reference_id = $1 FOR SHARE
-         ), replay AS (
-             INSERT INTO result_event (kind, outbox_id, scope, message_id, reference_id,
-                                       account_id, amount, currency, state, provider_charge_id,
-                                       result, error, settled_at, traceparent, reply_to,
-                                       correlation_id)
-             SELECT 'replayed', t.id, t.scope, t.message_id, t.reference_id, t.account_id,
-                    t.amount, t.currency, t.state, t.provider_charge_id, t.result,
-                    CASE WHEN t.state = 'dead' THEN t.last_error END,
-                    coalesce(t.settled_at, now()), t.traceparent, $2, $3
-             FROM target t WHERE t.state IN ('succeeded', 'declined', 'dead')
-             RETURNING id
-         ), owed AS (
-             INSERT INTO result_reply (outbox_id, reply_to, correlation_id)
-             SELECT t.id, $2, $3 FROM target t
-             WHERE t.state NOT IN ('succeeded', 'declined', 'dead')
-               AND $2::text IS NOT NULL
-               AND ($2 IS DISTINCT FROM t.reply_to OR $3::text IS DISTINCT FROM t.correlation_id)
-             ON CONFLICT DO NOTHING
-             RETURNING outbox_id
-         )
-         SELECT (SELECT count(*) FROM replay), (SELECT count(*) FROM owed)",
-    )
-    .bind(request.reference_id)
-    .bind(&request.reply_to)
-    .bind(&request.correlation_id)
-    .fetch_one(conn)
-    .await?;
+    // The set-based statement of the inbox batch, with one row: one
+    // definition of what a duplicate is owed.
+    let one = crate::batch::Duplicate {
+        reference_id: request.reference_id,
+        reply_to: request.reply_to.as_deref(),
+        correlation_id: request.correlation_id.as_deref(),
+    };
+    let (replayed, waiting) = crate::batch::on_duplicates(conn, &[one]).await?;
     Ok(if replayed > 0 {
         DuplicateReply::Replayed
     } else if waiting > 0 {
