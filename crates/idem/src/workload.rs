@@ -57,6 +57,22 @@ pub struct Outgoing {
     pub kind: Kind,
 }
 
+impl Outgoing {
+    /// Its AMQP properties: persistent JSON with its message id and app id.
+    pub fn properties(&self) -> BasicProperties {
+        let mut props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        if let Some(id) = &self.message_id {
+            props = props.with_message_id(id.as_str().into());
+        }
+        if let Some(app) = &self.app_id {
+            props = props.with_app_id(app.as_str().into());
+        }
+        props
+    }
+}
+
 /// The body of the `i`-th original.
 pub fn original_body(i: usize) -> serde_json::Value {
     json!({"account_id": format!("acc_{}", i % 1000), "amount": 100 + (i % 9_900) as i64, "currency": "EUR"})
@@ -178,15 +194,7 @@ pub async fn publish_observed(
         let mut confirms = Vec::with_capacity(chunk.len());
         for (i, m) in chunk.iter().enumerate() {
             sent_one(sent + i);
-            let mut props = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_delivery_mode(2);
-            if let Some(id) = &m.message_id {
-                props = props.with_message_id(id.as_str().into());
-            }
-            if let Some(app) = &m.app_id {
-                props = props.with_app_id(app.as_str().into());
-            }
+            let props = m.properties();
             let confirm = channel
                 .basic_publish(
                     "".into(),

@@ -33,9 +33,9 @@ use super::cpu::{PerMessage, Watch};
 use super::pipeline::{Configuration, Settings, daemon_config};
 use super::progress::Progress;
 use super::scratch::Scratch;
-use super::{BenchArgs, SCOPE};
+use super::{BenchArgs, workload_spec};
 use crate::config::Config;
-use crate::workload::{self, Spec};
+use crate::workload;
 
 /// What the ceiling reached.
 #[derive(Debug, Clone, Serialize)]
@@ -89,33 +89,14 @@ async fn measure(
     pool: &PgPool,
     watch: &Watch,
 ) -> anyhow::Result<CeilingReport> {
-    let spec = Spec {
-        prefix: format!("ceiling-{}", scratch.id),
-        scope: Some(SCOPE.to_owned()),
-        distinct: args.messages,
-        duplicates: 0,
-        conflicts: 0,
-        malformed: 0,
-        seed: 11,
-    };
+    let spec = workload_spec(&format!("ceiling-{}", scratch.id), args.messages);
     let messages = workload::generate(&spec);
     let total = messages.len();
     // The deliveries as the consumer would see them.
     let deliveries: Arc<Vec<(BasicProperties, Vec<u8>)>> = Arc::new(
         messages
             .into_iter()
-            .map(|m| {
-                let mut props = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
-                if let Some(id) = &m.message_id {
-                    props = props.with_message_id(id.as_str().into());
-                }
-                if let Some(app) = &m.app_id {
-                    props = props.with_app_id(app.as_str().into());
-                }
-                (props, m.body)
-            })
+            .map(|m| (m.properties(), m.body))
             .collect(),
     );
     let settled = Arc::new(AtomicUsize::new(0));

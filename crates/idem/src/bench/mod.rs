@@ -53,6 +53,20 @@ use crate::config::BrokerUrl;
 /// Scope (`app_id`) of the bench's messages.
 const SCOPE: &str = "bench";
 
+/// The bench's workload: `messages` distinct originals in [`SCOPE`], ids
+/// starting with `prefix`, nothing malformed or duplicated.
+fn workload_spec(prefix: &str, messages: usize) -> crate::workload::Spec {
+    crate::workload::Spec {
+        prefix: prefix.to_owned(),
+        scope: Some(SCOPE.to_owned()),
+        distinct: messages,
+        duplicates: 0,
+        conflicts: 0,
+        malformed: 0,
+        seed: 11,
+    }
+}
+
 /// The flags of the baseline: one message per transaction, one row per claim.
 pub const BASELINE_FLAGS: &str = "--inbox-batch-size 1 --prefetch 10 --claim-batch 1";
 

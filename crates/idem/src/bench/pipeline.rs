@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use super::cpu::{PUBLISHER_THREADS, PerMessage, Watch};
 use super::progress::Progress;
 use super::scratch::{Provider, Scratch};
-use super::{BenchArgs, SCOPE};
+use super::{BenchArgs, SCOPE, workload_spec};
 use crate::config::{Config, RunArgs};
-use crate::workload::{self, Outgoing, Spec};
+use crate::workload::{self, Outgoing};
 
 /// A configuration to measure.
 #[derive(Debug, Clone)]
@@ -269,15 +269,7 @@ async fn measure(
     daemons: &mut [Daemon],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Measured> {
-    let spec = Spec {
-        prefix: format!("bench-{}", scratch.id),
-        scope: Some(SCOPE.to_owned()),
-        distinct: args.messages,
-        duplicates: 0,
-        conflicts: 0,
-        malformed: 0,
-        seed: 11,
-    };
+    let spec = workload_spec(&format!("bench-{}", scratch.id), args.messages);
     let messages = Arc::new(workload::generate(&spec));
     let total = messages.len();
     let published = Arc::new(AtomicUsize::new(0));
