@@ -201,35 +201,43 @@ async fn pool(common: &Common) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// The acting user: `--actor`, else the OS user.
-fn actor(why: &Why) -> anyhow::Result<String> {
-    if let Some(a) = why
-        .actor
-        .as_deref()
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-    {
-        return Ok(a.to_owned());
-    }
-    let uid = nix::unistd::getuid();
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(uid) {
-        return Ok(user.name);
-    }
-    for var in ["USER", "LOGNAME"] {
-        if let Ok(name) = std::env::var(var)
-            && !name.is_empty()
+impl Why {
+    /// Check that `--reason` says something, and name the acting user:
+    /// `--actor`, else the OS user.
+    fn actor(&self) -> anyhow::Result<String> {
+        if self.reason.trim().is_empty() {
+            bail!("--reason must say why (it is kept in the audit table)");
+        }
+        if let Some(a) = self
+            .actor
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
         {
-            return Ok(name);
+            return Ok(a.to_owned());
+        }
+        let uid = nix::unistd::getuid();
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(uid) {
+            return Ok(user.name);
+        }
+        for var in ["USER", "LOGNAME"] {
+            if let Ok(name) = std::env::var(var)
+                && !name.is_empty()
+            {
+                return Ok(name);
+            }
+        }
+        Ok(format!("uid:{uid}"))
+    }
+
+    /// The audit's who and why for `actor`.
+    fn action<'a>(&'a self, actor: &'a str, force: bool) -> Action<'a> {
+        Action {
+            actor,
+            reason: Some(&self.reason),
+            force,
         }
     }
-    Ok(format!("uid:{uid}"))
-}
-
-fn check_reason(why: &Why) -> anyhow::Result<()> {
-    if why.reason.trim().is_empty() {
-        bail!("--reason must say why (it is kept in the audit table)");
-    }
-    Ok(())
 }
 
 /// `idem outbox ...`.
@@ -275,15 +283,10 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
             force,
             why,
         } => {
-            check_reason(&why)?;
-            let actor = actor(&why)?;
+            let actor = why.actor()?;
             let pool = pool(&common).await?;
             let mut conn = pool.acquire().await?;
-            let action = Action {
-                actor: &actor,
-                reason: Some(&why.reason),
-                force,
-            };
+            let action = why.action(&actor, force);
             let audit_id = refused(admin::retry_dead(&mut conn, id, &action).await)?;
             report(
                 common.json,
@@ -299,18 +302,13 @@ pub async fn outbox(cmd: OutboxCommand) -> anyhow::Result<()> {
             force,
             why,
         } => {
-            check_reason(&why)?;
+            let actor = why.actor()?;
             if charge_id.is_some() && matches!(resolution, ResolutionArg::Declined) {
                 bail!("--charge-id goes with --as succeeded only");
             }
-            let actor = actor(&why)?;
             let pool = pool(&common).await?;
             let mut conn = pool.acquire().await?;
-            let action = Action {
-                actor: &actor,
-                reason: Some(&why.reason),
-                force,
-            };
+            let action = why.action(&actor, force);
             let (resolution, state) = match resolution {
                 ResolutionArg::Succeeded => (Resolution::Succeeded, "succeeded"),
                 ResolutionArg::Declined => (Resolution::Declined, "declined"),
@@ -407,18 +405,13 @@ pub async fn quarantine(cmd: QuarantineCommand) -> anyhow::Result<()> {
             id,
             why,
         } => {
-            check_reason(&why)?;
-            let actor = actor(&why)?;
+            let actor = why.actor()?;
             let pool = pool(&common).await?;
             let mut conn = pool.acquire().await?;
             let Some(r) = admin::find_quarantine(&mut conn, id).await? else {
                 bail!("no quarantined message {id} (retention may have deleted it)");
             };
-            let action = Action {
-                actor: &actor,
-                reason: Some(&why.reason),
-                force: false,
-            };
+            let action = why.action(&actor, false);
             // The audit row first: no replay is published without one.
             let Some(audit_id) = admin::begin_replay(&mut conn, id, &amqp.queue, &action).await?
             else {
