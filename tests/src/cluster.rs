@@ -752,6 +752,20 @@ impl Drop for RabbitNode {
     }
 }
 
+/// `openssl req` making a P-256 key and an X.509 certificate valid 2 days,
+/// unencrypted: what every test certificate starts from.
+pub const OPENSSL_REQ: [&str; 9] = [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+    "-days",
+    "2",
+];
+
 /// Make, with `openssl`, a CA (`ca.pem`, `ca.key`) and a server certificate
 /// it signs (`server.pem`, `server.key`) in `dir`: P-256 keys, valid 2 days;
 /// the server's for `localhost` and `127.0.0.1`, not a CA itself, for server
@@ -761,17 +775,7 @@ async fn make_tls_certs(dir: &Path) -> anyhow::Result<()> {
         let mut command = tokio::process::Command::new("openssl");
         command
             .current_dir(dir)
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "2",
-            ])
+            .args(OPENSSL_REQ)
             .args(args)
             .stdin(Stdio::null());
         command

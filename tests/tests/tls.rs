@@ -18,7 +18,7 @@ use idem::workload;
 use idem::workload::Outgoing;
 use idem_simulator::Faults;
 use idem_store::OutboxState;
-use idem_tests::cluster::RabbitNode;
+use idem_tests::cluster::{OPENSSL_REQ, RabbitNode};
 use idem_tests::{PG_ADMIN_URL, TestEnv, spec, wait_for};
 use lapin::Connection;
 use lapin::options::ConfirmSelectOptions;
@@ -108,16 +108,8 @@ async fn postgres_connections_are_encrypted_as_sslmode_says() {
 fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = std::process::Command::new("openssl")
+        .args(OPENSSL_REQ)
         .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
             "-subj",
             "/CN=localhost",
             "-addext",
