@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use idem_inbox::batch::Incoming;
 use idem_store::attempt::NewAttempt;
 use idem_store::settle::{self, Fenced};
@@ -31,7 +30,7 @@ use tokio::task::JoinSet;
 
 use super::cpu::{PerMessage, Watch};
 use super::pipeline::{Configuration, Settings, daemon_config};
-use super::progress::Progress;
+use super::progress::{self, Progress};
 use super::scratch::Scratch;
 use super::{BenchArgs, workload_spec};
 use crate::config::Config;
@@ -128,19 +127,13 @@ async fn measure(
         ));
     }
     let mut progress = Progress::new("ceiling", total as u64);
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            joined = loops.join_next() => match joined {
-                Some(result) => result.context("a ceiling loop panicked")??,
-                None => break,
-            },
-            _ = ticker.tick() => progress.update(
-                events_done.load(Ordering::Relaxed) as u64,
-                &format!("done, {} settled", settled.load(Ordering::Relaxed)),
-            ),
-        }
-    }
+    progress::drive(&mut progress, "ceiling", &mut loops, || {
+        (
+            events_done.load(Ordering::Relaxed) as u64,
+            format!("done, {} settled", settled.load(Ordering::Relaxed)),
+        )
+    })
+    .await?;
     let elapsed = started.elapsed();
     let after = watch.sample(&scratch.database());
     progress.finish();

@@ -30,7 +30,7 @@ use super::BenchArgs;
 use super::ceiling::settle_all;
 use super::cpu::{PerMessage, Watch};
 use super::pipeline::{Configuration, daemon_config};
-use super::progress::Progress;
+use super::progress::{self, Progress};
 use super::scratch::Scratch;
 use crate::config::Config;
 
@@ -249,16 +249,10 @@ async fn timed_round(
         ));
     }
     let mut progress = Progress::new("claim", total as u64);
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            joined = loops.join_next() => match joined {
-                Some(result) => result.context("a claim loop panicked")??,
-                None => break,
-            },
-            _ = ticker.tick() => progress.update(settled.load(Ordering::Relaxed) as u64, label),
-        }
-    }
+    progress::drive(&mut progress, "claim", &mut loops, || {
+        (settled.load(Ordering::Relaxed) as u64, label.to_owned())
+    })
+    .await?;
     let secs = started.elapsed().as_secs_f64();
     let after = watch.sample(&scratch.database());
     vacuum.cancel();

@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Progress of one measurement.
@@ -62,6 +63,30 @@ impl Progress {
     pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// Wait for every task of `loops` (the first failure or panic ends the wait
+/// with it), updating `progress` with `status()` — units done and a detail —
+/// every 250 ms meanwhile.
+pub async fn drive(
+    progress: &mut Progress,
+    what: &str,
+    loops: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    mut status: impl FnMut() -> (u64, String),
+) -> anyhow::Result<()> {
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            joined = loops.join_next() => match joined {
+                Some(result) => result.with_context(|| format!("a {what} loop panicked"))??,
+                None => return Ok(()),
+            },
+            _ = ticker.tick() => {
+                let (done, detail) = status();
+                progress.update(done, &detail);
+            }
         }
     }
 }
