@@ -4,6 +4,8 @@
 //! the holder's lease token, and its account slot is freed with it — but one
 //! round trip for a whole batch of results.
 
+use std::sync::LazyLock;
+
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -22,25 +24,10 @@ pub struct Fenced<'a> {
     pub settlement: &'a Settlement,
 }
 
-/// Record every result of `batch` whose lease still holds; returns the ids
-/// recorded (the others were refused by the fence). Rows must be distinct.
-/// In the same statement, `calls` (the attempts' provider calls, made by
-/// `replica`) go into the attempt history, fence or not: the calls happened.
-pub async fn settle_many(
-    conn: &mut PgConnection,
-    batch: &[Fenced<'_>],
-    replica: &str,
-    calls: &[NewAttempt],
-) -> Result<Vec<i64>, sqlx::Error> {
-    let mut cols = Columns::default();
-    for f in batch {
-        cols.push(f);
-    }
-    let history = attempt::Columns::of(calls);
-    // Column by column, one array each; `SET` reads the row's old values, as
-    // the single-row statements do. Final states are written with the
-    // trigger of the result events firing per row, as for single settles.
-    let sql = format!(
+/// The group settle, with the attempt-history insert as its first CTE
+/// (parameters 9..16); built once: it runs for every group of results.
+static SETTLE_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "WITH calls AS ({}), x AS (
              SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::text[], $7::float8[], $8::bool[])
@@ -70,8 +57,28 @@ pub async fn settle_many(
          )
          SELECT id FROM settled",
         attempt::insert_sql(9)
-    );
-    sqlx::query_scalar(&sql)
+    )
+});
+
+/// Record every result of `batch` whose lease still holds; returns the ids
+/// recorded (the others were refused by the fence). Rows must be distinct.
+/// In the same statement, `calls` (the attempts' provider calls, made by
+/// `replica`) go into the attempt history, fence or not: the calls happened.
+pub async fn settle_many(
+    conn: &mut PgConnection,
+    batch: &[Fenced<'_>],
+    replica: &str,
+    calls: &[NewAttempt],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut cols = Columns::default();
+    for f in batch {
+        cols.push(f);
+    }
+    let history = attempt::Columns::of(calls);
+    // Column by column, one array each; `SET` reads the row's old values, as
+    // the single-row statements do. Final states are written with the
+    // trigger of the result events firing per row, as for single settles.
+    sqlx::query_scalar(SETTLE_MANY.as_str())
         .bind(cols.id)
         .bind(cols.token)
         .bind(cols.kind)
