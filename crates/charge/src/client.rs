@@ -7,8 +7,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{
-    Charge, ChargeList, CreateCharge, ErrorBody, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Refund,
+use idem_charge_api::{
+    Call, CallKind, Charge, ChargeList, CreateCharge, ErrorBody, IDEMPOTENCY_KEY,
+    IDEMPOTENT_REPLAYED, Refund, TRACEPARENT,
 };
 
 /// What the provider offers; the dispatcher's strategy follows from it.
@@ -87,64 +88,19 @@ pub enum ClientError {
     },
 }
 
-/// Which provider call a [`Call`] was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CallKind {
-    /// `POST /v1/charges`.
-    Charge,
-    /// `GET /v1/charges?reference_id=R`.
-    Lookup,
-    /// `POST /v1/charges/{id}/refunds`.
-    Refund,
+/// A fresh record of a `kind` call starting now, and the instant its latency
+/// is measured from.
+fn start_call(kind: CallKind) -> (Call, std::time::Instant) {
+    let call = Call {
+        kind,
+        started_at: chrono::Utc::now(),
+        latency: Duration::ZERO,
+        http_status: None,
+        error: None,
+        provider_id: None,
+    };
+    (call, std::time::Instant::now())
 }
-
-impl CallKind {
-    /// The name stored in the attempt history.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Charge => "charge",
-            Self::Lookup => "lookup",
-            Self::Refund => "refund",
-        }
-    }
-}
-
-/// One HTTP call to the provider as the attempt history records it: when, how
-/// long, what came back (status, or the transport error), and the provider's id
-/// of what it answered about (charge or refund), if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    /// Which call.
-    pub kind: CallKind,
-    /// When the request was started (wall clock).
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    /// How long until the answer (or the failure).
-    pub latency: Duration,
-    /// The HTTP status, when one arrived.
-    pub http_status: Option<u16>,
-    /// The transport error or the failure's reason; `None` on success.
-    pub error: Option<String>,
-    /// The provider's id: the charge (charge, lookup) or refund made or found.
-    pub provider_id: Option<String>,
-}
-
-impl Call {
-    fn start(kind: CallKind) -> (Self, std::time::Instant) {
-        let call = Self {
-            kind,
-            started_at: chrono::Utc::now(),
-            latency: Duration::ZERO,
-            http_status: None,
-            error: None,
-            provider_id: None,
-        };
-        (call, std::time::Instant::now())
-    }
-}
-
-/// Header carrying W3C trace context to the provider.
-pub const TRACEPARENT: &str = "traceparent";
 
 /// HTTP client for the charge API. Cheap to clone.
 #[derive(Clone)]
@@ -237,7 +193,7 @@ impl ChargeClient {
         request: &CreateCharge,
         traceparent: Option<&str>,
     ) -> (Attempt, Call) {
-        let (mut call, started) = Call::start(CallKind::Charge);
+        let (mut call, started) = start_call(CallKind::Charge);
         let (attempt, status) = self.send_charge(request, traceparent).await;
         call.latency = started.elapsed();
         call.http_status = status;
@@ -298,7 +254,7 @@ impl ChargeClient {
         reference_id: &str,
         traceparent: Option<&str>,
     ) -> (Result<Vec<Charge>, ClientError>, Call) {
-        let (mut call, started) = Call::start(CallKind::Lookup);
+        let (mut call, started) = start_call(CallKind::Lookup);
         let result = if self.capabilities.lookup {
             let mut request = self
                 .request(reqwest::Method::GET, "/v1/charges")
@@ -349,7 +305,7 @@ impl ChargeClient {
     /// `POST /v1/charges/{id}/refunds` under its own idempotency key, and the
     /// call's record (its `provider_id`: the refund's id).
     pub async fn refund(&self, charge_id: &str, key: &str) -> (Result<Refund, ClientError>, Call) {
-        let (mut call, started) = Call::start(CallKind::Refund);
+        let (mut call, started) = start_call(CallKind::Refund);
         let result = if self.capabilities.refunds {
             let request = self
                 .request(
@@ -435,7 +391,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Map an HTTP answer to what it means for money (DESIGN.md, charge API).
+/// Map an HTTP answer to what it means for money (`docs/contracts.md`,
+/// section "Charge API").
 pub fn classify_answer(status: StatusCode, replayed: bool, body: &[u8]) -> Attempt {
     let error_kind = || {
         serde_json::from_slice::<ErrorBody>(body)

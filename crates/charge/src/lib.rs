@@ -1,16 +1,23 @@
 //! # idem-charge
 //!
-//! The external charge API as idem sees it.
+//! The external charge API as idem sees it: the HTTP client, and what each
+//! answer means for money. The wire contract itself (bodies, header names, the
+//! record of a call) is `idem-charge-api`'s, re-exported here so callers need
+//! one import.
 //!
 //! ## Layout
-//! - `wire`: the JSON bodies and header names of DESIGN.md's charge API, shared
-//!   with the provider simulator.
 //! - `client`: the reqwest client; maps every HTTP answer or transport failure to
 //!   an [`Attempt`] the dispatcher can act on, and knows the provider's
 //!   [`Capabilities`].
+//! - `wire_tests` (tests only): the client sends the golden `CreateCharge` body
+//!   and headers, checked on a captured request.
 
 pub mod client;
-pub mod wire;
+#[cfg(test)]
+mod wire_tests;
 
-pub use client::{Attempt, Call, CallKind, Capabilities, ChargeClient, ClientError};
-pub use wire::{Charge, ChargeList, ChargeMetadata, CreateCharge, Refund};
+pub use client::{Attempt, Capabilities, ChargeClient, ClientError};
+pub use idem_charge_api::{
+    Call, CallKind, Charge, ChargeList, ChargeMetadata, CreateCharge, ErrorBody, ErrorDetail,
+    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Refund, TRACEPARENT,
+};

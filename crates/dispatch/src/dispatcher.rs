@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idem_charge::{Call, ChargeClient};
+use idem_periodic::{Every, Start};
 use idem_store::{Claimed, Settlement, outbox};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -12,7 +13,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics;
 use crate::recorder::Recorder;
+use crate::rescue::LeaseRescue;
 use crate::strategy::{self, Backoff, CallLog, Policy};
 
 /// Settings of a dispatcher replica.
@@ -98,8 +101,8 @@ impl Dispatcher {
             self.config.per_account_ordering,
         )
         .await?;
-        metrics::histogram!("idem_dispatch_claim_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("idem_dispatch_claimed_rows_total").increment(rows.len() as u64);
+        ::metrics::histogram!(metrics::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
+        ::metrics::counter!(metrics::CLAIMED_ROWS).increment(rows.len() as u64);
         if !rows.is_empty() {
             idem_crash::point("dispatch.after_claim");
         }
@@ -108,23 +111,11 @@ impl Dispatcher {
 
     /// Put rows with expired leases back in play; returns how many.
     pub async fn rescue(&self) -> Result<u64, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
-        // Without keys, a stalled holder's late call must land before anyone
-        // looks the charge up and decides to send it again.
-        let delay = if self.client.capabilities().idempotency_keys {
-            Duration::ZERO
-        } else {
-            self.config.charge_timeout.saturating_mul(2)
-        };
-        let rescued = outbox::rescue_expired(&mut conn, 1000, delay).await?;
-        metrics::counter!("idem_lease_reclaims_total").increment(rescued);
-        if rescued > 0 {
-            tracing::warn!(
-                rescued,
-                "reclaimed rows whose lease expired (a replica crashed or stalled)"
-            );
-        }
-        Ok(rescued)
+        self.rescuer().rescue().await
+    }
+
+    fn rescuer(&self) -> LeaseRescue {
+        LeaseRescue::new(self.pool.clone(), &self.client, self.config.charge_timeout)
     }
 
     /// Attempt one claimed row and record the outcome, fenced by its lease.
@@ -142,24 +133,24 @@ impl Dispatcher {
         let settlement = match tokio::time::timeout(bound, attempt).await {
             Ok(settlement) => settlement,
             Err(_) => {
-                metrics::counter!("idem_dispatch_overran_total").increment(1);
+                ::metrics::counter!(metrics::OVERRAN).increment(1);
                 tracing::warn!(outbox_id = row.id, reference_id = %row.reference_id, budget = ?bound, "attempt outlived its lease budget; recording it as uncertain");
                 strategy::overran(&self.client, &policy, &row, bound)
             }
         };
         let class = response_class(&settlement);
-        metrics::counter!("idem_provider_responses_total", "class" => class).increment(1);
+        ::metrics::counter!(metrics::PROVIDER_RESPONSES, "class" => class).increment(1);
         idem_crash::point("dispatch.after_answer");
         let calls = calls.take("cut off: no answer within the lease budget");
         let (id, reference) = (row.id, row.reference_id);
         match self.settle(row, settlement, calls).await {
             Ok(done) => {
-                metrics::histogram!("idem_dispatch_attempt_seconds", "class" => class)
+                ::metrics::histogram!(metrics::ATTEMPT_SECONDS, "class" => class)
                     .record(started.elapsed().as_secs_f64());
                 Ok(done)
             }
             Err(e) => {
-                metrics::counter!("idem_dispatch_abandoned_total").increment(1);
+                ::metrics::counter!(metrics::ABANDONED).increment(1);
                 Err(e.context(format!(
                     "recording the result of outbox row {id} (reference {reference}); the rescuer will resolve the row"
                 )))
@@ -182,7 +173,7 @@ impl Dispatcher {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !recorded {
-            metrics::counter!("idem_dispatch_fence_refusals_total").increment(1);
+            ::metrics::counter!(metrics::FENCE_REFUSALS).increment(1);
             let kept = match &settlement {
                 Settlement::Succeeded { charge_id, result } => {
                     let mut conn = self.pool.acquire().await?;
@@ -218,27 +209,36 @@ impl Dispatcher {
 
     /// Dispatch until `shutdown`: keep up to `concurrency` calls in flight,
     /// claim only as many rows as there are free slots (so no claimed row waits
-    /// on its lease), rescue expired leases every quarter lease, ride out
-    /// database outages with backoff. On shutdown, stop claiming and let calls
-    /// in flight finish within the grace period.
+    /// on its lease), rescue expired leases every quarter lease (at once on
+    /// start, then jittered), ride out database outages with backoff. On
+    /// shutdown, stop claiming and rescuing, and let calls in flight finish
+    /// within the grace period.
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // A child token, so that a dispatch loop that fails also stops the
+        // rescuer beside it (and `run` returns the failure).
+        let rescue_stop = shutdown.child_token();
+        let every = Every::new(self.config.lease / 4).starting(Start::Now);
+        let rescuer = idem_periodic::run(self.rescuer(), every, rescue_stop.clone());
+        let dispatching = async {
+            let outcome = self.dispatch_until(&shutdown).await;
+            rescue_stop.cancel();
+            outcome
+        };
+        let ((), outcome) = tokio::join!(rescuer, dispatching);
+        outcome
+    }
+
+    async fn dispatch_until(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut tasks = JoinSet::new();
-        let mut next_rescue = Instant::now();
         let mut error_backoff = Duration::from_millis(100);
         tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency, "dispatcher running");
         while !shutdown.is_cancelled() {
             while let Some(joined) = tasks.try_join_next() {
                 log_task_end(joined);
             }
-            if Instant::now() >= next_rescue {
-                if let Err(e) = self.rescue().await {
-                    tracing::warn!(error = %e, "lease rescue failed");
-                }
-                next_rescue = Instant::now() + self.config.lease / 4;
-            }
             let free = slots.available_permits() as i64;
-            metrics::gauge!("idem_dispatch_in_flight")
+            ::metrics::gauge!(metrics::IN_FLIGHT)
                 .set((self.config.concurrency.max(1) as i64 - free) as f64);
             let claimed = if free == 0 {
                 Ok(Vec::new())
@@ -313,8 +313,9 @@ impl Dispatcher {
     }
 }
 
-/// The `class` label of `idem_provider_responses_total`: what the attempt's
-/// last answer meant, read back from the settlement the strategy chose
+/// The `class` label of [`metrics::PROVIDER_RESPONSES`], one of
+/// [`metrics::RESPONSE_CLASSES`]: what the attempt's last answer meant, read
+/// back from the settlement the strategy chose
 /// (`Retry` tells an uncertain outcome from a certain non-charge; a `Dead` row
 /// is either a permanent rejection or the attempt limit on a retryable answer).
 fn response_class(settlement: &Settlement) -> &'static str {

@@ -10,14 +10,20 @@
 //!   limit). Follows from the provider's capabilities.
 //! - `dispatcher`: [`Dispatcher`]: `dispatch_once` (one claim, its attempts, their
 //!   settlements — what tests drive step by step) and `run`, the bounded
-//!   concurrent loop with the lease rescuer and graceful shutdown.
+//!   concurrent loop beside the lease rescuer, with graceful shutdown.
+//! - `rescue`: the lease rescue (rows whose lease expired back in play), an
+//!   `idem_periodic::Job` beside the dispatch loop: at once on start, then
+//!   every quarter lease (jittered).
 //! - `trace`: the attempt span's parent (the row's stored `traceparent`) and
 //!   the child `traceparent` sent on the provider call.
+//! - `metrics`: the names and help texts of the metrics this crate records.
 //! - `recorder`: group commit of results — one fenced statement for every
 //!   result that queued up while the previous one was written.
 
 pub mod dispatcher;
+pub mod metrics;
 mod recorder;
+mod rescue;
 pub mod strategy;
 mod trace;
 

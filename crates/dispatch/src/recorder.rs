@@ -13,6 +13,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::metrics;
+
 /// Most results written in one statement.
 const MAX_BATCH: usize = 256;
 
@@ -97,7 +99,7 @@ async fn run(pool: PgPool, replica: String, mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        metrics::histogram!("idem_dispatch_settle_batch_rows").record(jobs.len() as f64);
+        ::metrics::histogram!(metrics::SETTLE_BATCH_ROWS).record(jobs.len() as f64);
         let written = write(&pool, &replica, &jobs, &mut carried).await;
         for job in jobs {
             let answer = match &written {

@@ -1,11 +1,12 @@
 //! One attempt for one claimed row, and what to record about it.
 //!
-//! The rules (DESIGN.md): an uncertain outcome is never "not charged". A row
-//! whose earlier attempt was uncertain is first looked up by reference where the
-//! provider offers lookup; if the charge is there, that settles it. Otherwise the
-//! charge is (re)sent under the same reference id — safe where the provider
-//! honours idempotency keys; where it does not, a retry waits long enough for a
-//! late original to have landed (and reconciliation has the last word).
+//! The rules (docs/contracts.md, "Capabilities and strategy"): an uncertain
+//! outcome is never "not charged". A row whose earlier attempt was uncertain is
+//! first looked up by reference where the provider offers lookup; if the charge
+//! is there, that settles it. Otherwise the charge is (re)sent under the same
+//! reference id — safe where the provider honours idempotency keys; where it
+//! does not, a retry waits long enough for a late original to have landed (and
+//! reconciliation has the last word).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

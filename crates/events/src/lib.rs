@@ -13,9 +13,12 @@
 //!
 //! ## Layout
 //! - `wire`: the versioned JSON body, the message id, routing key and properties.
+//! - `metrics`: the names and help texts of the metrics the publisher records.
 //! - `publisher`: claim → publish with confirms → delete or back off, in a loop
-//!   that reconnects by itself; `publish_once` for tests.
+//!   that reconnects by itself (jittered backoff, `idem_periodic::Reconnect`);
+//!   `publish_once` for tests.
 
+pub mod metrics;
 pub mod publisher;
 pub mod wire;
 

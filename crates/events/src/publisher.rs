@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use idem_periodic::{Backoff, Reconnect};
 use idem_store::event::{self, ResultEvent};
 use idem_store::redact_url;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -28,6 +29,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics;
 use crate::wire::{self, ResultBody};
 
 /// How long a claim holds events before another publisher may take them
@@ -42,6 +44,11 @@ pub const RETRY_BASE: Duration = Duration::from_millis(200);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// How often the backlog gauges are read from the database.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+/// The shortest delay before a reconnect (each is jittered, see
+/// [`idem_periodic::Backoff`]).
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// The longest delay before a reconnect.
+const RECONNECT_MAX: Duration = Duration::from_secs(15);
 /// A broker session that lasted this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 /// How long shutdown lets a step in progress finish (it is safe to cut: its
@@ -96,6 +103,7 @@ enum Target {
 }
 
 impl Target {
+    /// The `target` label of [`metrics::UNROUTABLE`], one of [`metrics::TARGETS`].
     fn label(self) -> &'static str {
         match self {
             Target::Exchange => "exchange",
@@ -146,11 +154,12 @@ impl Publisher {
         Ok((connection, channel))
     }
 
-    /// Publish until `shutdown`: reconnect with backoff when the broker session
-    /// is lost, back off when the database is away. Never gives up: results
-    /// wait in the database meanwhile.
+    /// Publish until `shutdown`: reconnect with jittered backoff when the
+    /// broker session is lost, back off when the database is away. Never gives
+    /// up: results wait in the database meanwhile.
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_millis(200);
+        let backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
+        let mut reconnect = Reconnect::new("result publisher", backoff);
         tracing::info!(exchange = %self.config.exchange, "result publisher running");
         loop {
             let mut progressed = false;
@@ -160,16 +169,10 @@ impl Publisher {
                 return Ok(());
             }
             let error = result.err().unwrap_or_else(|| anyhow!("session ended"));
-            metrics::counter!("idem_events_reconnects_total").increment(1);
-            if progressed {
-                backoff = Duration::from_millis(200);
+            ::metrics::counter!(metrics::RECONNECTS).increment(1);
+            if !reconnect.after_loss(&error, progressed, &shutdown).await {
+                return Ok(());
             }
-            tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "result publisher lost its broker session; reconnecting");
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(15));
         }
     }
 
@@ -342,7 +345,7 @@ impl Publisher {
             let ids: Vec<i64> = done.iter().map(|e| e.id).collect();
             event::published(&mut conn, &ids).await?;
             for ev in done {
-                metrics::counter!("idem_events_published_total", "kind" => ev.kind.as_str())
+                ::metrics::counter!(metrics::PUBLISHED, "kind" => ev.kind.as_str())
                     .increment(1);
             }
         }
@@ -353,7 +356,7 @@ impl Publisher {
                 |e| format!("{e:#}"),
             );
             event::retry(&mut conn, &ids, RETRY_BASE, RETRY_MAX, &reason).await?;
-            metrics::counter!("idem_events_failed_total").increment(failed.len() as u64);
+            ::metrics::counter!(metrics::FAILED).increment(failed.len() as u64);
             tracing::warn!(failed = failed.len(), %reason, "result events not confirmed; retrying with backoff");
         }
         Ok(())
@@ -366,8 +369,8 @@ impl Publisher {
         };
         match tokio::time::timeout(BACKLOG_EVERY, sampled).await {
             Ok(Ok((count, oldest))) => {
-                metrics::gauge!("idem_events_backlog").set(count as f64);
-                metrics::gauge!("idem_events_oldest_seconds").set(oldest);
+                ::metrics::gauge!(metrics::BACKLOG).set(count as f64);
+                ::metrics::gauge!(metrics::OLDEST_SECONDS).set(oldest);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "sampling the result event backlog failed"),
             Err(_) => tracing::debug!("sampling the result event backlog timed out"),
@@ -392,7 +395,7 @@ async fn await_confirms(
             Ok(Ok(Confirmation::Ack(None))) => {}
             Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                 unroutable += 1;
-                metrics::counter!("idem_events_unroutable_total", "target" => target.label())
+                ::metrics::counter!(metrics::UNROUTABLE, "target" => target.label())
                     .increment(1);
                 let ev = &events[i];
                 // Nobody bound to the exchange is a deployment choice; a

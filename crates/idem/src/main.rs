@@ -1,14 +1,42 @@
-//! `idem`: parse the command line, set up logging and signals, run.
+//! # idem
+//!
+//! The binary: parse the command line, set up logging and signals, run. The
+//! binary decides where and until when; the libraries decide what (a replica
+//! is `idem_daemon::run`, the tools are `idem_workload`'s).
+//!
+//! ## Layout
+//! - `cli`: the subcommands and where each goes.
+//! - `publish`: `idem publish`.
+//! - `reconcile`: `idem reconcile`, the one-shot run.
+//! - `outbox`, `quarantine`, `inbox`: the operators' commands, one module per
+//!   family (`idem outbox|quarantine|inbox ...`).
+//! - `operator`: what they all take; reading without migrating, or changing.
+//! - `render`: their tables, key/value fields and JSON.
+//! - `status`: `idem status`.
+//! - `reference` (tests only): docs/configuration.md's reference, generated
+//!   from the CLI and checked against the page.
 
-use idem::cli::{Command, execute};
-use idem::telemetry;
+mod inbox;
+mod operator;
+mod outbox;
+mod quarantine;
+mod render;
+mod cli;
+mod publish;
+mod reconcile;
+#[cfg(test)]
+mod reference;
+mod status;
+
+use cli::{Cli, Command, execute};
+use idem_daemon::{secrets, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // Like `Cli::parse()`, with secrets' `*_FILE` variables resolved.
-    let cli = match idem::secrets::parse() {
+    let cli = match secrets::parse::<Cli>() {
         Ok(cli) => cli,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -4,25 +4,28 @@
 //! with its variable, default and help. Secret defaults stay hidden, as in
 //! `--help`.
 //!
-//! Regenerate the page's section with
-//! `IDEM_UPDATE_DOCS=1 cargo test -p idem --test config_reference`; without
-//! the variable that test fails when the page is out of date.
+//! Regenerate the page's section with [`REGENERATE`]; without the variable
+//! that test fails when the page is out of date.
 
 use std::fmt::Write;
 
 use anyhow::bail;
 use clap::{Arg, ArgAction, Command};
 
-use crate::secrets;
+use idem_daemon::secrets;
+
+use crate::cli::Cli;
 
 /// First line of the generated section.
-pub const BEGIN: &str = "<!-- BEGIN GENERATED: configuration reference. Do not edit by hand; regenerate with `IDEM_UPDATE_DOCS=1 cargo test -p idem --test config_reference`. -->";
+pub const BEGIN: &str = "<!-- BEGIN GENERATED: configuration reference. Do not edit by hand; regenerate with `IDEM_UPDATE_DOCS=1 cargo test -p idem configuration_page`. -->";
+/// The command that rewrites the page's generated section.
+pub const REGENERATE: &str = "IDEM_UPDATE_DOCS=1 cargo test -p idem configuration_page";
 /// Last line of the generated section.
 pub const END: &str = "<!-- END GENERATED: configuration reference -->";
 
 /// The reference of `idem` as operators see it ([`secrets::command`]).
 pub fn generate() -> String {
-    markdown(secrets::command())
+    markdown(secrets::command::<Cli>())
 }
 
 /// The reference of `cmd` and all its subcommands, in Markdown.
@@ -150,7 +153,7 @@ mod tests {
     #[test]
     fn every_subcommand_and_secret_is_listed_without_secret_defaults() {
         let page = generate();
-        let mut cmd = secrets::command();
+        let mut cmd = secrets::command::<Cli>();
         cmd.build();
         // Nested subcommands included, whatever they are.
         fn walk(cmd: &Command, path: &str, page: &str) {
@@ -176,5 +179,55 @@ mod tests {
         let spliced = splice(&page, "new\n").expect("markers");
         assert_eq!(spliced, format!("intro\n{BEGIN}\n\nnew\n\n{END}\noutro\n"));
         assert!(splice("no markers", "x").is_err());
+    }
+
+    #[test]
+    fn the_configuration_page_matches_the_command_line() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let page = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let expected = splice(&page, &generate())
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        if expected == page {
+            return;
+        }
+        if std::env::var_os("IDEM_UPDATE_DOCS").is_some_and(|v| v == "1") {
+            std::fs::write(&path, &expected)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            eprintln!("rewrote {}", path.display());
+            return;
+        }
+        let first_difference = page
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| page.lines().count().min(expected.lines().count()));
+        panic!(
+            "docs/configuration.md is out of date with the command line (first difference at \
+             line {}):\n  page:      {}\n  generated: {}\nRegenerate it with:\n  {REGENERATE}",
+            first_difference + 1,
+            page.lines()
+                .nth(first_difference)
+                .unwrap_or("<end of page>"),
+            expected
+                .lines()
+                .nth(first_difference)
+                .unwrap_or("<end of page>"),
+        );
+    }
+
+    #[test]
+    fn every_credential_is_a_secret_with_a_file_variable() {
+        let mut vars = std::collections::BTreeSet::new();
+        secrets::secret_variables(&secrets::command::<Cli>(), &mut vars);
+        for var in [
+            "IDEM_DATABASE_URL",
+            "IDEM_AMQP_URL",
+            "IDEM_CHARGE_API_KEY",
+            "IDEM_SIM_API_KEY",
+        ] {
+            assert!(vars.contains(var), "{var} is not a secret: {vars:?}");
+        }
+        assert!(!vars.contains("IDEM_QUEUE"), "{vars:?}");
     }
 }

@@ -1,15 +1,15 @@
-//! `idem status`: counts per state, as a table or JSON.
+//! `idem status`: counts per state, as a table or JSON. Only reads: it never
+//! creates or migrates a database.
 
 use std::fmt::Write;
 
+use idem_daemon::config::DatabaseArgs;
 use idem_store::status::Status;
 
-use crate::config::DatabaseArgs;
-
-/// Print the status of the database named by `db`.
+/// Print the status of the database named by `db`: it must exist with this
+/// release's schema (else one line says to run `idem migrate`).
 pub async fn print(db: &DatabaseArgs, json: bool) -> anyhow::Result<()> {
-    let pool = idem_store::connect(&db.database_url, 2).await?;
-    idem_store::migrate(&pool).await?;
+    let pool = idem_store::connect_existing(&db.database_url, 2).await?;
     let mut conn = pool.acquire().await?;
     let status = idem_store::status::read(&mut conn).await?;
     if json {

@@ -13,53 +13,11 @@ use idem_message::{ChargeRequest, Rejection};
 use idem_store::event;
 use idem_store::inbox::{self, Recorded};
 use idem_store::quarantine::{self, Quarantined};
-use lapin::BasicProperties;
 use sqlx::{Acquire, PgConnection};
 
-use crate::{bulk, delivery, trace};
-
-/// One delivery as the batch sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Incoming<'a> {
-    /// AMQP properties and headers.
-    pub properties: &'a BasicProperties,
-    /// Raw body.
-    pub body: &'a [u8],
-    /// Whether the broker flagged it as redelivered.
-    pub redelivered: bool,
-}
-
-/// What happened to one delivery. Every variant but `Unrecordable` is acked
-/// after the commit; `Unrecordable` is rejected to the dead-letter queue.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// First of its key: inbox and outbox rows written.
-    New {
-        /// The outbox row to dispatch.
-        outbox_id: i64,
-    },
-    /// Same key and payload as a recorded message: absorbed.
-    Duplicate,
-    /// Same key, other payload: recorded as a conflict, never charged.
-    Conflict,
-    /// Bad input, stored in quarantine with this reason code.
-    Quarantined {
-        /// Stable reason code.
-        code: &'static str,
-    },
-    /// Even quarantine could not store it (the database refuses the row).
-    Unrecordable {
-        /// The database's error.
-        error: String,
-    },
-}
-
-impl Decision {
-    /// Whether the delivery may be acked once the transaction has committed.
-    pub fn ackable(&self) -> bool {
-        !matches!(self, Decision::Unrecordable { .. })
-    }
-}
+// Also here because callers write `idem_inbox::batch::Incoming`, next to `record_batch`.
+pub use crate::decision::{Decision, Incoming};
+use crate::{bulk, delivery, metrics, trace};
 
 /// Decide every delivery of `batch` inside the caller's open transaction.
 /// `max_body` is the body size limit in bytes. An `Err` means the connection
@@ -79,7 +37,7 @@ pub async fn record_batch(
         Ok(None) => savepoint.rollback().await?,
         Err(e) if is_refusal(&e) => {
             savepoint.rollback().await?;
-            metrics::counter!("idem_inbox_batch_fallbacks_total").increment(1);
+            ::metrics::counter!(metrics::BATCH_FALLBACKS).increment(1);
             tracing::warn!(error = %e, batch = batch.len(), "the database refused the batch's set-based statements; deciding its messages one by one");
         }
         Err(e) => return Err(e),
@@ -143,11 +101,11 @@ async fn record_one(
                     return Ok(match recorded {
                         Recorded::New { outbox_id } => Decision::New { outbox_id },
                         Recorded::Duplicate { .. } => {
-                            tracing::debug!(message_id = %request.message_id, trace_id = trace::of_request(&request), "duplicate absorbed");
+                            tracing::debug!(message_id = %request.message_id(), trace_id = trace::of_request(&request), "duplicate absorbed");
                             Decision::Duplicate
                         }
                         Recorded::Conflict => {
-                            tracing::warn!(scope = %request.scope, message_id = %request.message_id, trace_id = trace::of_request(&request), "key conflict: same key, other payload; not charged");
+                            tracing::warn!(scope = %request.scope(), message_id = %request.message_id(), trace_id = trace::of_request(&request), "key conflict: same key, other payload; not charged");
                             Decision::Conflict
                         }
                     });
@@ -176,7 +134,7 @@ async fn record_and_reply(
     let recorded = inbox::record(conn, request, raw_body).await?;
     if matches!(recorded, Recorded::Duplicate { existing: Some(_) }) {
         let reply = event::on_duplicate(conn, request).await?;
-        tracing::debug!(message_id = %request.message_id, ?reply, "result owed to a duplicate");
+        tracing::debug!(message_id = %request.message_id(), ?reply, "result owed to a duplicate");
     }
     Ok(recorded)
 }

@@ -23,7 +23,7 @@ use idem_store::quarantine::Quarantined;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::batch::{Decision, Incoming};
+use crate::decision::{Decision, Incoming};
 use crate::{delivery, trace};
 
 /// Record `batch` (validated into `parsed`, same order) set-based inside the
@@ -72,8 +72,8 @@ async fn decide<'r>(
     let mut upserted = Vec::with_capacity(groups.len());
     for g in groups {
         let (_, candidate) = g.first;
-        let Some(u) = seen.get(&(candidate.scope.clone(), candidate.message_id.clone())) else {
-            tracing::error!(scope = %candidate.scope, message_id = %candidate.message_id, "the inbox upsert did not return a key; deciding the batch message by message");
+        let Some(u) = seen.get(&(candidate.scope().to_owned(), candidate.message_id().to_owned())) else {
+            tracing::error!(scope = %candidate.scope(), message_id = %candidate.message_id(), "the inbox upsert did not return a key; deciding the batch message by message");
             return Ok(None);
         };
         upserted.push(u);
@@ -92,7 +92,7 @@ async fn decide<'r>(
     };
     let forgotten: Vec<Uuid> = fresh
         .iter()
-        .map(|r| r.reference_id)
+        .map(|r| r.reference_id())
         .filter(|r| !enqueued.contains_key(r))
         .collect();
     let stored: HashMap<Uuid, StoredRow> = if forgotten.is_empty() {
@@ -106,7 +106,7 @@ async fn decide<'r>(
             .iter()
             .zip(&upserted)
             .map(|(g, u)| {
-                let reference = g.first.1.reference_id;
+                let reference = g.first.1.reference_id();
                 let found = match enqueued.get(&reference) {
                     _ if !u.inserted => Found::Seen(&u.fingerprint),
                     Some(&id) => Found::New(id),
@@ -132,8 +132,8 @@ async fn write(
         .zip(judgements)
         .filter(|(_, j)| j.restored.is_some() || j.duplicates + j.conflicts > 0)
         .map(|(g, j)| Recount {
-            scope: &g.first.1.scope,
-            message_id: &g.first.1.message_id,
+            scope: g.first.1.scope(),
+            message_id: g.first.1.message_id(),
             fingerprint: j.restored.as_ref().map(|f| &f[..]),
             duplicates: j.duplicates,
             conflicts: j.conflicts,
@@ -153,12 +153,12 @@ async fn write(
         .iter()
         .filter(|c| c.2 == Verdict::Conflict)
         .map(|&(i, request, _, holds)| {
-            tracing::warn!(scope = %request.scope, message_id = %request.message_id, trace_id = trace::of_request(request), "key conflict: same key, other payload; not charged");
+            tracing::warn!(scope = %request.scope(), message_id = %request.message_id(), trace_id = trace::of_request(request), "key conflict: same key, other payload; not charged");
             Conflict {
-                scope: &request.scope,
-                message_id: &request.message_id,
+                scope: request.scope(),
+                message_id: request.message_id(),
                 stored_fingerprint: holds,
-                received_fingerprint: &request.fingerprint,
+                received_fingerprint: request.fingerprint(),
                 body: batch[i].body,
             }
         })
@@ -170,9 +170,9 @@ async fn write(
         .iter()
         .filter(|c| c.2 == Verdict::Duplicate)
         .map(|&(_, request, _, _)| {
-            tracing::debug!(message_id = %request.message_id, trace_id = trace::of_request(request), "duplicate absorbed");
+            tracing::debug!(message_id = %request.message_id(), trace_id = trace::of_request(request), "duplicate absorbed");
             Duplicate {
-                reference_id: request.reference_id,
+                reference_id: request.reference_id(),
                 reply_to: request.reply_to.as_deref(),
                 correlation_id: request.correlation_id.as_deref(),
             }
@@ -260,7 +260,7 @@ struct Group<'r> {
 type KeyRef<'r> = (&'r str, &'r str);
 
 fn key(request: &ChargeRequest) -> KeyRef<'_> {
-    (&request.scope, &request.message_id)
+    (request.scope(), request.message_id())
 }
 
 /// Group the valid deliveries by key, groups in arrival order of their first
@@ -296,9 +296,9 @@ async fn upsert(
     let mut keys: Vec<Key<'_>> = groups
         .iter()
         .map(|g| Key {
-            scope: &g.first.1.scope,
-            message_id: &g.first.1.message_id,
-            fingerprint: &g.first.1.fingerprint,
+            scope: g.first.1.scope(),
+            message_id: g.first.1.message_id(),
+            fingerprint: g.first.1.fingerprint(),
         })
         .collect();
     keys.sort_by(|a, b| (a.scope, a.message_id).cmp(&(b.scope, b.message_id)));
@@ -361,7 +361,7 @@ impl Judgement<'_> {
 }
 
 fn against(holds: &[u8], copy: &ChargeRequest) -> Verdict {
-    if holds == copy.fingerprint {
+    if holds == copy.fingerprint() {
         Verdict::Duplicate
     } else {
         Verdict::Conflict
@@ -375,16 +375,16 @@ fn judge<'r>(group: &Group<'r>, found: Found<'_>) -> Judgement<'r> {
     let (index, candidate) = group.first;
     let (first, holds, restored) = match found {
         Found::Seen(holds) => (against(holds, candidate), holds.to_vec(), None),
-        Found::New(id) => (Verdict::New(id), candidate.fingerprint.to_vec(), None),
+        Found::New(id) => (Verdict::New(id), candidate.fingerprint().to_vec(), None),
         // Absorbed as a duplicate; the key keeps the candidate's fingerprint.
-        Found::Recalled(None) => (Verdict::Duplicate, candidate.fingerprint.to_vec(), None),
+        Found::Recalled(None) => (Verdict::Duplicate, candidate.fingerprint().to_vec(), None),
         Found::Recalled(Some(row)) => {
             let original = fingerprint(&row.account_id, row.amount, &row.currency);
             tracing::info!(
-                scope = %candidate.scope,
-                message_id = %candidate.message_id,
+                scope = %candidate.scope(),
+                message_id = %candidate.message_id(),
                 trace_id = trace::of_request(candidate),
-                same_payload = (original == candidate.fingerprint),
+                same_payload = (original == *candidate.fingerprint()),
                 state = row.state.as_str(),
                 "key no longer in the inbox but its outbox row is: not charged again, key restored"
             );

@@ -65,7 +65,7 @@ fn later_copies_of_a_new_key_are_judged_against_the_first() {
 fn a_conflicting_candidate_does_not_change_what_the_key_holds() {
     let parsed = vec![request("k", 2), request("k", 1)];
     let groups = group(&parsed);
-    let stored = request("k", 1).unwrap().fingerprint;
+    let stored = *request("k", 1).unwrap().fingerprint();
     let j = judge(&groups[0], Found::Seen(&stored));
     assert_eq!(
         verdicts(&j),
@@ -82,14 +82,14 @@ fn a_recalled_key_is_judged_against_its_outbox_row() {
     let parsed = vec![request("k", 2), request("k", 1)];
     let groups = group(&parsed);
     let row = StoredRow {
-        reference_id: groups[0].first.1.reference_id,
+        reference_id: groups[0].first.1.reference_id(),
         account_id: "acc_1".into(),
         amount: 1,
         currency: "EUR".into(),
         state: OutboxState::Succeeded,
     };
     let j = judge(&groups[0], Found::Recalled(Some(&row)));
-    let original = request("k", 1).unwrap().fingerprint;
+    let original = *request("k", 1).unwrap().fingerprint();
     assert_eq!(
         verdicts(&j),
         [(0, Verdict::Conflict), (1, Verdict::Duplicate)]

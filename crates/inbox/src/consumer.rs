@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_lite::StreamExt;
+use idem_periodic::{Backoff, Reconnect};
 use idem_store::redact_url;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -28,8 +29,16 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Decision, Incoming, record_batch};
+use crate::batch::record_batch;
+use crate::decision::{Decision, Incoming};
+use crate::metrics::{self, decision_label};
 use crate::topology::{Topology, declare};
+
+/// The shortest delay before a reconnect (each is jittered, see
+/// [`idem_periodic::Backoff`]).
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// The longest delay before a reconnect.
+const RECONNECT_MAX: Duration = Duration::from_secs(15);
 
 /// Settings of the inbox consumer.
 #[derive(Debug, Clone)]
@@ -70,7 +79,7 @@ impl BrokerStatus {
 
     fn set(&self, connected: bool) {
         self.0.store(connected, Ordering::Release);
-        metrics::gauge!("idem_broker_connected").set(if connected { 1.0 } else { 0.0 });
+        ::metrics::gauge!(metrics::BROKER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
     }
 }
 
@@ -95,7 +104,8 @@ fn broker_hint(shown: &str) -> String {
 }
 
 /// Consume until `shutdown` is cancelled. The first session must come up (a
-/// misconfiguration fails fast); after that, failures reconnect with backoff.
+/// misconfiguration fails fast); after that, failures reconnect with jittered
+/// backoff.
 pub async fn run(
     pool: PgPool,
     config: InboxConfig,
@@ -113,7 +123,7 @@ pub async fn run_reporting(
     status: BrokerStatus,
 ) -> anyhow::Result<()> {
     let mut ever_ready = false;
-    let mut backoff = Duration::from_millis(200);
+    let mut reconnect = Reconnect::new("inbox", Backoff::new(RECONNECT_MIN, RECONNECT_MAX));
     loop {
         let mut ready = false;
         let mut progressed = false;
@@ -137,19 +147,13 @@ pub async fn run_reporting(
         };
         ever_ready |= ready;
         if ready {
-            metrics::counter!("idem_inbox_reconnects_total").increment(1);
+            ::metrics::counter!(metrics::RECONNECTS).increment(1);
         }
-        if progressed {
-            // Only a session that got work done resets the backoff; one that
-            // dies right after consuming keeps backing off.
-            backoff = Duration::from_millis(200);
+        // Only a session that got work done resets the backoff; one that dies
+        // right after consuming keeps backing off.
+        if !reconnect.after_loss(&error, progressed, &shutdown).await {
+            return Ok(());
         }
-        tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "inbox lost its broker session; reconnecting");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(15));
     }
 }
 
@@ -254,21 +258,21 @@ async fn settle_batch(
         let started = std::time::Instant::now();
         match record_in_transaction(pool, &items, max_body).await {
             Ok(decisions) => {
-                metrics::histogram!("idem_inbox_batch_seconds")
+                ::metrics::histogram!(metrics::BATCH_SECONDS)
                     .record(started.elapsed().as_secs_f64());
-                metrics::counter!("idem_inbox_batches_total").increment(1);
+                ::metrics::counter!(metrics::BATCHES).increment(1);
                 for decision in &decisions {
-                    metrics::counter!("idem_inbox_messages_total", "decision" => decision_label(decision))
+                    ::metrics::counter!(metrics::MESSAGES, "decision" => decision_label(decision))
                         .increment(1);
                     if let Decision::Quarantined { code } = decision {
-                        metrics::counter!("idem_inbox_quarantined_total", "reason" => *code)
+                        ::metrics::counter!(metrics::QUARANTINED, "reason" => *code)
                             .increment(1);
                     }
                 }
                 break decisions;
             }
             Err(e) => {
-                metrics::counter!("idem_inbox_batch_retries_total").increment(1);
+                ::metrics::counter!(metrics::BATCH_RETRIES).increment(1);
                 if server_refused(&e) {
                     refusals += 1;
                 }
@@ -312,7 +316,7 @@ async fn isolate_poison(
             delivery.reject(BasicRejectOptions { requeue: false }).await,
             "reject",
         )?;
-        metrics::counter!("idem_inbox_messages_total", "decision" => "unrecordable").increment(1);
+        ::metrics::counter!(metrics::MESSAGES, "decision" => "unrecordable").increment(1);
         return Ok(());
     }
     tracing::warn!(%error, batch = batch.len(), "batch keeps failing; recording its messages one by one");
@@ -320,17 +324,6 @@ async fn isolate_poison(
         Box::pin(settle_batch(pool, single, max_body, shutdown)).await?;
     }
     Ok(())
-}
-
-/// The `decision` label of `idem_inbox_messages_total`.
-fn decision_label(decision: &Decision) -> &'static str {
-    match decision {
-        Decision::New { .. } => "new",
-        Decision::Duplicate => "duplicate",
-        Decision::Conflict => "conflict",
-        Decision::Quarantined { .. } => "quarantined",
-        Decision::Unrecordable { .. } => "unrecordable",
-    }
 }
 
 /// The server answered with an error that is not about the connection or a

@@ -7,7 +7,9 @@
 //! - `topology`: the durable queue and its dead-letter exchange and queue.
 //! - `delivery`: read a lapin delivery into the message contract's raw parts,
 //!   and its properties as JSON for quarantine.
-//! - `batch`: record a batch of deliveries in one transaction; the decisions.
+//! - `decision`: one delivery as recording sees it ([`Incoming`]), and what
+//!   happened to it ([`Decision`]).
+//! - `batch`: record a batch of deliveries in one transaction.
 //!   Set-based when the database accepts the batch, else message by message,
 //!   each behind its own savepoint, so one bad message never poisons the others.
 //! - `bulk`: the set-based path: validate in Rust, group copies of a key, a
@@ -16,17 +18,22 @@
 //!   header, with its `trace_id` (DEBUG: free unless logged or exported).
 //! - `replay`: a quarantined message's properties rebuilt, published again
 //!   with a confirm (`idem quarantine replay`).
+//! - `metrics`: the names and help texts of the metrics the consumer records.
 //! - `consumer`: the loop — connect, declare, consume, batch, commit, ack —
-//!   that reconnects by itself and stops on the shutdown token.
+//!   that reconnects by itself (jittered backoff, `idem_periodic::Reconnect`)
+//!   and stops on the shutdown token.
 
 pub mod batch;
 mod bulk;
 pub mod consumer;
+mod decision;
 pub mod delivery;
+pub mod metrics;
 pub mod replay;
 pub mod topology;
 mod trace;
 
-pub use batch::{Decision, Incoming, record_batch, record_one_by_one};
+pub use batch::{record_batch, record_one_by_one};
 pub use consumer::{InboxConfig, connect_amqp, run};
+pub use decision::{Decision, Incoming};
 pub use topology::{Topology, declare};

@@ -50,25 +50,67 @@ pub struct ChargeBody {
     pub description: Option<String>,
 }
 
-/// A validated message, ready to be recorded.
+/// A validated message, ready to be recorded. Only [`Inbound::parse`] makes
+/// one, and the key, the body and the values derived from them are read-only:
+/// no crate can hold a request whose fingerprint or reference id does not
+/// match its key and body.
+///
+/// ```compile_fail,E0616
+/// # fn retarget(request: &mut idem_message::ChargeRequest) {
+/// request.reference_id = uuid::Uuid::nil(); // private: does not compile
+/// # }
+/// ```
+/// ```compile_fail,E0616
+/// # fn rescope(request: &mut idem_message::ChargeRequest) {
+/// request.scope = "other-tenant".to_owned(); // private: does not compile
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeRequest {
     /// Dedup scope (`app_id`, or [`DEFAULT_SCOPE`]).
-    pub scope: String,
+    scope: String,
     /// The producer's idempotency key.
-    pub message_id: String,
+    message_id: String,
     /// The business fields.
-    pub body: ChargeBody,
+    body: ChargeBody,
     /// SHA-256 of the business fields.
-    pub fingerprint: [u8; 32],
+    fingerprint: [u8; 32],
     /// UUIDv5 over (scope, message_id): the provider's idempotency key.
-    pub reference_id: Uuid,
+    reference_id: Uuid,
     /// Where to publish the result event, if anywhere.
     pub reply_to: Option<String>,
     /// Echoed on the result event.
     pub correlation_id: Option<String>,
     /// W3C trace context to carry to the provider call.
     pub traceparent: Option<String>,
+}
+
+impl ChargeRequest {
+    /// Dedup scope (`app_id`, or [`DEFAULT_SCOPE`]).
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The producer's idempotency key.
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
+
+    /// The business fields.
+    pub fn body(&self) -> &ChargeBody {
+        &self.body
+    }
+
+    /// SHA-256 of the business fields ([`fingerprint`]).
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+
+    /// UUIDv5 over (scope, message_id) ([`reference_id`]): the provider's
+    /// idempotency key.
+    pub fn reference_id(&self) -> Uuid {
+        self.reference_id
+    }
 }
 
 /// Why a message was quarantined instead of recorded.

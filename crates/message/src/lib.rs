@@ -1,6 +1,6 @@
 //! # idem-message
 //!
-//! The inbound wire contract (DESIGN.md, "Inbound message"): what a producer
+//! The inbound wire contract (`docs/contracts.md`, section "Inbound message"): what a producer
 //! sends, how idem decides whether it is well formed, and the two values derived
 //! from it that must never change between releases — the payload fingerprint and
 //! the reference id.

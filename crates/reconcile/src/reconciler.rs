@@ -2,15 +2,15 @@
 //! by reference, hold them against our outbox rows, and act where the
 //! evidence is unambiguous — refund extra charges, settle rows whose charge
 //! was found, re-queue uncertain rows whose charge was not — reporting the
-//! rest. Runs hold the reconciler's advisory lock, so one runs at a time.
+//! rest. What to do is decided by `verdict::judge`; this module reads,
+//! applies the verdicts and refunds. Runs hold the reconciler's advisory
+//! lock, so one runs at a time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use idem_charge::{Charge, ChargeClient, ChargeList, ClientError};
-use idem_store::OutboxState;
 use idem_store::attempt::{self, NewAttempt};
 use idem_store::reconcile::{self as store, NewCompensation, RowView};
 use serde_json::json;
@@ -19,11 +19,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::Postgres;
 use uuid::Uuid;
 
-use crate::report::{Finding, FindingKind, Report};
-
-/// Clock skew allowed between our database and the provider when deciding
-/// that a row's charge must be inside a window.
-const SKEW: Duration = Duration::from_secs(60);
+use crate::report::Report;
+use crate::verdict::{Keep, SKEW, Verdict, judge};
 
 /// Tries per listing page before the run gives up.
 const PAGE_TRIES: u32 = 5;
@@ -106,16 +103,24 @@ impl Reconciler {
         report.charges_listed = charges.len();
         let by_reference = group(charges);
         report.references = by_reference.len();
+        let grace = chrono::Duration::from_std(self.config.grace)?;
         let mut conn = self.pool.acquire().await?;
         let rows = our_rows(&mut conn, &by_reference).await?;
         for (reference, charges) in &by_reference {
             let row = Uuid::parse_str(reference).ok().and_then(|r| rows.get(&r));
-            self.reconcile_reference(&mut conn, reference, charges, row, &mut report)
-                .await?;
+            let verdict = judge(reference, row, charges, started, grace);
+            self.apply(&mut conn, verdict, &mut report).await?;
         }
         if report.open_window {
-            self.account_for_rows(&mut conn, &window, started, &by_reference, &mut report)
-                .await?;
+            self.account_for_rows(
+                &mut conn,
+                &window,
+                started,
+                grace,
+                &by_reference,
+                &mut report,
+            )
+            .await?;
         }
         self.refund_pending(&mut conn, &mut report).await?;
         record_metrics(&report);
@@ -164,146 +169,106 @@ impl Reconciler {
         }
     }
 
-    /// Hold one reference's charges against our row.
-    async fn reconcile_reference(
+    /// Do what `verdict` says; a write that finds the row changed since it
+    /// was read (claimed meanwhile) leaves it to the next run.
+    async fn apply(
         &self,
         conn: &mut PoolConnection<Postgres>,
-        reference: &str,
-        charges: &[Charge],
-        row: Option<&RowView>,
+        verdict: Verdict<'_>,
         report: &mut Report,
     ) -> anyhow::Result<()> {
-        let ids = || charges.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
-        let finding = |kind, detail: &str| Finding {
-            kind,
-            reference_id: reference.to_owned(),
-            outbox_id: row.map(|r| r.id),
-            charge_ids: ids(),
-            detail: detail.to_owned(),
-        };
-        let Some(row) = row else {
-            report.findings.push(finding(
-                FindingKind::ForeignCharge,
-                "no outbox row has this reference: never asked for by us (or removed by retention)",
-            ));
-            return Ok(());
-        };
-        match row.state {
-            OutboxState::InFlight => {
-                report.skipped_in_flight += 1;
-                return Ok(());
-            }
-            OutboxState::Declined => {
-                report.findings.push(finding(
-                    FindingKind::ChargedButDeclined,
-                    "our row is declined, but the provider has a charge for it",
-                ));
-                return Ok(());
-            }
-            _ => {}
-        }
-        let recorded = row.provider_charge_id.as_deref();
-        let kept = match recorded {
-            Some(id) => {
-                match charges.iter().find(|c| c.id == id) {
-                    Some(kept) => kept,
-                    None => {
-                        report.findings.push(finding(
-                        FindingKind::ChargeMismatch,
-                        &format!("our row recorded charge {id}, which the provider does not list here"),
-                    ));
+        match verdict {
+            Verdict::Nothing => {}
+            Verdict::InFlight => report.skipped_in_flight += 1,
+            Verdict::Report(finding) => report.findings.push(finding),
+            Verdict::Keep(keep) => {
+                let Keep { row, kept, .. } = keep;
+                if keep.settle {
+                    let result = serde_json::to_value(kept)?;
+                    if !store::settle_found(conn, row.id, &kept.id, &result).await? {
+                        // Claimed meanwhile: the next run sees it again.
+                        report.skipped_in_flight += 1;
                         return Ok(());
                     }
+                    tracing::info!(outbox_id = row.id, reference_id = %row.reference_id, charge_id = %kept.id, from = row.state.as_str(), "reconciliation settled a row: its charge was found");
+                    report.rows_settled += 1;
+                }
+                if keep.charges.len() > 1 {
+                    report.references_charged_twice += 1;
+                }
+                for extra in &keep.refund {
+                    self.compensate(conn, &keep, extra, report).await?;
                 }
             }
-            // First created wins: the one a lookup resolves to as well.
-            None => charges
-                .iter()
-                .min_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)))
-                .context("a reference with no charge")?,
-        };
-        if row.state != OutboxState::Succeeded {
-            let result = serde_json::to_value(kept)?;
-            if !store::settle_found(conn, row.id, &kept.id, &result).await? {
-                // Claimed meanwhile: the next run sees it again.
-                report.skipped_in_flight += 1;
-                return Ok(());
-            }
-            tracing::info!(outbox_id = row.id, reference_id = reference, charge_id = %kept.id, from = row.state.as_str(), "reconciliation settled a row: its charge was found");
-            report.rows_settled += 1;
-        }
-        if charges.len() > 1 {
-            report.references_charged_twice += 1;
-        }
-        for extra in charges.iter().filter(|c| c.id != kept.id) {
-            report.extra_charges += 1;
-            let evidence = json!({
-                "charges": charges,
-                "row_state_before": row.state,
-                "row_charge_before": recorded,
-                "kept": kept.id,
-                "rule": if recorded.is_some() { "keep the charge our row recorded" } else { "keep the first created" },
-            });
-            let compensation = NewCompensation {
-                reference_id: row.reference_id,
-                outbox_id: Some(row.id),
-                charge_id: &extra.id,
-                kept_charge_id: &kept.id,
-                amount: extra.amount,
-                currency: &extra.currency,
-                refund_key: refund_key(&extra.id),
-                evidence: &evidence,
-            };
-            if store::insert_compensation(conn, &compensation)
-                .await?
-                .is_some()
-            {
-                tracing::warn!(reference_id = reference, charge_id = %extra.id, kept = %kept.id, amount = extra.amount, "extra charge found: compensation recorded, refunding");
-                report.compensations_recorded += 1;
+            // The statement re-checks state and quietness: a claim since
+            // the read makes it a no-op.
+            Verdict::Requeue { row, quiet_since } => {
+                let requeued = store::requeue_unknown(conn, row.id, quiet_since).await?;
+                report.rows_requeued += usize::from(requeued);
+                if requeued {
+                    tracing::info!(outbox_id = row.id, reference_id = %row.reference_id, "reconciliation re-queued an unknown row: no charge at the provider");
+                }
             }
         }
         Ok(())
     }
 
-    /// In an open window: our `succeeded` rows whose charge the provider does
-    /// not list, and `unknown` rows without a charge (re-queued after grace).
+    /// Record the refund of `extra`, with the evidence for it, once: a
+    /// compensation recorded by an earlier run is not recorded again.
+    async fn compensate(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        keep: &Keep<'_>,
+        extra: &Charge,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let Keep { row, kept, .. } = keep;
+        report.extra_charges += 1;
+        let evidence = json!({
+            "charges": keep.charges,
+            "row_state_before": row.state,
+            "row_charge_before": row.provider_charge_id,
+            "kept": kept.id,
+            "rule": keep.rule.as_str(),
+        });
+        let compensation = NewCompensation {
+            reference_id: row.reference_id,
+            outbox_id: Some(row.id),
+            charge_id: &extra.id,
+            kept_charge_id: &kept.id,
+            amount: extra.amount,
+            currency: &extra.currency,
+            refund_key: refund_key(&extra.id),
+            evidence: &evidence,
+        };
+        if store::insert_compensation(conn, &compensation)
+            .await?
+            .is_some()
+        {
+            tracing::warn!(reference_id = %row.reference_id, charge_id = %extra.id, kept = %kept.id, amount = extra.amount, "extra charge found: compensation recorded, refunding");
+            report.compensations_recorded += 1;
+        }
+        Ok(())
+    }
+
+    /// In an open window: our `succeeded` and `unknown` rows whose reference
+    /// the provider does not list.
     async fn account_for_rows(
         &self,
         conn: &mut PoolConnection<Postgres>,
         window: &Window,
         started: DateTime<Utc>,
+        grace: chrono::Duration,
         listed: &BTreeMap<String, Vec<Charge>>,
         report: &mut Report,
     ) -> anyhow::Result<()> {
-        let skew = chrono::Duration::from_std(SKEW)?;
-        let settled_before = started - skew;
-        let quiet_since = started - chrono::Duration::from_std(self.config.grace)?;
-        for row in store::rows_to_account_for(conn, window.from + skew).await? {
-            if listed.contains_key(&row.reference_id.to_string()) {
+        for row in store::rows_to_account_for(conn, window.from + SKEW).await? {
+            let reference = row.reference_id.to_string();
+            if listed.contains_key(&reference) {
                 continue;
             }
-            match row.state {
-                OutboxState::Succeeded if row.settled_at.is_some_and(|t| t < settled_before) => {
-                    report.findings.push(Finding {
-                        kind: FindingKind::MissingAtProvider,
-                        reference_id: row.reference_id.to_string(),
-                        outbox_id: Some(row.id),
-                        charge_ids: row.provider_charge_id.clone().into_iter().collect(),
-                        detail: "our row is succeeded, but the provider lists no charge for it"
-                            .into(),
-                    });
-                }
-                // The statement re-checks state and quietness: a claim since
-                // the read makes it a no-op.
-                OutboxState::Unknown if row.updated_at < quiet_since => {
-                    let requeued = store::requeue_unknown(conn, row.id, quiet_since).await?;
-                    report.rows_requeued += usize::from(requeued);
-                    if requeued {
-                        tracing::info!(outbox_id = row.id, reference_id = %row.reference_id, "reconciliation re-queued an unknown row: no charge at the provider");
-                    }
-                }
-                _ => {}
-            }
+            let verdict = judge(&reference, Some(&row), &[], started, grace);
+            self.apply(conn, verdict, report).await?;
         }
         Ok(())
     }
@@ -418,15 +383,15 @@ async fn our_rows(
 }
 
 fn record_metrics(report: &Report) {
-    metrics::counter!("idem_reconcile_runs_total").increment(1);
-    metrics::counter!("idem_reconcile_extra_charges_total").increment(report.extra_charges as u64);
-    metrics::counter!("idem_reconcile_refunds_total").increment(report.refunds_confirmed as u64);
-    metrics::counter!("idem_reconcile_rows_settled_total").increment(report.rows_settled as u64);
-    metrics::counter!("idem_reconcile_rows_requeued_total").increment(report.rows_requeued as u64);
+    ::metrics::counter!(crate::metrics::RUNS).increment(1);
+    ::metrics::counter!(crate::metrics::EXTRA_CHARGES).increment(report.extra_charges as u64);
+    ::metrics::counter!(crate::metrics::REFUNDS).increment(report.refunds_confirmed as u64);
+    ::metrics::counter!(crate::metrics::ROWS_SETTLED).increment(report.rows_settled as u64);
+    ::metrics::counter!(crate::metrics::ROWS_REQUEUED).increment(report.rows_requeued as u64);
     for finding in &report.findings {
-        metrics::counter!("idem_reconcile_findings_total", "kind" => finding.kind.as_str())
+        ::metrics::counter!(crate::metrics::FINDINGS, "kind" => finding.kind.as_str())
             .increment(1);
     }
-    metrics::gauge!("idem_reconcile_last_run_timestamp_seconds")
+    ::metrics::gauge!(crate::metrics::LAST_RUN_TIMESTAMP_SECONDS)
         .set(Utc::now().timestamp_millis() as f64 / 1000.0);
 }

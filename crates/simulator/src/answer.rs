@@ -1,8 +1,7 @@
 //! What a request comes to: the answer to send, or the work left to do after
 //! the latency.
 
-use idem_charge::CreateCharge;
-use idem_charge::wire::ErrorBody;
+use idem_charge_api::{CreateCharge, ErrorBody};
 use serde::Serialize;
 
 /// An HTTP answer: status, JSON body, and whether it replays a stored answer.

@@ -1,5 +1,5 @@
-//! The HTTP surface: the charge API of DESIGN.md (faulted, delayed) and the
-//! admin endpoints under `/_sim` (neither).
+//! The HTTP surface: the charge API of `docs/contracts.md` (section "Charge
+//! API"; faulted, delayed) and the admin endpoints under `/_sim` (neither).
 //!
 //! Every `/v1` request goes the same way: count it and roll the dice
 //! ([`Simulator::enter`]); a dropped request resets the connection at once and a
@@ -17,8 +17,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use idem_charge::CreateCharge;
-use idem_charge::wire::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use idem_charge_api::{CreateCharge, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, TRACEPARENT};
 use tracing::debug;
 
 use crate::Simulator;
@@ -316,7 +315,7 @@ fn seen(request: &axum::extract::Request) -> SeenRequest {
         path: request.uri().path().to_owned(),
         reference_id,
         idempotency_key: text(IDEMPOTENCY_KEY),
-        traceparent: text("traceparent"),
+        traceparent: text(TRACEPARENT),
         at_ms,
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use idem_charge::Charge;
+use idem_charge_api::Charge;
 use serde::{Deserialize, Serialize};
 
 /// Every charge and refund the simulator created, in creation order.

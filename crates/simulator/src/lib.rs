@@ -1,11 +1,13 @@
 //! # idem-simulator
 //!
-//! The provider simulator: DESIGN.md's charge API over real HTTP, in memory,
-//! with fault injection. idem's tests, demo and benchmark talk to it, and count
-//! charges at it ([`Simulator::ledger`]) to prove "no double charge, no missing
-//! charge".
+//! The provider simulator: the charge API of `docs/contracts.md` (section
+//! "Charge API") over real HTTP, in memory, with fault injection. idem's tests,
+//! demo and benchmark talk to it, and count charges at it
+//! ([`Simulator::ledger`]) to prove "no double charge, no missing charge". It
+//! shares the wire contract (`idem-charge-api`) with the client, never the
+//! client itself.
 //!
-//! # Layout
+//! ## Layout
 //! - `faults`: [`Faults`] (what goes wrong on purpose) and the per-request dice.
 //! - `ledger`: [`Ledger`] (charges and refunds, as tests count them),
 //!   [`Stats`] (exact counters) and [`SeenRequest`] (recent requests as
@@ -13,6 +15,7 @@
 //! - `answer`: an answer to send, or work reserved for after the latency.
 //! - `state`: the provider's rules, synchronous, under one mutex: idempotency
 //!   keys (in progress / replay / conflict), declines, lookup, listing, refunds.
+//!   Its unit tests (`state_tests.rs`) include the golden `CreateCharge` body.
 //! - `api`: the axum routes; faults and latency are applied here.
 //! - `server`: the accept loop; one hyper HTTP/1 task per connection, so "no
 //!   answer" is a real TCP reset of that connection only. [`Running`] is a
@@ -21,7 +24,7 @@
 //! - `auth`: the API key ([`ApiKey`]) the `/v1` routes require when set.
 //! - `tls`: the rustls server configuration for `https://`.
 //!
-//! # Semantics worth knowing
+//! ## Semantics worth knowing
 //! - The dice are rolled for every `/v1` request (charges, lookups, listing,
 //!   refunds); admin endpoints (`/_sim/...`, `/healthz`) are never faulted.
 //! - Work that passed the dice and validation is finished in its own task after

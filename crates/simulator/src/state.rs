@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use idem_charge::{Charge, ChargeList, CreateCharge, Refund};
+use idem_charge_api::{Charge, ChargeList, CreateCharge, Refund};
 
 use crate::answer::{Answer, Step, Ticket};
 use crate::faults::Faults;
@@ -95,7 +95,8 @@ fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Checks a charge request's fields (DESIGN.md): a human reason if invalid.
+/// Checks a charge request's fields (`docs/contracts.md`, section "Charge
+/// API"): a human reason if invalid.
 pub(crate) fn validate_charge(r: &CreateCharge) -> Result<(), String> {
     if r.amount <= 0 {
         return Err(format!("amount must be positive, got {}", r.amount));

@@ -1,6 +1,6 @@
 //! Unit tests of the provider's rules, without HTTP or latency.
 
-use idem_charge::ChargeMetadata;
+use idem_charge_api::ChargeMetadata;
 
 use super::*;
 
@@ -121,4 +121,34 @@ fn validation_rules() {
     assert!(validate_charge(&bad).is_err());
     bad.currency = "EURO".to_owned();
     assert!(validate_charge(&bad).is_err());
+}
+
+/// The body the client sends (the golden fixture, not our own `request`) is
+/// accepted, and answered with a charge of exactly the golden charge's fields.
+#[test]
+fn accepts_the_golden_create_charge_body() {
+    use idem_charge_api::golden;
+
+    let request: CreateCharge =
+        serde_json::from_str(golden::CREATE_CHARGE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(request, golden::create_charge());
+    assert_eq!(validate_charge(&request), Ok(()));
+
+    let mut state = State::new(Faults::default());
+    let key = Some(request.reference_id.clone());
+    let step = state.begin_charge(key, request, &Faults::default());
+    let created = run(&mut state, step);
+    assert_eq!(created.status, 201);
+    let body: serde_json::Value =
+        serde_json::from_str(&created.body).unwrap_or_else(|e| panic!("{e}"));
+    let golden: serde_json::Value =
+        serde_json::from_str(golden::CHARGE).unwrap_or_else(|e| panic!("{e}"));
+    let fields = |v: &serde_json::Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<std::collections::BTreeSet<_>>())
+    };
+    assert_eq!(fields(&body), fields(&golden));
+    for same in ["reference_id", "account_id", "amount", "currency", "status"] {
+        assert_eq!(body[same], golden[same], "{same}");
+    }
 }

@@ -28,7 +28,7 @@ pub struct NewAttempt {
 
 impl NewAttempt {
     /// The history row of `call`, made for outbox row `outbox_id`.
-    pub fn of_call(outbox_id: i64, call: &idem_charge::Call) -> Self {
+    pub fn of_call(outbox_id: i64, call: &idem_charge_api::Call) -> Self {
         Self {
             outbox_id,
             kind: call.kind.as_str(),

@@ -1,4 +1,5 @@
-//! Connecting to PostgreSQL and applying the schema.
+//! Connecting to PostgreSQL: creating the database if missing, or (for the
+//! read-only commands) only to an existing one with this release's schema.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -7,18 +8,7 @@ use anyhow::{Context, bail};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-/// The workspace's `migrations/`, embedded in every binary that links the store.
-///
-/// `ignore_missing`: a migration applied by a *newer* release is accepted, so
-/// an older replica that restarts during a rolling upgrade (or after a
-/// rollback) starts against the expanded schema — which the expand/contract
-/// rules of docs/upgrades.md make safe — instead of crash-looping. A migration
-/// whose file changed after it was applied (checksum) is still refused.
-pub static MIGRATOR: sqlx::migrate::Migrator = {
-    let mut migrator = sqlx::migrate!("../../migrations");
-    migrator.ignore_missing = true;
-    migrator
-};
+use crate::schema::{SchemaBehind, check_schema};
 
 /// The URL with any password replaced by `***`, for messages and logs: the
 /// one in the authority and a `password=` query parameter (libpq style).
@@ -59,18 +49,57 @@ pub fn redact_url(raw: &str) -> String {
 /// and what to check.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let shown = redact_url(url);
-    let options = PgConnectOptions::from_str(url).with_context(|| {
-        format!("IDEM_DATABASE_URL {shown} is not a valid PostgreSQL URL (postgres://user[:password]@host:port/database)")
-    })?;
+    let options = parse(url, &shown)?;
     create_database_if_missing(&options)
         .await
         .with_context(|| unreachable_hint(&shown))?;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+    pool_options(max_connections)
         .connect_with(options)
         .await
         .with_context(|| unreachable_hint(&shown))
+}
+
+/// Connect a pool of at most `max_connections` to a database that exists
+/// already and has this release's schema ([`check_schema`]), for the
+/// read-only commands: they neither create a database (a mistyped name would
+/// leave one behind) nor migrate one. Each refusal is one line naming the
+/// (redacted) URL and what to run.
+pub async fn connect_existing(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let shown = redact_url(url);
+    let options = parse(url, &shown)?;
+    let database = options.get_database().unwrap_or_default().to_owned();
+    let pool = match pool_options(max_connections).connect_with(options).await {
+        Ok(pool) => pool,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => bail!(
+            "database {database:?} does not exist at {shown}: run `idem migrate` to create it \
+             and apply the schema"
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(unreachable_hint(&shown))),
+    };
+    match check_schema(&pool).await {
+        Ok(()) => Ok(pool),
+        Err(e @ SchemaBehind::Database(_)) => {
+            Err(anyhow::Error::new(e).context(format!("checking the schema at {shown}")))
+        }
+        Err(e @ SchemaBehind::Dirty { .. }) => {
+            Err(anyhow::Error::new(e).context(format!("the database at {shown}")))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "the database at {shown} needs `idem migrate` first"
+        ))),
+    }
+}
+
+fn parse(url: &str, shown: &str) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).with_context(|| {
+        format!("IDEM_DATABASE_URL {shown} is not a valid PostgreSQL URL (postgres://user[:password]@host:port/database)")
+    })
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
 }
 
 fn unreachable_hint(shown: &str) -> String {
@@ -119,15 +148,6 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
     }
     admin.close().await?;
     Ok(())
-}
-
-/// Apply pending migrations. Safe when several replicas start at once: the
-/// migrator serialises them with a PostgreSQL advisory lock.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .context("applying the database schema (migrations) failed")
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ pub async fn on_duplicate(
     // The set-based statement of the inbox batch, with one row: one
     // definition of what a duplicate is owed.
     let one = crate::batch::Duplicate {
-        reference_id: request.reference_id,
+        reference_id: request.reference_id(),
         reply_to: request.reply_to.as_deref(),
         correlation_id: request.correlation_id.as_deref(),
     };

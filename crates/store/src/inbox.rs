@@ -27,7 +27,7 @@ pub enum Recorded {
 /// Record `request` in the inbox and, for a new key, the outbox. Run inside the
 /// caller's transaction: the inbox row, the outbox row (or the conflict row) and
 /// the caller's later ack decision stand or fall together.
-#[tracing::instrument(skip_all, fields(scope = %request.scope, message_id = %request.message_id), err(level = "warn"))]
+#[tracing::instrument(skip_all, fields(scope = %request.scope(), message_id = %request.message_id()), err(level = "warn"))]
 pub async fn record(
     conn: &mut PgConnection,
     request: &ChargeRequest,
@@ -44,9 +44,9 @@ pub async fn record(
              last_seen_at = now()
          RETURNING (xmax = 0) AS inserted, fingerprint",
     )
-    .bind(&request.scope)
-    .bind(&request.message_id)
-    .bind(&request.fingerprint[..])
+    .bind(request.scope())
+    .bind(request.message_id())
+    .bind(&request.fingerprint()[..])
     .fetch_one(&mut *conn)
     .await?;
 
@@ -56,11 +56,11 @@ pub async fn record(
         }
         return recall(conn, request, raw_body).await;
     }
-    if stored != request.fingerprint {
+    if stored != request.fingerprint() {
         insert_conflict(conn, request, &stored, raw_body).await?;
         return Ok(Recorded::Conflict);
     }
-    let existing = outbox::state_of(conn, &request.scope, &request.message_id).await?;
+    let existing = outbox::state_of(conn, request.scope(), request.message_id()).await?;
     Ok(Recorded::Duplicate { existing })
 }
 
@@ -75,14 +75,14 @@ async fn recall(
     request: &ChargeRequest,
     raw_body: &[u8],
 ) -> Result<Recorded, sqlx::Error> {
-    let Some(row) = outbox::stored(conn, request.reference_id).await? else {
+    let Some(row) = outbox::stored(conn, request.reference_id()).await? else {
         // Retention removed the outbox row since the insert collided with it:
         // both records had outlived their windows. Still not new: absorb it.
         return Ok(Recorded::Duplicate { existing: None });
     };
     let original = fingerprint(&row.account_id, row.amount, &row.currency);
     tracing::info!(
-        same_payload = (original == request.fingerprint),
+        same_payload = (original == *request.fingerprint()),
         state = row.state.as_str(),
         "key no longer in the inbox but its outbox row is: not charged again, key restored"
     );
@@ -92,12 +92,12 @@ async fn recall(
              conflicts  = conflicts  + (fingerprint <> $3)::int
          WHERE scope = $1 AND message_id = $2",
     )
-    .bind(&request.scope)
-    .bind(&request.message_id)
+    .bind(request.scope())
+    .bind(request.message_id())
     .bind(&original[..])
     .execute(&mut *conn)
     .await?;
-    if original != request.fingerprint {
+    if original != *request.fingerprint() {
         insert_conflict(conn, request, &original, raw_body).await?;
         return Ok(Recorded::Conflict);
     }
@@ -116,10 +116,10 @@ async fn insert_conflict(
         "INSERT INTO key_conflict (scope, message_id, stored_fingerprint, received_fingerprint, body)
          VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(&request.scope)
-    .bind(&request.message_id)
+    .bind(request.scope())
+    .bind(request.message_id())
     .bind(stored)
-    .bind(&request.fingerprint[..])
+    .bind(&request.fingerprint()[..])
     .bind(raw_body)
     .execute(conn)
     .await?;

@@ -7,15 +7,15 @@
 //!
 //! ## Layout
 //! - `admin`: the operators' reads and hand changes (retry, resolve, replay),
-//!   each change in one transaction with its audit row.
+//!   each change in one transaction with its audit row; one module per table.
 //! - `attempt`: the attempt history, every provider call per outbox row.
 //! - `batch`: a whole inbox batch set-based, one statement per kind of row
 //!   over arrays (keys, outbox rows, recalls, counters, conflicts,
 //!   quarantine, duplicates' result events).
 //! - `bench`: `idem bench`'s own statements: a backlog loaded straight into
 //!   the outbox, when each message was recorded, the claim's plan.
-//! - `db`: connecting (creating the database if missing), the embedded
-//!   migrator, URL redaction for error messages.
+//! - `db`: connecting (creating the database if missing, or only to an
+//!   existing one with this release's schema), URL redaction for messages.
 //! - `event`: result events to publish (written by the settle trigger, and
 //!   here for a duplicate of a settled charge); claim, delete once confirmed,
 //!   back off.
@@ -27,6 +27,9 @@
 //!   and re-queuing found/missing charges, compensations (refunds).
 //! - `retention`: delete keys, settled outbox rows, quarantine and conflict
 //!   records past their windows, in bounded `SKIP LOCKED` batches.
+//! - `schema`: the embedded migrator, applying it, and checking a database's
+//!   migrations without changing them (read-only commands never migrate).
+//! - `scratch`: dropping a throw-away database (demo, bench, tests).
 //! - `settle`: many attempts' results in one fenced statement (group commit).
 //! - `status`: counts for operators and the demo.
 
@@ -41,9 +44,12 @@ pub mod outbox;
 pub mod quarantine;
 pub mod reconcile;
 pub mod retention;
+pub mod schema;
+pub mod scratch;
 pub mod settle;
 pub mod status;
 
-pub use db::{MIGRATOR, connect, migrate, redact_url};
+pub use db::{connect, connect_existing, redact_url};
 pub use inbox::Recorded;
 pub use outbox::{Claimed, OutboxState, Settlement};
+pub use schema::{MIGRATOR, SchemaBehind, check_schema, migrate};

@@ -1,5 +1,5 @@
 //! Retention: delete what has outlived its window, oldest first, in bounded
-//! batches (DESIGN.md guarantee 5: the tables do not grow forever).
+//! batches (`docs/contracts.md`, guarantee 5: the tables do not grow forever).
 //!
 //! Every delete picks at most `limit` rows with `FOR UPDATE SKIP LOCKED` and
 //! deletes them in the same statement, so one batch is one short transaction
@@ -12,7 +12,7 @@
 //!
 //! The windows are the caller's, passed as [`Duration`]s; `idem run` refuses
 //! windows shorter than the redelivery/lease horizon at start
-//! (`crates/idem/src/retention.rs`), so nothing here re-checks them.
+//! (`crates/daemon/src/config/retention.rs`), so nothing here re-checks them.
 
 use std::time::Duration;
 

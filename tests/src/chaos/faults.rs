@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::World;
 use super::workers::Handle;
-use crate::cluster::{PgCluster, RabbitNode};
+use crate::pg::PgCluster;
 use crate::proxy::TcpProxy;
+use crate::rabbit::RabbitNode;
 
 /// How long a burst of provider faults lasts.
 const BURST: Duration = Duration::from_secs(2);

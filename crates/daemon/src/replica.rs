@@ -1,0 +1,129 @@
+//! One replica (`idem run`). Connects (failing fast with a clear message when a
+//! dependency is unreachable or misconfigured), applies the schema, then runs
+//! the inbox consumer and/or the dispatcher until the shutdown token fires.
+//! Alongside them: the health and metrics listener, the sampler of the
+//! table gauges, and the retention job; with the dispatcher, the result
+//! publisher.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use idem_dispatch::Dispatcher;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Role};
+use crate::health::{self, Health};
+use crate::metrics;
+
+/// Run the daemon until `shutdown` is cancelled; returns once every role has
+/// stopped gracefully (consumer: batch in hand committed and acked, the rest
+/// left to the broker; dispatcher: calls in flight finished or left to the
+/// lease rescuer). A fatal start-up problem is returned as an error.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `on_listening` with the health listener's bound address
+/// once it listens (before the roles start) — how a caller that asked for
+/// port 0 learns the port.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr) + Send,
+) -> anyhow::Result<()> {
+    let metrics_handle = metrics::install()?;
+    let pool = idem_store::connect(&config.database_url, config.db_max_connections).await?;
+    idem_store::migrate(&pool).await?;
+    let client = config.charge_client()?;
+
+    let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
+        format!(
+            "cannot listen on IDEM_HTTP_ADDR {}: is another process using it? pick another address or port 0",
+            config.http_addr
+        )
+    })?;
+    let http_addr = listener.local_addr()?;
+    tracing::info!(replica = %config.dispatch.owner, role = ?config.role, %http_addr, "idem starting");
+    on_listening(http_addr);
+    let consumes = matches!(config.role, Role::All | Role::Consumer);
+    let broker = idem_inbox::consumer::BrokerStatus::new();
+
+    // Any role failing for good stops the others: a replica is whole or absent.
+    let stop = shutdown.child_token();
+    let mut roles = tokio::task::JoinSet::new();
+    let health = Health {
+        pool: pool.clone(),
+        broker: consumes.then(|| broker.clone()),
+        metrics: metrics_handle.clone(),
+    };
+    roles.spawn(health::serve(listener, health, stop.clone()));
+    roles.spawn(metrics::sample_tables(
+        pool.clone(),
+        metrics_handle,
+        stop.clone(),
+    ));
+    // Every replica, whatever its role: the tables stay bounded while any
+    // replica is up; an advisory lock lets one of them do the work.
+    roles.spawn(idem_retention::run(
+        pool.clone(),
+        config.retention.clone(),
+        stop.clone(),
+    ));
+    if consumes {
+        let (pool, inbox, stop) = (pool.clone(), config.inbox.clone(), stop.clone());
+        roles.spawn(async move {
+            idem_inbox::consumer::run_reporting(pool, inbox, stop, broker)
+                .await
+                .context("inbox consumer")
+        });
+    }
+    if let (Some(interval), Role::All | Role::Dispatcher) = (config.reconcile.interval, config.role)
+    {
+        let reconciler = idem_reconcile::Reconciler::new(
+            pool.clone(),
+            client.clone(),
+            config.reconcile.reconciler.clone(),
+        );
+        roles.spawn(idem_reconcile::run_periodic(
+            reconciler,
+            interval,
+            config.reconcile.lookback,
+            stop.clone(),
+        ));
+    }
+    if matches!(config.role, Role::All | Role::Dispatcher) {
+        // Result events: settles write them (a trigger), this replica sends
+        // them. Rides out broker outages by itself; results wait in the database.
+        let publisher = idem_events::Publisher::new(pool.clone(), config.results.clone());
+        let publisher_stop = stop.clone();
+        roles.spawn(async move {
+            publisher
+                .run(publisher_stop)
+                .await
+                .context("result publisher")
+        });
+        let dispatcher = Dispatcher::new(pool.clone(), client, config.dispatch.clone());
+        let stop = stop.clone();
+        roles.spawn(async move { dispatcher.run(stop).await.context("dispatcher") });
+    }
+
+    let mut outcome = Ok(());
+    while let Some(joined) = roles.join_next().await {
+        let result = joined.context("a role panicked").and_then(|r| r);
+        if let Err(e) = result {
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+            stop.cancel();
+        } else if !stop.is_cancelled() {
+            // A role ended by itself without shutdown: stop the replica.
+            stop.cancel();
+        }
+    }
+    pool.close().await;
+    if outcome.is_ok() {
+        tracing::info!("idem stopped");
+    }
+    outcome
+}

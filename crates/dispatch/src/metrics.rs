@@ -1,0 +1,120 @@
+//! The metrics the dispatcher, its recorder and the lease rescuer record:
+//! their names, help texts, and the counters registered at zero. Recorded
+//! through the `metrics` facade (no-ops unless the process installed a
+//! recorder); the daemon installs one and calls [`describe`].
+
+use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram};
+
+/// Counter: outbox rows claimed with a lease.
+pub const CLAIMED_ROWS: &str = "idem_dispatch_claimed_rows_total";
+/// Histogram, seconds: one successful claim statement, including acquiring a
+/// connection.
+pub const CLAIM_SECONDS: &str = "idem_dispatch_claim_seconds";
+/// Histogram, seconds, label `class` ([`RESPONSE_CLASSES`]): one attempt for
+/// one row, lookup and/or charge call through the fenced settle.
+pub const ATTEMPT_SECONDS: &str = "idem_dispatch_attempt_seconds";
+/// Counter, label `class` ([`RESPONSE_CLASSES`]): attempts by what the
+/// provider's answer meant.
+pub const PROVIDER_RESPONSES: &str = "idem_provider_responses_total";
+/// Histogram, rows (buckets of their own, set by the daemon): results written
+/// per statement by the recorder's group commit.
+pub const SETTLE_BATCH_ROWS: &str = "idem_dispatch_settle_batch_rows";
+/// Counter: results refused by the lease fence (the lease expired during the
+/// call).
+pub const FENCE_REFUSALS: &str = "idem_dispatch_fence_refusals_total";
+/// Counter: attempts whose result could not be written (database error while
+/// settling); the rescuer resolves the row.
+pub const ABANDONED: &str = "idem_dispatch_abandoned_total";
+/// Counter: attempts cut off at 90% of the lease, recorded as uncertain
+/// through the fence.
+pub const OVERRAN: &str = "idem_dispatch_overran_total";
+/// Counter: in-flight rows whose lease expired, returned to play by this
+/// replica's rescuer.
+pub const LEASE_RECLAIMS: &str = "idem_lease_reclaims_total";
+/// Gauge: provider calls in flight in this replica (at most the configured
+/// concurrency).
+pub const IN_FLIGHT: &str = "idem_dispatch_in_flight";
+
+/// Every metric of this crate.
+pub const ALL: &[&str] = &[
+    CLAIMED_ROWS,
+    CLAIM_SECONDS,
+    ATTEMPT_SECONDS,
+    PROVIDER_RESPONSES,
+    SETTLE_BATCH_ROWS,
+    FENCE_REFUSALS,
+    ABANDONED,
+    OVERRAN,
+    LEASE_RECLAIMS,
+    IN_FLIGHT,
+];
+
+/// Every value of the `class` label, as the dispatcher's `response_class`
+/// reads it from a settlement.
+pub const RESPONSE_CLASSES: [&str; 5] = [
+    "succeeded",
+    "declined",
+    "not_processed",
+    "uncertain",
+    "rejected",
+];
+
+/// Help texts, and the counters registered at zero so that every series
+/// exists (and `rate()` works) before its first event.
+pub fn describe() {
+    describe_counter!(
+        CLAIMED_ROWS,
+        "Outbox rows claimed with a lease by the dispatcher"
+    );
+    describe_histogram!(
+        CLAIM_SECONDS,
+        Unit::Seconds,
+        "Time of one claim statement (successful ones), including acquiring a connection"
+    );
+    describe_histogram!(
+        ATTEMPT_SECONDS,
+        Unit::Seconds,
+        "One attempt for one row: lookup and/or charge call through the fenced settle, by response class"
+    );
+    describe_counter!(
+        PROVIDER_RESPONSES,
+        "Attempts by what the provider's answer meant (succeeded|declined|not_processed|uncertain|rejected)"
+    );
+    describe_histogram!(
+        SETTLE_BATCH_ROWS,
+        "Results written per statement by the dispatcher's recorder (group commit)"
+    );
+    describe_counter!(
+        FENCE_REFUSALS,
+        "Results refused by the lease fence (the lease expired during the call)"
+    );
+    describe_counter!(
+        ABANDONED,
+        "Attempts whose result could not be written (database error while settling); the rescuer resolves the row"
+    );
+    describe_counter!(
+        OVERRAN,
+        "Attempts cut off at 90% of the lease (provider or process too slow), recorded as uncertain through the fence"
+    );
+    describe_counter!(
+        LEASE_RECLAIMS,
+        "In-flight rows whose lease expired, returned to play by this replica's rescuer"
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Provider calls in flight in this replica (at most IDEM_DISPATCH_CONCURRENCY)"
+    );
+
+    for class in RESPONSE_CLASSES {
+        counter!(PROVIDER_RESPONSES, "class" => class).increment(0);
+    }
+    for name in [
+        CLAIMED_ROWS,
+        FENCE_REFUSALS,
+        ABANDONED,
+        OVERRAN,
+        LEASE_RECLAIMS,
+    ] {
+        counter!(name).increment(0);
+    }
+}

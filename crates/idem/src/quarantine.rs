@@ -1,0 +1,209 @@
+//! `idem quarantine list|show|replay`: messages kept whole with their reason,
+//! and a replay through the normal path. A replay's audit row is committed
+//! before publishing and completed after (crates/store/src/admin/quarantine.rs).
+//! `list` and `show` only read: they never create or migrate a database.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use idem_daemon::config::AmqpArgs;
+use idem_store::admin::{self, QuarantineRow};
+use serde_json::json;
+
+use crate::operator::{Common, Why};
+use crate::render::{audit_table, fields, lossy, report, table};
+
+/// `idem quarantine ...`.
+#[derive(Args, Debug)]
+pub struct QuarantineCommand {
+    #[command(subcommand)]
+    pub action: QuarantineAction,
+}
+
+/// What to do with quarantined messages.
+#[derive(Subcommand, Debug)]
+pub enum QuarantineAction {
+    /// List quarantined messages, newest first.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Most rows listed.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One quarantined message: reason, properties and raw body.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        /// Quarantine id.
+        id: i64,
+    },
+    /// Publish the message again to the work queue: it goes through the
+    /// normal path and is deduplicated like any message.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        amqp: AmqpArgs,
+        /// Quarantine id.
+        id: i64,
+        #[command(flatten)]
+        why: Why,
+    },
+}
+
+/// `idem quarantine ...`.
+pub async fn run(cmd: QuarantineCommand) -> anyhow::Result<()> {
+    match cmd.action {
+        QuarantineAction::List { common, limit } => list(common, limit).await,
+        QuarantineAction::Show { common, id } => show(common, id).await,
+        QuarantineAction::Replay {
+            common,
+            amqp,
+            id,
+            why,
+        } => replay(common, amqp, id, why).await,
+    }
+}
+
+async fn list(common: Common, limit: i64) -> anyhow::Result<()> {
+    let pool = common.read_only().await?;
+    let mut conn = pool.acquire().await?;
+    let rows = admin::list_quarantine(&mut conn, limit.max(0)).await?;
+    if common.json {
+        let rows: Vec<_> = rows.iter().map(quarantine_json).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut t = table(&[
+        "id",
+        "received",
+        "reason code",
+        "message id",
+        "bytes",
+        "replays",
+    ]);
+    for r in &rows {
+        t.add_row(vec![
+            r.id.to_string(),
+            r.received_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            r.reason_code.clone(),
+            lossy(r.message_id.as_deref()),
+            r.body.len().to_string(),
+            r.replay_count.to_string(),
+        ]);
+    }
+    println!("{t}\n{} message(s)", rows.len());
+    Ok(())
+}
+
+async fn show(common: Common, id: i64) -> anyhow::Result<()> {
+    let pool = common.read_only().await?;
+    let mut conn = pool.acquire().await?;
+    let Some(r) = admin::find_quarantine(&mut conn, id).await? else {
+        bail!("no quarantined message {id} (retention may have deleted it)");
+    };
+    let audit = admin::audit_of(&mut conn, &format!("quarantine:{id}")).await?;
+    if common.json {
+        let mut out = quarantine_json(&r);
+        out["audit"] = serde_json::to_value(&audit)?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!(
+            "quarantined message {id}\n{}{}",
+            message_fields(&r)?,
+            audit_table(&audit)
+        );
+    }
+    Ok(())
+}
+
+async fn replay(common: Common, amqp: AmqpArgs, id: i64, why: Why) -> anyhow::Result<()> {
+    let actor = why.actor()?;
+    let pool = common.for_change().await?;
+    let mut conn = pool.acquire().await?;
+    let Some(r) = admin::find_quarantine(&mut conn, id).await? else {
+        bail!("no quarantined message {id} (retention may have deleted it)");
+    };
+    let action = why.action(&actor, false);
+    // The audit row first: no replay is published without one.
+    let Some(audit_id) = admin::begin_replay(&mut conn, id, &amqp.queue, &action).await? else {
+        bail!("no quarantined message {id} (retention deleted it meanwhile)");
+    };
+    let props = idem_inbox::replay::properties(&r.properties, r.message_id.as_deref(), id);
+    let published = publish_replay(&amqp, &r.body, props).await;
+    let outcome = published.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
+    admin::finish_replay(
+        &mut conn,
+        id,
+        audit_id,
+        outcome.as_ref().map(|_| ()).map_err(String::as_str),
+    )
+    .await
+    .with_context(|| {
+        format!("recording the outcome of replay #{audit_id} (audit row {audit_id} says requested)")
+    })?;
+    published.with_context(|| format!("replaying quarantined message {id} (audit #{audit_id})"))?;
+    report(
+        common.json,
+        json!({"quarantine_id": id, "queue": amqp.queue, "audit_id": audit_id, "actor": actor}),
+        format!(
+            "quarantined message {id} published to {} (confirmed); audit #{audit_id} by {actor}",
+            amqp.queue
+        ),
+    )
+}
+
+/// Publish a replayed message to the work queue, confirmed.
+async fn publish_replay(
+    amqp: &AmqpArgs,
+    body: &[u8],
+    props: lapin::BasicProperties,
+) -> anyhow::Result<()> {
+    let connection = idem_inbox::connect_amqp(&amqp.broker.amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&amqp.queue))
+        .await
+        .context("declaring the queue")?;
+    idem_inbox::replay::publish(&channel, &amqp.queue, body, props).await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// The message's reason, properties and whole body, as key/value lines.
+fn message_fields(r: &QuarantineRow) -> anyhow::Result<String> {
+    let mut t = fields();
+    t.add_row(vec!["id".to_owned(), r.id.to_string()]);
+    t.add_row(vec!["received".to_owned(), r.received_at.to_rfc3339()]);
+    t.add_row(vec!["reason code".to_owned(), r.reason_code.clone()]);
+    t.add_row(vec!["reason".to_owned(), r.reason.clone()]);
+    t.add_row(vec![
+        "message id".to_owned(),
+        lossy(r.message_id.as_deref()),
+    ]);
+    t.add_row(vec![
+        "replays".to_owned(),
+        match r.replayed_at {
+            Some(at) => format!("{} (last {})", r.replay_count, at.to_rfc3339()),
+            None => "0".to_owned(),
+        },
+    ]);
+    t.add_row(vec![
+        "properties".to_owned(),
+        serde_json::to_string_pretty(&r.properties)?,
+    ]);
+    t.add_row(vec![
+        format!("body ({} bytes)", r.body.len()),
+        String::from_utf8_lossy(&r.body).into_owned(),
+    ]);
+    Ok(t.to_string())
+}
+
+/// The row as JSON, with the raw message id and body as (lossy) text: the
+/// bytes are skipped by the row's own serialisation.
+fn quarantine_json(r: &QuarantineRow) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    v["message_id"] = json!(r.message_id.as_deref().map(|b| String::from_utf8_lossy(b)));
+    v["body"] = json!(String::from_utf8_lossy(&r.body));
+    v["body_bytes"] = json!(r.body.len());
+    v
+}

@@ -1,0 +1,110 @@
+//! The metrics the consumer records: their names, help texts, and the
+//! labelled counters registered at zero. Recorded through the `metrics`
+//! facade (no-ops unless the process installed a recorder); the daemon
+//! installs one and calls [`describe`].
+
+use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram};
+
+use crate::decision::Decision;
+
+/// Counter, label `decision` ([`decision_label`]): deliveries decided by
+/// committed inbox transactions.
+pub const MESSAGES: &str = "idem_inbox_messages_total";
+/// Counter, label `reason` (the quarantine reason code): deliveries
+/// quarantined as bad input.
+pub const QUARANTINED: &str = "idem_inbox_quarantined_total";
+/// Counter: inbox transactions committed, one per batch of deliveries.
+pub const BATCHES: &str = "idem_inbox_batches_total";
+/// Counter: inbox transactions that failed and were retried with the batch
+/// held unacked.
+pub const BATCH_RETRIES: &str = "idem_inbox_batch_retries_total";
+/// Counter: batches whose set-based statements the database refused, decided
+/// again message by message.
+pub const BATCH_FALLBACKS: &str = "idem_inbox_batch_fallbacks_total";
+/// Histogram, seconds: one committed inbox transaction, begin to commit.
+pub const BATCH_SECONDS: &str = "idem_inbox_batch_seconds";
+/// Counter: live broker sessions lost by the consumer, each followed by
+/// reconnecting.
+pub const RECONNECTS: &str = "idem_inbox_reconnects_total";
+/// Gauge: 1 while the consumer has a live broker session, 0 while
+/// (re)connecting. Absent in a replica that does not consume.
+pub const BROKER_CONNECTED: &str = "idem_broker_connected";
+
+/// Every metric of this crate.
+pub const ALL: &[&str] = &[
+    MESSAGES,
+    QUARANTINED,
+    BATCHES,
+    BATCH_RETRIES,
+    BATCH_FALLBACKS,
+    BATCH_SECONDS,
+    RECONNECTS,
+    BROKER_CONNECTED,
+];
+
+/// The `decision` label of [`MESSAGES`] (and of the `message` span).
+pub(crate) fn decision_label(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::New { .. } => "new",
+        Decision::Duplicate => "duplicate",
+        Decision::Conflict => "conflict",
+        Decision::Quarantined { .. } => "quarantined",
+        Decision::Unrecordable { .. } => "unrecordable",
+    }
+}
+
+/// Help texts, and the counters registered at zero so that every series
+/// exists (and `rate()` works) before its first event. The quarantine
+/// reasons are open-ended: those series appear with their first message.
+pub fn describe() {
+    describe_counter!(
+        MESSAGES,
+        "Deliveries decided by committed inbox transactions, by decision (new|duplicate|conflict|quarantined|unrecordable)"
+    );
+    describe_counter!(
+        QUARANTINED,
+        "Deliveries quarantined as bad input, by reason code"
+    );
+    describe_counter!(
+        BATCHES,
+        "Inbox transactions committed (one per batch of deliveries)"
+    );
+    describe_counter!(
+        BATCH_RETRIES,
+        "Inbox transactions that failed and were retried with the batch held unacked"
+    );
+    describe_counter!(
+        BATCH_FALLBACKS,
+        "Inbox batches whose set-based statements the database refused, decided again message by message"
+    );
+    describe_histogram!(
+        BATCH_SECONDS,
+        Unit::Seconds,
+        "Time of one committed inbox transaction, begin to commit"
+    );
+    describe_counter!(
+        RECONNECTS,
+        "Live broker sessions lost by the consumer, each followed by reconnecting"
+    );
+    describe_gauge!(
+        BROKER_CONNECTED,
+        "1 while the inbox consumer has a live broker session, 0 while (re)connecting"
+    );
+
+    // One of each kind of decision; the match in `decision_label` names them all.
+    let decisions = [
+        Decision::New { outbox_id: 0 },
+        Decision::Duplicate,
+        Decision::Conflict,
+        Decision::Quarantined { code: "" },
+        Decision::Unrecordable {
+            error: String::new(),
+        },
+    ];
+    for decision in &decisions {
+        counter!(MESSAGES, "decision" => decision_label(decision)).increment(0);
+    }
+    for name in [BATCHES, BATCH_RETRIES, BATCH_FALLBACKS, RECONNECTS] {
+        counter!(name).increment(0);
+    }
+}

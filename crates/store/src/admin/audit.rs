@@ -1,0 +1,70 @@
+//! The audit table: who changed what, when and why. Rows are written only
+//! here, inside the transaction of the change they record.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, Postgres, Transaction};
+
+/// An audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct AuditRow {
+    /// Row id.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What, e.g. `outbox.retry`.
+    pub action: String,
+    /// On what, e.g. `outbox:17`.
+    pub target: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// Before/after.
+    pub details: serde_json::Value,
+}
+
+/// The audit records of `target`, oldest first.
+pub async fn audit_of(conn: &mut PgConnection, target: &str) -> Result<Vec<AuditRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, at, actor, action, target, reason, details FROM audit
+         WHERE target = $1 ORDER BY id",
+    )
+    .bind(target)
+    .fetch_all(conn)
+    .await
+}
+
+/// Who does what, on what, and why: the audit row of an operator action.
+#[derive(Debug, Clone)]
+pub struct Action<'a> {
+    /// Who.
+    pub actor: &'a str,
+    /// Why (required for changes to money-related state).
+    pub reason: Option<&'a str>,
+    /// Go ahead although the row's last outcome is uncertain (the charge
+    /// may exist at the provider).
+    pub force: bool,
+}
+
+/// Record `action` as `what` on `target`, in the change's transaction.
+/// Returns the audit id.
+pub(super) async fn insert(
+    tx: &mut Transaction<'_, Postgres>,
+    action: &Action<'_>,
+    what: &str,
+    target: &str,
+    details: serde_json::Value,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO audit (actor, action, target, reason, details) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id",
+    )
+    .bind(action.actor)
+    .bind(what)
+    .bind(target)
+    .bind(action.reason)
+    .bind(details)
+    .fetch_one(&mut **tx)
+    .await
+}

@@ -1,0 +1,28 @@
+//! The operators' statements (`idem outbox|quarantine|inbox ...`): read a row
+//! with everything around it, and the few hand changes an operator may make.
+//! A row change (retry, resolve) and its audit row are one transaction: never
+//! one without the other. A replay publishes to the broker, outside any
+//! transaction, so its audit row is committed first (`requested`) and
+//! completed after the broker's answer (`published` or `failed`): no replay
+//! is ever sent without its record.
+//!
+//! One module per table, each importing only the ones below it (`outbox`
+//! uses `inbox`'s key syntax; the changes write through `audit`):
+//! - `outbox`: rows by id, reference or key; retry a dead row, resolve by hand.
+//! - `inbox`: a key and its conflicts.
+//! - `quarantine`: kept messages; the two halves of a replay.
+//! - `audit`: the record of every operator change.
+
+mod audit;
+mod inbox;
+mod outbox;
+mod quarantine;
+
+pub use audit::{Action, AuditRow, audit_of};
+pub use inbox::{ConflictRow, InboxRow, conflicts_of, find_inbox, parse_key};
+pub use outbox::{
+    OutboxRow, OutboxSelector, Refused, Resolution, find_outbox, list_outbox, resolve, retry_dead,
+};
+pub use quarantine::{
+    QuarantineRow, begin_replay, find_quarantine, finish_replay, list_quarantine,
+};

@@ -1,0 +1,265 @@
+//! The bench's report: a table per part and the ratios, or all of it as JSON.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::args::BenchArgs;
+use super::ceiling::CeilingReport;
+use super::claim_rate::ClaimRateReport;
+use super::pipeline::PipelineReport;
+
+/// Everything one `idem bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Messages per configuration.
+    pub messages: usize,
+    /// Provider latency, ms.
+    pub provider_latency_ms: u64,
+    /// Settled rows pre-loaded per database.
+    pub backlog: i64,
+    /// Daemon replicas per configuration.
+    pub replicas: usize,
+    /// The server's `autovacuum` setting.
+    pub server_autovacuum: String,
+    /// The bench's emulated autovacuum naptime, ms (0: none).
+    pub vacuum_ms: u64,
+    /// The end-to-end configurations, in the order they ran.
+    pub configurations: Vec<PipelineReport>,
+    /// The SQL alone.
+    pub ceiling: Option<CeilingReport>,
+    /// Claims against backlogs.
+    pub claim_rate: Option<ClaimRateReport>,
+    /// Ratios between the parts.
+    pub ratios: Ratios,
+    /// Wall time of the whole bench, s.
+    pub elapsed_s: f64,
+}
+
+/// Ratios between parts (None when a part did not run).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Ratios {
+    /// Tuned end-to-end rate over the baseline's.
+    pub tuned_over_baseline: Option<f64>,
+    /// Tuned end-to-end rate over the ceiling's.
+    pub end_to_end_over_ceiling: Option<f64>,
+}
+
+impl BenchReport {
+    /// An empty report for `args`.
+    pub fn new(args: &BenchArgs) -> Self {
+        Self {
+            messages: args.messages,
+            provider_latency_ms: args.provider_latency_ms,
+            backlog: args.backlog,
+            replicas: args.replicas,
+            server_autovacuum: String::new(),
+            vacuum_ms: args.vacuum_ms,
+            configurations: Vec::new(),
+            ceiling: None,
+            claim_rate: None,
+            ratios: Ratios::default(),
+            elapsed_s: 0.0,
+        }
+    }
+
+    /// The configuration named `name`, if it ran.
+    pub fn get(&self, name: &str) -> Option<&PipelineReport> {
+        self.configurations.iter().find(|c| c.name == name)
+    }
+
+    /// Compute the ratios once every part ran.
+    pub fn finish(&mut self, elapsed: Duration) {
+        let rate = |name: &str| self.get(name).map(|c| c.end_to_end_msg_per_s);
+        self.ratios = Ratios {
+            tuned_over_baseline: rate("tuned").zip(rate("baseline")).map(|(t, b)| t / b),
+            end_to_end_over_ceiling: rate("tuned")
+                .zip(self.ceiling.as_ref())
+                .map(|(t, c)| t / c.msg_per_s),
+        };
+        self.elapsed_s = elapsed.as_secs_f64();
+    }
+
+    /// The human-readable report.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "\nidem bench: {} messages, provider latency {} ms, backlog {} settled rows, {} replica(s)\n",
+            self.messages, self.provider_latency_ms, self.backlog, self.replicas
+        );
+        let _ = writeln!(
+            out,
+            "PostgreSQL autovacuum: {}; the bench's own (default thresholds): {}",
+            self.server_autovacuum,
+            match self.vacuum_ms {
+                0 => "never".to_owned(),
+                ms => format!("every {ms} ms"),
+            }
+        );
+        if !self.configurations.is_empty() {
+            out.push_str(&self.pipeline_table());
+        }
+        if let Some(c) = &self.ceiling {
+            let _ = writeln!(
+                out,
+                "\nceiling: the same SQL per message ({} sizes), no broker, no HTTP\n  {} messages in {:.2} s: {:.0} msg/s; CPU/msg PostgreSQL {} µs, client {:.1} µs",
+                c.sizes_of,
+                c.messages,
+                c.elapsed_s,
+                c.msg_per_s,
+                opt(c.cpu.postgres_us),
+                c.cpu.idem_us,
+            );
+        }
+        let r = &self.ratios;
+        if r.tuned_over_baseline.is_some() || r.end_to_end_over_ceiling.is_some() {
+            out.push_str("\nratios\n");
+            if let Some(x) = r.tuned_over_baseline {
+                let _ = writeln!(out, "  tuned / baseline        {x:>6.2}x");
+            }
+            if let Some(x) = r.end_to_end_over_ceiling {
+                let _ = writeln!(out, "  end to end / ceiling    {x:>6.2}");
+            }
+        }
+        if let Some(c) = &self.claim_rate {
+            out.push_str(&claim_table(c));
+        }
+        let _ = writeln!(out, "\n(bench took {:.0} s)", self.elapsed_s);
+        out
+    }
+
+    fn pipeline_table(&self) -> String {
+        let configs = &self.configurations;
+        let mut out = String::from("\nend to end: publish -> charge recorded\n");
+        let mut row = |label: &str, cell: &dyn Fn(&PipelineReport) -> String| {
+            let _ = write!(out, "  {label:<38}");
+            for c in configs {
+                let _ = write!(out, "{:>14}", cell(c));
+            }
+            out.push('\n');
+        };
+        row("", &|c| c.name.clone());
+        row("prefetch / inbox batch", &|c| {
+            format!("{} / {}", c.settings.prefetch, c.settings.inbox_batch_size)
+        });
+        row("claim batch / dispatch concurrency", &|c| {
+            format!(
+                "{} / {}",
+                c.settings.claim_batch, c.settings.dispatch_concurrency
+            )
+        });
+        row("db connections / idle poll ms", &|c| {
+            format!(
+                "{} / {}",
+                c.settings.db_max_connections, c.settings.idle_poll_ms
+            )
+        });
+        row("results batch", &|c| c.settings.results_batch.to_string());
+        row("per-account ordering", &|c| {
+            on_off(c.settings.per_account_ordering).into()
+        });
+        row("publish rate cap (msg/s)", &|c| match c.rate_cap {
+            0 => "none".into(),
+            r => r.to_string(),
+        });
+        row("charged once / double / missing", &|c| {
+            format!(
+                "{}/{}/{}",
+                c.charged - c.double_charges,
+                c.double_charges,
+                c.missing_charges
+            )
+        });
+        row("elapsed (s)", &|c| format!("{:.2}", c.elapsed_s));
+        row("publish msg/s (confirmed)", &|c| {
+            format!("{:.0}", c.publish_msg_per_s)
+        });
+        row("END-TO-END msg/s", &|c| {
+            format!("{:.0}", c.end_to_end_msg_per_s)
+        });
+        row("latency p50 (ms)", &|c| format!("{:.1}", c.latency_ms.p50));
+        row("latency p90 (ms)", &|c| format!("{:.1}", c.latency_ms.p90));
+        row("latency p99 (ms)", &|c| format!("{:.1}", c.latency_ms.p99));
+        row("latency max (ms)", &|c| format!("{:.1}", c.latency_ms.max));
+        row("CPU µs/msg idem (daemon)", &|c| {
+            format!("{:.1}", c.cpu.idem_us)
+        });
+        row("CPU µs/msg PostgreSQL", &|c| opt(c.cpu.postgres_us));
+        row("CPU µs/msg RabbitMQ", &|c| opt(c.cpu.rabbitmq_us));
+        row("CPU µs/msg idem+PostgreSQL+RabbitMQ", &|c| {
+            format!("{:.1}", c.cpu.pipeline_us)
+        });
+        row("CPU µs/msg simulator (not counted)", &|c| {
+            format!("{:.1}", c.cpu.simulator_us)
+        });
+        row("CPU µs/msg publisher (not counted)", &|c| {
+            format!("{:.1}", c.cpu.publisher_us)
+        });
+        let flagged: Vec<_> = configs.iter().filter(|c| !c.flags.is_empty()).collect();
+        for c in flagged {
+            let _ = writeln!(out, "  {} flags: {}", c.name, c.flags);
+        }
+        out
+    }
+}
+
+fn claim_table(c: &ClaimRateReport) -> String {
+    let mut out = format!(
+        "\nclaim rate: claim + settle, no provider ({} claim, batch {}, one settle statement per claim; rows/s is the median of 3 rounds)\n",
+        if c.per_account_ordering {
+            "per-account ordered"
+        } else {
+            "plain"
+        },
+        c.claim_batch
+    );
+    let _ = writeln!(
+        out,
+        "  {:<20}{:>10}{:>10}{:>10}{:>14}{:>10}",
+        "backlog", "rows", "rows/s", "claims", "PG µs/row", "load s"
+    );
+    for m in &c.measurements {
+        let _ = writeln!(
+            out,
+            "  {:<20}{:>10}{:>10.0}{:>10}{:>14}{:>10.1}",
+            format!("{} {}", short(m.shape.as_str()), m.backlog),
+            m.rows,
+            m.rows_per_s,
+            m.claims,
+            opt(m.postgres_us_per_row),
+            m.load_s
+        );
+    }
+    for r in &c.ratios {
+        let _ = writeln!(
+            out,
+            "  large / small, {}: {:.2}",
+            r.shape.as_str(),
+            r.large_over_small
+        );
+    }
+    for m in c.measurements.iter().filter(|m| !m.explain.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\nEXPLAIN (ANALYZE, BUFFERS) of the claim, {} backlog {}:",
+            m.shape.as_str(),
+            m.backlog
+        );
+        for line in &m.explain {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+fn short(shape: &str) -> &str {
+    shape.split(' ').next().unwrap_or(shape)
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.1}"))
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}

@@ -1,0 +1,34 @@
+//! PostgreSQL: scratch databases on the shared server on 5432 (one per
+//! test, dropped at its end), and [`PgCluster`], a private cluster a test may
+//! stop, restart and crash.
+
+mod cluster;
+
+use sqlx::PgPool;
+
+pub use cluster::PgCluster;
+
+/// Local PostgreSQL (the shared service), admin database.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// URL of database `name` on the shared server.
+pub fn url(name: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+/// Create database `name` on the shared server and apply the schema; a pool
+/// of at most `max_connections` on it.
+pub async fn scratch_database(name: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool = idem_store::connect(&url(name), max_connections).await?;
+    idem_store::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Drop database `name` of the shared server, also while clients are still
+/// connected (a worker a failed test left running must not keep it alive):
+/// the teardown of every scratch database of the suites, with the store's
+/// one statement for it (`idem_store::scratch`, shared with the demo and the
+/// benchmark).
+pub async fn drop_database(name: &str) -> anyhow::Result<()> {
+    idem_store::scratch::drop_database(&url(name)).await
+}

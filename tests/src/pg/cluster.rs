@@ -1,0 +1,299 @@
+//! [`PgCluster`]: a private PostgreSQL cluster a test may stop, restart and
+//! crash without touching the shared service on 5432: its own `initdb`'d
+//! cluster in a scratch dir, on its own TCP port and Unix socket dir, run as
+//! the `postgres` user when we are root.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+use nix::unistd::{User, geteuid};
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
+
+use crate::child::{
+    START_TIMEOUT, free_port, kill_child_tree, stop_child, stop_child_blocking, tail,
+};
+use crate::scratch::{OWNER_ENV, PG_PREFIX, Scratch, owner_token, sweep_orphans};
+
+/// A private PostgreSQL cluster (same major version as the shared one), on
+/// `127.0.0.1:<port()>`, user `postgres`, trust authentication.
+///
+/// `fsync=off` (a test cluster; a process crash keeps the OS page cache, so
+/// committed data survives [`PgCluster::kill_hard`]), `synchronous_commit` on.
+/// All methods take `&self`, so a fault injector can hold it in an `Arc`.
+pub struct PgCluster {
+    /// PostgreSQL's bin directory (`initdb`, `postgres`), found once.
+    bindir: PathBuf,
+    /// TCP port, the same across restarts so URLs and proxies stay valid.
+    port: u16,
+    /// `(uid, gid)` to run as: PostgreSQL refuses to run as root, so when we
+    /// are root the server runs as the `postgres` user (who owns the dir).
+    run_as: Option<(u32, u32)>,
+    /// The running postmaster (our direct child); `None` while stopped.
+    postmaster: Mutex<Option<Child>>,
+    /// Scratch dir: `data/`, the Unix socket, `postgres.log`; removed on drop
+    /// (declared last: dropped after the server is gone).
+    dir: Scratch,
+}
+
+impl PgCluster {
+    /// `initdb` a fresh cluster in a scratch dir and start it on a free port.
+    pub async fn start() -> anyhow::Result<Self> {
+        sweep_orphans();
+        let started = Instant::now();
+        let bindir = pg_bindir()?;
+        let run_as = if geteuid().is_root() {
+            let user = User::from_name("postgres")
+                .context("looking up the postgres user")?
+                .context("running as root, but there is no `postgres` user to run PostgreSQL as")?;
+            Some((user.uid.as_raw(), user.gid.as_raw()))
+        } else {
+            None
+        };
+        let dir = Scratch::create(PG_PREFIX)?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir.path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {} to postgres", dir.path.display()))?;
+        }
+        let cluster = Self {
+            bindir,
+            port: free_port()?,
+            run_as,
+            postmaster: Mutex::new(None),
+            dir,
+        };
+        let data = cluster.data_dir();
+        let output = tokio::process::Command::from(cluster.command("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"])
+            .args(["--locale=C", "--no-sync"])
+            .output()
+            .await
+            .context("running initdb")?;
+        if !output.status.success() {
+            bail!(
+                "initdb failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let initdb = started.elapsed();
+        cluster.spawn()?;
+        cluster.wait_ready().await?;
+        tracing::info!(
+            port = cluster.port,
+            dir = %cluster.dir.path.display(),
+            ?initdb,
+            total = ?started.elapsed(),
+            "PgCluster started"
+        );
+        Ok(cluster)
+    }
+
+    /// URL of database `db` (as user `postgres`, over TCP).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The TCP port (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path.join("data")
+    }
+
+    /// The server log (all starts append to it).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path.join("postgres.log")
+    }
+
+    /// The postmaster's pid, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.postmaster.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// Whether the postmaster is running (it may still be starting up).
+    pub fn is_running(&self) -> bool {
+        let mut guard = self.postmaster.lock().unwrap();
+        match guard.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                *guard = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Stop in fast mode (SIGINT: roll back open transactions, disconnect
+    /// clients, checkpoint). A no-op when already stopped.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let child = self.postmaster.lock().unwrap().take();
+        if let Some(child) = child {
+            stop_child(child, Signal::SIGINT, "postgres").await?;
+            tracing::info!(port = self.port, took = ?started.elapsed(), "PgCluster stopped");
+        }
+        Ok(())
+    }
+
+    /// Start again on the same dir and port (after [`PgCluster::stop`] or
+    /// [`PgCluster::kill_hard`]; crash recovery runs if needed); returns once
+    /// it accepts connections.
+    pub async fn start_again(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        if self.is_running() {
+            bail!("PgCluster on port {} is already running", self.port);
+        }
+        self.spawn()?;
+        self.wait_ready().await?;
+        tracing::info!(port = self.port, took = ?started.elapsed(), "PgCluster started again");
+        Ok(())
+    }
+
+    /// [`PgCluster::stop`] then [`PgCluster::start_again`]; returns (and logs)
+    /// how long the database was unavailable for.
+    pub async fn restart(&self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.stop().await?;
+        self.start_again().await?;
+        let took = started.elapsed();
+        tracing::info!(port = self.port, ?took, "PgCluster restarted");
+        Ok(took)
+    }
+
+    /// Crash: SIGKILL the postmaster and all its processes at once, like a
+    /// power loss minus the page cache. Returns once they are all dead;
+    /// [`PgCluster::start_again`] then runs crash recovery.
+    pub fn kill_hard(&self) {
+        let child = self.postmaster.lock().unwrap().take();
+        if let Some(child) = child {
+            kill_child_tree(child);
+            tracing::info!(port = self.port, "PgCluster killed (SIGKILL)");
+        }
+    }
+
+    /// A `Command` for program `name` of the bindir, as the server's user,
+    /// marked with our owner token.
+    fn command(&self, name: &str) -> Command {
+        let mut command = Command::new(self.bindir.join(name));
+        command
+            .current_dir(&self.dir.path)
+            .env(OWNER_ENV, owner_token())
+            .stdin(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+
+    /// Spawn the postmaster (foreground, our child), logging to `postgres.log`.
+    fn spawn(&self) -> anyhow::Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("opening postgres.log")?;
+        let mut command = self.command("postgres");
+        command
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-k")
+            .arg(&self.dir.path)
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "fsync=off"])
+            .args(["-c", "max_connections=200"])
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = command.spawn().context("spawning postgres")?;
+        *self.postmaster.lock().unwrap() = Some(child);
+        Ok(())
+    }
+
+    /// Wait until a connection succeeds; fail early if the postmaster exits.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let url = self.url("postgres");
+        loop {
+            if !self.is_running() {
+                bail!(
+                    "postgres on port {} exited while starting; log:\n{}",
+                    self.port,
+                    tail(&self.log_path(), 30)
+                );
+            }
+            let attempt = tokio::time::timeout(Duration::from_secs(2), PgConnection::connect(&url));
+            if let Ok(Ok(conn)) = attempt.await {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "postgres on port {} not ready after {START_TIMEOUT:?}; log:\n{}",
+                    self.port,
+                    tail(&self.log_path(), 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    /// Immediate shutdown (SIGQUIT), SIGKILL if that hangs; then the scratch
+    /// dir goes. Synchronous, so it also runs while a test unwinds.
+    fn drop(&mut self) {
+        let child = self
+            .postmaster
+            .get_mut()
+            .map_or_else(|poisoned| poisoned.into_inner().take(), Option::take);
+        if let Some(child) = child {
+            stop_child_blocking(child, Signal::SIGQUIT, Duration::from_secs(10));
+        }
+    }
+}
+
+/// PostgreSQL's bin directory: `$IDEM_PG_BINDIR`, `pg_config --bindir`, or the
+/// newest `/usr/lib/postgresql/<version>/bin`.
+fn pg_bindir() -> anyhow::Result<PathBuf> {
+    let has_server = |dir: &Path| dir.join("postgres").is_file() && dir.join("initdb").is_file();
+    if let Some(dir) = std::env::var_os("IDEM_PG_BINDIR").map(PathBuf::from) {
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+        bail!("IDEM_PG_BINDIR={} has no postgres/initdb", dir.display());
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_server(&dir) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin")))
+        })
+        .filter(|(_, dir)| has_server(dir))
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, dir)| dir)
+        .context("no PostgreSQL server binaries (pg_config --bindir, /usr/lib/postgresql/*/bin)")
+}

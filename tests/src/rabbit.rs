@@ -1,0 +1,43 @@
+//! RabbitMQ: the shared broker on 5672, where each test has its own queues,
+//! and [`RabbitNode`], a private node a test may stop, restart and crash.
+
+mod lifecycle;
+mod node;
+
+use anyhow::{Context, bail};
+use lapin::Channel;
+use lapin::options::QueueDeclareOptions;
+
+pub use node::RabbitNode;
+
+/// Local RabbitMQ (the shared service).
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Messages ready in `queue` (not counting unacked ones), on `channel`.
+pub async fn depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
+}
+
+/// [`depth`] on a fresh connection to `url`.
+pub async fn queue_depth(url: &str, queue: &str) -> anyhow::Result<u32> {
+    let connection = idem_inbox::connect_amqp(url).await?;
+    let channel = connection.create_channel().await?;
+    let declared = depth(&channel, queue)
+        .await
+        .with_context(|| format!("passive declare of {queue}"));
+    let _ = connection.close(200, "done".into()).await;
+    match declared {
+        Ok(n) => Ok(n),
+        Err(e) => bail!("{e:#}"),
+    }
+}

@@ -1,0 +1,190 @@
+//! The dispatcher's group commit: many results in one fenced statement have
+//! exactly the effects the single-row settle has, and the fence refuses a
+//! result whose lease is gone without touching the others.
+
+use std::time::Duration;
+
+use idem_simulator::Faults;
+use idem_store::attempt::{self, NewAttempt};
+use idem_store::settle::{Fenced, settle_many};
+use idem_store::{OutboxState, Settlement, outbox};
+use idem_tests::{TestEnv, spec, wait_for};
+use idem_workload as workload;
+use serde_json::json;
+
+/// Invariant: one `settle_many` of five leased rows — succeeded, declined, an
+/// uncertain retry, a certain retry, dead — writes each as the single-row
+/// settle would (state, charge, result, error, uncertainty, backoff, settled
+/// time), frees their account slots, and a sixth result under a stale lease
+/// token is refused while the row keeps its lease; every call goes into the
+/// attempt history, the stale one's too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_statement_settles_each_kind_and_fences_the_stale() {
+    let env = TestEnv::new(Faults::default()).await;
+    let consumer = env.start_worker(&["--role", "consumer"]);
+    env.publish(&workload::generate(&spec("settle", 6))).await;
+    wait_for("rows recorded", Duration::from_secs(30), || async {
+        env.status().await.outbox_in(OutboxState::Pending) == 6
+    })
+    .await;
+    consumer.stop().await.unwrap();
+    let mut conn = env.pool.acquire().await.unwrap();
+    let mut rows = outbox::claim(&mut conn, "test", Duration::from_secs(30), 6, true)
+        .await
+        .unwrap();
+    rows.sort_by_key(|r| r.id);
+    assert_eq!(rows.len(), 6);
+
+    let retry = |uncertain| Settlement::Retry {
+        uncertain,
+        error: format!("retry uncertain={uncertain}"),
+        delay: Duration::from_secs(60),
+    };
+    let settlements = [
+        Settlement::Succeeded {
+            charge_id: "ch_1".into(),
+            result: json!({"id": "ch_1"}),
+        },
+        Settlement::Declined {
+            result: json!({"error": {"type": "card_declined"}}),
+        },
+        retry(true),
+        retry(false),
+        Settlement::Dead {
+            // A NUL from the provider's answer must not fail the group
+            // statement (PostgreSQL text cannot hold it).
+            error: "gave\0up".into(),
+        },
+        Settlement::Dead {
+            error: "stale".into(),
+        },
+    ];
+    let batch: Vec<Fenced<'_>> = rows
+        .iter()
+        .zip(&settlements)
+        .enumerate()
+        .map(|(i, (row, settlement))| Fenced {
+            id: row.id,
+            // The last one under a token that is not the lease's.
+            token: if i == 5 {
+                uuid::Uuid::new_v4()
+            } else {
+                row.lease_token
+            },
+            settlement,
+        })
+        .collect();
+    // One call per row for the attempt history: it is written for the stale
+    // result too (the call happened), and a call for a row that does not
+    // exist is skipped rather than failing the batch.
+    let call = |outbox_id: i64, status: Option<i16>| NewAttempt {
+        outbox_id,
+        kind: "charge",
+        started_at: chrono::Utc::now(),
+        latency_ms: 12.5,
+        http_status: status,
+        error: status.is_none().then(|| "timed out".to_owned()),
+        provider_id: status.map(|_| format!("ch_{outbox_id}")),
+    };
+    let mut calls: Vec<NewAttempt> = rows.iter().map(|r| call(r.id, Some(201))).collect();
+    calls[2] = call(rows[2].id, None);
+    calls.push(call(i64::MAX, Some(201)));
+    let mut recorded = settle_many(&mut conn, &batch, "replica-a", &calls)
+        .await
+        .unwrap();
+    recorded.sort_unstable();
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(recorded, ids[..5], "all but the stale one recorded");
+
+    type Row = (
+        OutboxState,
+        Option<String>,
+        Option<serde_json::Value>,
+        Option<String>,
+        bool,
+        bool,
+        bool,
+    );
+    let read = |id: i64| {
+        let pool = env.pool.clone();
+        async move {
+            let row: Row = sqlx::query_as(
+                "SELECT state, provider_charge_id, result, last_error, uncertain_since IS NOT NULL,
+                        settled_at IS NOT NULL, next_attempt_at > now() + interval '30 seconds'
+                 FROM outbox WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            row
+        }
+    };
+    let (state, charge, result, error, ..) = read(ids[0]).await;
+    assert_eq!(
+        (state, charge.as_deref(), error),
+        (OutboxState::Succeeded, Some("ch_1"), None)
+    );
+    assert_eq!(result.unwrap()["id"], "ch_1");
+    let (state, _, result, _, _, settled, _) = read(ids[1]).await;
+    assert_eq!((state, settled), (OutboxState::Declined, true));
+    assert_eq!(result.unwrap()["error"]["type"], "card_declined");
+    let (state, _, _, error, uncertain, settled, later) = read(ids[2]).await;
+    assert_eq!(
+        (state, uncertain, settled, later),
+        (OutboxState::Unknown, true, false, true)
+    );
+    assert_eq!(error.as_deref(), Some("retry uncertain=true"));
+    let (state, _, _, _, uncertain, settled, later) = read(ids[3]).await;
+    assert_eq!(
+        (state, uncertain, settled, later),
+        (OutboxState::Pending, false, false, true)
+    );
+    let (state, _, _, error, _, settled, _) = read(ids[4]).await;
+    assert_eq!(
+        (state, error.as_deref(), settled),
+        (OutboxState::Dead, Some("gave\u{FFFD}up"), true)
+    );
+    let (state, ..) = read(ids[5]).await;
+    assert_eq!(
+        state,
+        OutboxState::InFlight,
+        "the stale result did not touch the row"
+    );
+    let slots: Vec<i64> = sqlx::query_scalar("SELECT outbox_id FROM account_slot")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        slots,
+        vec![ids[5]],
+        "only the row still in flight holds its slot"
+    );
+    for (i, id) in ids.iter().enumerate() {
+        let history = attempt::of_outbox(&mut conn, *id).await.unwrap();
+        assert_eq!(history.len(), 1, "row {i}: one call recorded");
+        let h = &history[0];
+        assert_eq!(
+            (h.kind.as_str(), h.replica.as_str()),
+            ("charge", "replica-a")
+        );
+        assert!((h.latency_ms - 12.5).abs() < 1e-9);
+        if i == 2 {
+            assert_eq!(
+                (h.http_status, h.error.as_deref()),
+                (None, Some("timed out"))
+            );
+        } else {
+            assert_eq!(h.http_status, Some(201));
+            assert_eq!(h.provider_id, Some(format!("ch_{id}")));
+        }
+    }
+    let orphans: i64 = sqlx::query_scalar("SELECT count(*) FROM attempt WHERE outbox_id = $1")
+        .bind(i64::MAX)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(orphans, 0);
+    drop(conn);
+    env.cleanup().await;
+}
