@@ -163,7 +163,10 @@ impl Job for Sampler {
 
     fn failed(&mut self, error: &anyhow::Error, _retry_in: Duration) {
         // The gauges' age is the signal; the database's own alerts say why.
-        tracing::debug!(error = format!("{error:#}"), "sampling the table gauges failed");
+        tracing::debug!(
+            error = format!("{error:#}"),
+            "sampling the table gauges failed"
+        );
     }
 }
 
@@ -184,6 +187,8 @@ async fn sample_once(pool: &PgPool) -> Result<(), sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::collections::BTreeSet;
 
     use super::{EXPORTED, install};
@@ -203,7 +208,11 @@ mod tests {
         let handle = install().unwrap();
         let names: Vec<&str> = EXPORTED.iter().flat_map(|c| c.iter().copied()).collect();
         let exported: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
-        assert_eq!(exported.len(), names.len(), "a name listed twice: {names:?}");
+        assert_eq!(
+            exported.len(),
+            names.len(),
+            "a name listed twice: {names:?}"
+        );
 
         // The exporter prints a help line only for a metric with a series,
         // and the gauges and histograms have none until first recorded: give

@@ -345,8 +345,7 @@ impl Publisher {
             let ids: Vec<i64> = done.iter().map(|e| e.id).collect();
             event::published(&mut conn, &ids).await?;
             for ev in done {
-                ::metrics::counter!(metrics::PUBLISHED, "kind" => ev.kind.as_str())
-                    .increment(1);
+                ::metrics::counter!(metrics::PUBLISHED, "kind" => ev.kind.as_str()).increment(1);
             }
         }
         if !failed.is_empty() {
@@ -395,8 +394,7 @@ async fn await_confirms(
             Ok(Ok(Confirmation::Ack(None))) => {}
             Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                 unroutable += 1;
-                ::metrics::counter!(metrics::UNROUTABLE, "target" => target.label())
-                    .increment(1);
+                ::metrics::counter!(metrics::UNROUTABLE, "target" => target.label()).increment(1);
                 let ev = &events[i];
                 // Nobody bound to the exchange is a deployment choice; a
                 // requester's vanished reply queue is worth a warning.

@@ -16,16 +16,16 @@
 //! - `reference` (tests only): docs/configuration.md's reference, generated
 //!   from the CLI and checked against the page.
 
+mod cli;
 mod inbox;
 mod operator;
 mod outbox;
-mod quarantine;
-mod render;
-mod cli;
 mod publish;
+mod quarantine;
 mod reconcile;
 #[cfg(test)]
 mod reference;
+mod render;
 mod status;
 
 use cli::{Cli, Command, execute};

@@ -183,11 +183,12 @@ mod tests {
 
     #[test]
     fn the_configuration_page_matches_the_command_line() {
-        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/configuration.md");
         let page = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let expected = splice(&page, &generate())
-            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let expected =
+            splice(&page, &generate()).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         if expected == page {
             return;
         }

@@ -15,8 +15,7 @@ use idem_store::inbox::{self, Recorded};
 use idem_store::quarantine::{self, Quarantined};
 use sqlx::{Acquire, PgConnection};
 
-// Also here because callers write `idem_inbox::batch::Incoming`, next to `record_batch`.
-pub use crate::decision::{Decision, Incoming};
+use crate::decision::{Decision, Incoming};
 use crate::{bulk, delivery, metrics, trace};
 
 /// Decide every delivery of `batch` inside the caller's open transaction.

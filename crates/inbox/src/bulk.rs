@@ -72,7 +72,10 @@ async fn decide<'r>(
     let mut upserted = Vec::with_capacity(groups.len());
     for g in groups {
         let (_, candidate) = g.first;
-        let Some(u) = seen.get(&(candidate.scope().to_owned(), candidate.message_id().to_owned())) else {
+        let Some(u) = seen.get(&(
+            candidate.scope().to_owned(),
+            candidate.message_id().to_owned(),
+        )) else {
             tracing::error!(scope = %candidate.scope(), message_id = %candidate.message_id(), "the inbox upsert did not return a key; deciding the batch message by message");
             return Ok(None);
         };

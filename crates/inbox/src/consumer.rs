@@ -265,8 +265,7 @@ async fn settle_batch(
                     ::metrics::counter!(metrics::MESSAGES, "decision" => decision_label(decision))
                         .increment(1);
                     if let Decision::Quarantined { code } = decision {
-                        ::metrics::counter!(metrics::QUARANTINED, "reason" => *code)
-                            .increment(1);
+                        ::metrics::counter!(metrics::QUARANTINED, "reason" => *code).increment(1);
                     }
                 }
                 break decisions;

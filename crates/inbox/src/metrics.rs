@@ -7,7 +7,8 @@ use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histog
 
 use crate::decision::Decision;
 
-/// Counter, label `decision` ([`decision_label`]): deliveries decided by
+/// Counter, label `decision` (new, duplicate, conflict, quarantined or
+/// unrecordable: one per kind of [`Decision`]): deliveries decided by
 /// committed inbox transactions.
 pub const MESSAGES: &str = "idem_inbox_messages_total";
 /// Counter, label `reason` (the quarantine reason code): deliveries

@@ -53,10 +53,7 @@ pub fn describe() {
         EXTRA_CHARGES,
         "Extra charges found at the provider (more than one succeeded charge for a reference)"
     );
-    describe_counter!(
-        REFUNDS,
-        "Refunds of extra charges the provider confirmed"
-    );
+    describe_counter!(REFUNDS, "Refunds of extra charges the provider confirmed");
     describe_counter!(
         ROWS_SETTLED,
         "Rows settled as succeeded because reconciliation found their charge"

@@ -389,8 +389,7 @@ fn record_metrics(report: &Report) {
     ::metrics::counter!(crate::metrics::ROWS_SETTLED).increment(report.rows_settled as u64);
     ::metrics::counter!(crate::metrics::ROWS_REQUEUED).increment(report.rows_requeued as u64);
     for finding in &report.findings {
-        ::metrics::counter!(crate::metrics::FINDINGS, "kind" => finding.kind.as_str())
-            .increment(1);
+        ::metrics::counter!(crate::metrics::FINDINGS, "kind" => finding.kind.as_str()).increment(1);
     }
     ::metrics::gauge!(crate::metrics::LAST_RUN_TIMESTAMP_SECONDS)
         .set(Utc::now().timestamp_millis() as f64 / 1000.0);

@@ -280,8 +280,11 @@ impl Job for Retention {
 
     fn failed(&mut self, error: &anyhow::Error, retry_in: Duration) {
         ::metrics::counter!(metrics::PASSES, "outcome" => "failed").increment(1);
-        tracing::warn!(error = format!("{error:#}"), ?retry_in,
-            "retention pass failed; what it deleted stays deleted, the next pass continues");
+        tracing::warn!(
+            error = format!("{error:#}"),
+            ?retry_in,
+            "retention pass failed; what it deleted stays deleted, the next pass continues"
+        );
     }
 }
 

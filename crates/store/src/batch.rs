@@ -114,7 +114,12 @@ pub async fn enqueue(
     )
     .bind(column(|r| Some(r.scope())))
     .bind(column(|r| Some(r.message_id())))
-    .bind(requests.iter().map(|r| r.reference_id()).collect::<Vec<_>>())
+    .bind(
+        requests
+            .iter()
+            .map(|r| r.reference_id())
+            .collect::<Vec<_>>(),
+    )
     .bind(column(|r| Some(r.body().account_id.as_str())))
     .bind(requests.iter().map(|r| r.body().amount).collect::<Vec<_>>())
     .bind(column(|r| Some(r.body().currency.as_str())))

@@ -34,7 +34,10 @@ pub async fn delete_queue(amqp_url: &str, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn delete_queues(channel: &lapin::Channel, topology: &idem_inbox::Topology) -> anyhow::Result<()> {
+async fn delete_queues(
+    channel: &lapin::Channel,
+    topology: &idem_inbox::Topology,
+) -> anyhow::Result<()> {
     for q in [&topology.queue, &topology.dead_letter_queue] {
         channel
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

@@ -9,7 +9,8 @@ use idem_store::OutboxState;
 use sqlx::PgPool;
 
 use super::plan::Plan;
-use super::{Report, World};
+use super::report::Report;
+use super::world::World;
 use crate::rabbit;
 
 /// Wait until every key is recorded and settled, every conflict and

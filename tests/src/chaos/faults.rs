@@ -11,8 +11,8 @@ use idem_simulator::{Faults, Simulator};
 use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 
-use super::World;
 use super::workers::Handle;
+use super::world::{CHARGE_TIMEOUT_MS, LEASE_SECS, World};
 use crate::pg::PgCluster;
 use crate::proxy::TcpProxy;
 use crate::rabbit::RabbitNode;
@@ -112,7 +112,7 @@ impl From<&World> for Targets {
             amqp_proxy: Arc::clone(&world.amqp_proxy),
             sim: world.sim.clone(),
             baseline: world.baseline.clone(),
-            lease: Duration::from_secs(super::LEASE_SECS),
+            lease: Duration::from_secs(LEASE_SECS),
             pool: world.pool.clone(),
         }
     }
@@ -177,7 +177,7 @@ async fn inject(kind: FaultKind, t: &Targets, workers: &Handle) -> anyhow::Resul
             // rows must be rescued by the others, and its answers, arriving
             // while it sleeps, are stale when it wakes.
             let mut slow = t.baseline.clone();
-            slow.latency_ms = super::CHARGE_TIMEOUT_MS * 7 / 10;
+            slow.latency_ms = CHARGE_TIMEOUT_MS * 7 / 10;
             t.sim.set_faults(slow);
             tokio::time::sleep(Duration::from_millis(500)).await;
             let i = busiest(t, workers).await;
@@ -216,7 +216,7 @@ async fn inject(kind: FaultKind, t: &Targets, workers: &Handle) -> anyhow::Resul
         }
         FaultKind::ProviderSlow => {
             burst(t, |f| {
-                f.latency_ms = super::CHARGE_TIMEOUT_MS + 500;
+                f.latency_ms = CHARGE_TIMEOUT_MS + 500;
                 f.latency_jitter_ms = 0;
             })
             .await;

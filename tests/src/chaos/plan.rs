@@ -10,7 +10,7 @@ use idem_workload::{self as workload, Kind, Outgoing};
 use rand::Rng;
 
 use super::publisher::Publisher;
-use super::{Profile, SCOPE, World};
+use super::world::{Profile, SCOPE, World};
 
 /// The workload and what it must end as.
 pub(super) struct Plan {

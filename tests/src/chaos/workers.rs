@@ -17,7 +17,7 @@ use rand::Rng;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::World;
+use super::world::{CHARGE_TIMEOUT_MS, LEASE_SECS, World};
 use crate::idem_binary;
 
 /// How often the supervisor looks for exited workers.
@@ -73,9 +73,9 @@ impl Workers {
             "--http-addr",
             "127.0.0.1:0",
             "--lease-secs",
-            &super::LEASE_SECS.to_string(),
+            &LEASE_SECS.to_string(),
             "--charge-timeout-ms",
-            &super::CHARGE_TIMEOUT_MS.to_string(),
+            &CHARGE_TIMEOUT_MS.to_string(),
             "--retry-base-ms",
             "50",
             "--retry-max-ms",

@@ -1,7 +1,7 @@
 //! Stopping, starting, crashing and commanding a [`RabbitNode`].
 
-use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs::OpenOptions;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -237,35 +237,4 @@ impl RabbitNode {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-/// RabbitMQ's scripts dir: `$IDEM_RABBITMQ_SBIN`, Debian's
-/// `/usr/lib/rabbitmq/bin`, `/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin`.
-pub(super) fn rabbit_sbin() -> anyhow::Result<PathBuf> {
-    let usable =
-        |dir: &Path| dir.join("rabbitmq-server").is_file() && dir.join("rabbitmqctl").is_file();
-    if let Some(dir) = std::env::var_os("IDEM_RABBITMQ_SBIN").map(PathBuf::from) {
-        if usable(&dir) {
-            return Ok(dir);
-        }
-        bail!(
-            "IDEM_RABBITMQ_SBIN={} has no rabbitmq-server/rabbitmqctl",
-            dir.display()
-        );
-    }
-    let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
-    if usable(&debian) {
-        return Ok(debian);
-    }
-    let mut releases: Vec<PathBuf> = fs::read_dir("/usr/lib/rabbitmq/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("sbin"))
-        .filter(|dir| usable(dir))
-        .collect();
-    releases.sort();
-    releases
-        .pop()
-        .context("no RabbitMQ scripts (/usr/lib/rabbitmq/bin, /usr/lib/rabbitmq/lib/*/sbin)")
 }

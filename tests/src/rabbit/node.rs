@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,7 +15,6 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, DefaultConnectionBuilder};
 use uuid::Uuid;
 
-use super::lifecycle::rabbit_sbin;
 use crate::ca;
 use crate::child::{free_port, kill_child_tree};
 use crate::scratch::{RABBIT_PREFIX, Scratch, sweep_orphans};
@@ -212,4 +211,35 @@ impl Drop for RabbitNode {
             kill_child_tree(child);
         }
     }
+}
+
+/// RabbitMQ's scripts dir: `$IDEM_RABBITMQ_SBIN`, Debian's
+/// `/usr/lib/rabbitmq/bin`, `/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin`.
+pub(super) fn rabbit_sbin() -> anyhow::Result<PathBuf> {
+    let usable =
+        |dir: &Path| dir.join("rabbitmq-server").is_file() && dir.join("rabbitmqctl").is_file();
+    if let Some(dir) = std::env::var_os("IDEM_RABBITMQ_SBIN").map(PathBuf::from) {
+        if usable(&dir) {
+            return Ok(dir);
+        }
+        bail!(
+            "IDEM_RABBITMQ_SBIN={} has no rabbitmq-server/rabbitmqctl",
+            dir.display()
+        );
+    }
+    let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
+    if usable(&debian) {
+        return Ok(debian);
+    }
+    let mut releases: Vec<PathBuf> = fs::read_dir("/usr/lib/rabbitmq/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("sbin"))
+        .filter(|dir| usable(dir))
+        .collect();
+    releases.sort();
+    releases
+        .pop()
+        .context("no RabbitMQ scripts (/usr/lib/rabbitmq/bin, /usr/lib/rabbitmq/lib/*/sbin)")
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use idem_simulator::Faults;
 use idem_store::OutboxState;
-use idem_tests::{AMQP_URL, TestEnv, idem_binary, spec, wait_for};
+use idem_tests::binary::{idem as idem_command, output};
+use idem_tests::{AMQP_URL, TestEnv, gate, idem_binary, pg, spec, wait_for};
 use idem_workload::{self as workload, Outgoing};
 use lapin::BasicProperties;
 use serde_json::Value;
@@ -504,4 +505,137 @@ async fn replay_goes_through_the_normal_path_and_is_deduplicated() {
     let (ok, _, err) = idem(&env, &["quarantine", "show", "999999"]);
     assert!(!ok && err.contains("no quarantined message"), "{err}");
     env.cleanup().await;
+}
+
+/// Whether database `name` exists on the shared server.
+async fn database_exists(name: &str) -> bool {
+    let admin = sqlx::PgPool::connect(idem_tests::PG_ADMIN_URL)
+        .await
+        .unwrap();
+    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    exists
+}
+
+/// Invariants: the read-only commands (`status`, `outbox list|show`, `inbox
+/// lookup`, `quarantine list|show`) never create or migrate a database. Against
+/// a database that does not exist, or one without the schema, each fails with
+/// one line naming `idem migrate` and the URL with its password hidden, and
+/// leaves the database as it was: still missing, still without a schema.
+/// After `idem migrate`, the same commands succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_never_create_or_migrate_a_database() {
+    let _shared = gate::shared().await;
+    let name = format!("idem_t_{}", uuid::Uuid::new_v4().simple());
+    // A password the server (trust) ignores, so it can be looked for in the output.
+    let url = pg::url(&name).replace("postgres@", "postgres:n0t-printed@");
+    let read_only: [&[&str]; 7] = [
+        &["status"],
+        &["status", "--json"],
+        &["outbox", "list"],
+        &["outbox", "show", "1"],
+        &["inbox", "lookup", "default:order-1"],
+        &["quarantine", "list"],
+        &["quarantine", "show", "1"],
+    ];
+    let run = |args: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let mut cmd = idem_command(args);
+            cmd.args(["--database-url", &url]).env("RUST_LOG", "warn");
+            output(&mut cmd).await
+        }
+    };
+    let refused = |args: &[&str], text: &str, why: &str| {
+        assert!(
+            text.contains("idem migrate") && text.contains(why),
+            "idem {args:?}: {text}"
+        );
+        assert!(
+            text.contains(":***@127.0.0.1:5432") && !text.contains("n0t-printed"),
+            "idem {args:?}: {text}"
+        );
+        assert_eq!(
+            text.trim().lines().count(),
+            1,
+            "idem {args:?}: one line: {text}"
+        );
+    };
+
+    // No such database: refused, and still none afterwards.
+    for args in read_only {
+        let (status, text) = run(args).await;
+        assert!(!status.success(), "idem {args:?} succeeded: {text}");
+        refused(args, &text, "does not exist");
+    }
+    assert!(
+        !database_exists(&name).await,
+        "a read-only command created the database"
+    );
+
+    // An empty database (created by hand, never migrated): refused, and
+    // still without the migrator's table afterwards.
+    let admin = sqlx::PgPool::connect(idem_tests::PG_ADMIN_URL)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    for args in read_only {
+        let (status, text) = run(args).await;
+        assert!(!status.success(), "idem {args:?} succeeded: {text}");
+        refused(args, &text, "no idem schema");
+    }
+    let pool = sqlx::PgPool::connect(&pg::url(&name)).await.unwrap();
+    let migrated: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!migrated, "a read-only command migrated the database");
+
+    // Migrated, then one migration taken back (an older release's schema):
+    // refused as behind, naming the first migration missing.
+    let (status, text) = run(&["migrate"]).await;
+    assert!(status.success(), "{text}");
+    let newest: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(newest)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (status, text) = run(&["status"]).await;
+    assert!(!status.success(), "{text}");
+    refused(&["status"], &text, &format!("the first {newest}"));
+    let still_behind: bool =
+        sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1)")
+            .bind(newest)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        still_behind,
+        "a read-only command applied the missing migration"
+    );
+
+    // Up to date: every read-only command succeeds (the two `show`s find
+    // nothing, and say so).
+    let (status, text) = run(&["migrate"]).await;
+    assert!(status.success(), "{text}");
+    for args in read_only {
+        let (status, text) = run(args).await;
+        let nothing = args.contains(&"show");
+        assert_eq!(status.success(), !nothing, "idem {args:?}: {text}");
+        assert!(!text.contains("idem migrate"), "idem {args:?}: {text}");
+    }
+    pool.close().await;
+    pg::drop_database(&name).await.unwrap();
 }

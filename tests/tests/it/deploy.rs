@@ -1,11 +1,12 @@
 //! The deployment files and the docs name only metrics the daemon exports:
 //! every `idem_*` series the Grafana dashboard, the Prometheus config and the
-//! operations runbook's metrics table use is described (`describe_*!`) in the
-//! sources of a crate under `crates/`, and every metric described there is in
-//! the runbook's table. A renamed metric fails here, not on a dashboard at 3 a.m.
+//! operations runbook's metrics table use is one a replica exports (each
+//! crate's `metrics::ALL`, gathered in `idem_daemon::metrics::EXPORTED`), and
+//! every exported metric is in the runbook's table. A renamed metric fails
+//! here, not on a dashboard at 3 a.m.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The workspace root (this package is `tests/`).
 fn root() -> &'static Path {
@@ -43,42 +44,14 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The metrics the crates describe (`describe_*!("idem_...", ...)`), in any
-/// `.rs` file under `crates/*/src`.
-fn described() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for file in rust_sources() {
-        let source = std::fs::read_to_string(&file).unwrap();
-        for part in source.split("describe_").skip(1) {
-            if let Some(name) = part.split('"').nth(1).filter(|n| n.starts_with("idem_")) {
-                names.insert(name.to_owned());
-            }
-        }
-    }
-    names
-}
-
-/// Every `.rs` file under `crates/*/src`.
-fn rust_sources() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root().join("crates"))
-        .unwrap()
-        .map(|crate_dir| crate_dir.unwrap().path().join("src"))
-        .collect();
-    let mut files = Vec::new();
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    files
+/// The metrics a replica exports: every crate's own list
+/// (`idem_daemon::metrics::EXPORTED`).
+fn exported() -> BTreeSet<String> {
+    idem_daemon::metrics::EXPORTED
+        .iter()
+        .flat_map(|names| names.iter())
+        .map(|name| (*name).to_owned())
+        .collect()
 }
 
 /// The first column of the runbook's metrics table.
@@ -93,8 +66,8 @@ fn documented() -> BTreeSet<String> {
 
 #[test]
 fn the_dashboard_and_the_scrape_config_use_only_exported_metrics() {
-    let described = described();
-    assert!(described.len() > 30, "parsed {described:?}");
+    let exported = exported();
+    assert!(exported.len() > 30, "{exported:?}");
     let dashboard = read("deploy/grafana/dashboards/idem.json");
     serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
     for file in [
@@ -102,7 +75,7 @@ fn the_dashboard_and_the_scrape_config_use_only_exported_metrics() {
         "deploy/prometheus/prometheus.yml",
     ] {
         let used = metric_names(&read(file));
-        let unknown: Vec<_> = used.difference(&described).collect();
+        let unknown: Vec<_> = used.difference(&exported).collect();
         assert!(
             unknown.is_empty(),
             "{file} uses metrics idem does not export: {unknown:?}"
@@ -112,9 +85,9 @@ fn the_dashboard_and_the_scrape_config_use_only_exported_metrics() {
 
 #[test]
 fn the_runbook_table_lists_exactly_the_exported_metrics() {
-    let (described, documented) = (described(), documented());
-    let missing: Vec<_> = described.difference(&documented).collect();
-    let stale: Vec<_> = documented.difference(&described).collect();
+    let (exported, documented) = (exported(), documented());
+    let missing: Vec<_> = exported.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&exported).collect();
     assert!(
         missing.is_empty() && stale.is_empty(),
         "docs/operations.md metrics table: missing {missing:?}, not exported {stale:?}"

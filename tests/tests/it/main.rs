@@ -28,6 +28,7 @@ mod crash;
 mod deploy;
 mod faults;
 mod infra;
+mod layout;
 mod observability;
 mod ordering;
 mod pipeline;

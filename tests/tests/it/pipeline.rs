@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use idem_inbox::batch::{Incoming, record_batch};
+use idem_inbox::{Incoming, record_batch};
 use idem_message::reference_id;
 use idem_simulator::Faults;
 use idem_store::OutboxState;

@@ -30,7 +30,8 @@ pub use retention::RetentionArgs;
 /// Where the database lives.
 #[derive(Args, Debug, Clone)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL; the database is created if missing. TLS: add
+    /// PostgreSQL URL; `run`, `migrate` and the changing commands create the
+    /// database if missing and apply the schema (read-only commands never do). TLS: add
     /// `?sslmode=require` (or `verify-full` with `sslrootcert=<PEM file>`).
     #[arg(
         long,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use idem_inbox::batch::Incoming;
+use idem_inbox::Incoming;
 use idem_store::attempt::NewAttempt;
 use idem_store::settle::{self, Fenced};
 use idem_store::{Claimed, Settlement, event, outbox};
@@ -28,13 +28,13 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 
+use super::args::{BenchArgs, workload_spec};
 use super::cpu::{PerMessage, Watch};
 use super::pipeline::{Configuration, Settings, daemon_config};
 use super::progress::{self, Progress};
 use super::scratch::Scratch;
-use super::args::{BenchArgs, workload_spec};
-use idem_daemon::Config;
 use crate::traffic;
+use idem_daemon::Config;
 
 /// What the ceiling reached.
 #[derive(Debug, Clone, Serialize)]

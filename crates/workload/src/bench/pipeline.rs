@@ -21,12 +21,12 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::args::{BenchArgs, SCOPE, workload_spec};
 use super::cpu::{PUBLISHER_THREADS, PerMessage, Watch};
 use super::progress::Progress;
 use super::scratch::{Provider, Scratch};
-use super::args::{BenchArgs, SCOPE, workload_spec};
-use idem_daemon::{Config, RunArgs};
 use crate::traffic::{self, Outgoing};
+use idem_daemon::{Config, RunArgs};
 
 /// A configuration to measure.
 #[derive(Debug, Clone)]
