@@ -3,6 +3,7 @@
 
 mod lifecycle;
 mod node;
+pub mod raw_publish;
 
 use anyhow::{Context, bail};
 use lapin::Channel;

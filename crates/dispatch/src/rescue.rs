@@ -17,7 +17,10 @@ const RESCUE_BATCH: i64 = 1000;
 pub(crate) struct LeaseRescue {
     /// The database.
     pool: PgPool,
-    /// How long after its lease expired a row may be rescued.
+    /// How long a rescued row waits before its next attempt (its
+    /// `next_attempt_at`): rows are rescued as soon as their lease expired;
+    /// without idempotency keys, this is long enough for a stalled holder's
+    /// late call to land before anyone looks the charge up.
     delay: Duration,
 }
 

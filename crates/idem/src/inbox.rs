@@ -7,7 +7,7 @@ use idem_store::admin::{self, ConflictRow, InboxRow, OutboxRow, OutboxSelector};
 use serde_json::json;
 
 use crate::operator::Common;
-use crate::render::{clip, fields, table};
+use crate::render::{clip, escape, fields, row, table};
 
 /// `idem inbox ...`.
 #[derive(Args, Debug)]
@@ -70,7 +70,7 @@ fn key_fields(
     outbox: Option<&OutboxRow>,
 ) -> String {
     let mut t = fields();
-    t.add_row(vec!["key".to_owned(), key.to_owned()]);
+    t.add_row(vec!["key".to_owned(), escape(key)]);
     t.add_row(vec!["reference id".to_owned(), reference_id.to_string()]);
     match inbox {
         Some(k) => {
@@ -101,12 +101,12 @@ fn key_fields(
 fn conflict_table(conflicts: &[ConflictRow]) -> comfy_table::Table {
     let mut c = table(&["conflict", "received", "received fingerprint", "body"]);
     for k in conflicts {
-        c.add_row(vec![
+        c.add_row(row(vec![
             k.id.to_string(),
             k.received_at.to_rfc3339(),
             k.received_fingerprint.clone(),
             clip(&k.body, 80),
-        ]);
+        ]));
     }
     c
 }

@@ -11,7 +11,9 @@ use idem_store::attempt::{self, AttemptRow};
 use serde_json::json;
 
 use crate::operator::{Common, Why};
-use crate::render::{audit_table, clip_tail, fields, report, table, time};
+use crate::render::{
+    audit_table, clip_tail, escape, escape_lines, fields, report, row, table, time,
+};
 
 /// `idem outbox ...`.
 #[derive(Args, Debug)]
@@ -241,7 +243,7 @@ fn outbox_list(rows: &[OutboxRow]) -> String {
         "last error",
     ]);
     for r in rows {
-        t.add_row(vec![
+        t.add_row(row(vec![
             r.id.to_string(),
             r.state.as_str().to_owned(),
             format!("{}:{}", r.scope, r.message_id),
@@ -250,7 +252,7 @@ fn outbox_list(rows: &[OutboxRow]) -> String {
             r.attempts.to_string(),
             r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             clip_tail(r.last_error.as_deref().unwrap_or_default(), 60),
-        ]);
+        ]));
     }
     format!("{t}\n{} row(s)\n", rows.len())
 }
@@ -271,7 +273,7 @@ fn outbox_show(
         "result\n{}\n",
         r.result
             .as_ref()
-            .map(|v| serde_json::to_string_pretty(v).unwrap_or_default())
+            .map(|v| escape_lines(&serde_json::to_string_pretty(v).unwrap_or_default()))
             .unwrap_or_else(|| "(none yet)".to_owned())
     ));
     out.push_str(&audit_table(audit));
@@ -282,7 +284,7 @@ fn outbox_show(
 fn row_fields(r: &OutboxRow, inbox: Option<&InboxRow>) -> String {
     let mut t = fields();
     let mut add = |k: &str, v: String| {
-        t.add_row(vec![k.to_owned(), v]);
+        t.add_row(vec![k.to_owned(), escape(&v)]);
     };
     add("state", r.state.as_str().to_owned());
     add("key", format!("{}:{}", r.scope, r.message_id));
@@ -350,7 +352,7 @@ fn attempt_table(attempts: &[AttemptRow]) -> comfy_table::Table {
         "error",
     ]);
     for (i, a) in attempts.iter().enumerate() {
-        h.add_row(vec![
+        h.add_row(row(vec![
             (i + 1).to_string(),
             a.started_at.format("%H:%M:%S%.3f").to_string(),
             a.replica.clone(),
@@ -360,7 +362,7 @@ fn attempt_table(attempts: &[AttemptRow]) -> comfy_table::Table {
             format!("{:.1}", a.latency_ms),
             a.provider_id.clone().unwrap_or_else(|| "-".into()),
             clip_tail(a.error.as_deref().unwrap_or_default(), 60),
-        ]);
+        ]));
     }
     h
 }

@@ -1,5 +1,7 @@
-//! `idem quarantine list|show|replay`: messages kept whole with their reason,
-//! and a replay through the normal path. A replay's audit row is committed
+//! `idem quarantine list|show|replay`: bad messages kept with their reason
+//! (a long body as its prefix, size and SHA-256), and a replay through the
+//! normal path of those kept whole. What a producer sent is printed escaped
+//! (crate::render). A replay's audit row is committed
 //! before publishing and completed after (crates/store/src/admin/quarantine.rs).
 //! `list` and `show` only read: they never create or migrate a database.
 
@@ -10,7 +12,7 @@ use idem_store::admin::{self, QuarantineRow};
 use serde_json::json;
 
 use crate::operator::{Common, Why};
-use crate::render::{audit_table, fields, lossy, report, table};
+use crate::render::{audit_table, escape, escape_bytes, fields, raw, report, row, table};
 
 /// `idem quarantine ...`.
 #[derive(Args, Debug)]
@@ -83,14 +85,14 @@ async fn list(common: Common, limit: i64) -> anyhow::Result<()> {
         "replays",
     ]);
     for r in &rows {
-        t.add_row(vec![
+        t.add_row(row(vec![
             r.id.to_string(),
             r.received_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             r.reason_code.clone(),
-            lossy(r.message_id.as_deref()),
-            r.body.len().to_string(),
+            raw(r.message_id.as_deref()),
+            body_size(r),
             r.replay_count.to_string(),
-        ]);
+        ]));
     }
     println!("{t}\n{} message(s)", rows.len());
     Ok(())
@@ -124,6 +126,9 @@ async fn replay(common: Common, amqp: AmqpArgs, id: i64, why: Why) -> anyhow::Re
     let Some(r) = admin::find_quarantine(&mut conn, id).await? else {
         bail!("no quarantined message {id} (retention may have deleted it)");
     };
+    if let Some(why_not) = r.not_replayable() {
+        bail!("quarantined message {id} was not replayed: {why_not}");
+    }
     let action = why.action(&actor, false);
     // The audit row first: no replay is published without one.
     let Some(audit_id) = admin::begin_replay(&mut conn, id, &amqp.queue, &action).await? else {
@@ -169,17 +174,24 @@ async fn publish_replay(
     Ok(())
 }
 
-/// The message's reason, properties and whole body, as key/value lines.
+/// The stored body's size, and the whole body's when only a prefix is kept.
+fn body_size(r: &QuarantineRow) -> String {
+    if r.body_truncated {
+        format!("{} of {}", r.body.len(), r.body_size)
+    } else {
+        r.body.len().to_string()
+    }
+}
+
+/// The message's reason, properties and body (as kept), as key/value lines,
+/// escaped.
 fn message_fields(r: &QuarantineRow) -> anyhow::Result<String> {
     let mut t = fields();
     t.add_row(vec!["id".to_owned(), r.id.to_string()]);
     t.add_row(vec!["received".to_owned(), r.received_at.to_rfc3339()]);
     t.add_row(vec!["reason code".to_owned(), r.reason_code.clone()]);
-    t.add_row(vec!["reason".to_owned(), r.reason.clone()]);
-    t.add_row(vec![
-        "message id".to_owned(),
-        lossy(r.message_id.as_deref()),
-    ]);
+    t.add_row(vec!["reason".to_owned(), escape(&r.reason)]);
+    t.add_row(vec!["message id".to_owned(), raw(r.message_id.as_deref())]);
     t.add_row(vec![
         "replays".to_owned(),
         match r.replayed_at {
@@ -187,14 +199,25 @@ fn message_fields(r: &QuarantineRow) -> anyhow::Result<String> {
             None => "0".to_owned(),
         },
     ]);
+    let properties = serde_json::to_string_pretty(&r.properties)?;
     t.add_row(vec![
-        "properties".to_owned(),
-        serde_json::to_string_pretty(&r.properties)?,
+        if r.properties_truncated {
+            "properties (summary)".to_owned()
+        } else {
+            "properties".to_owned()
+        },
+        properties,
     ]);
-    t.add_row(vec![
-        format!("body ({} bytes)", r.body.len()),
-        String::from_utf8_lossy(&r.body).into_owned(),
-    ]);
+    t.add_row(vec!["body sha256".to_owned(), r.body_sha256.clone()]);
+    let body_key = if r.body_truncated {
+        format!("body (first {} of {} bytes)", r.body.len(), r.body_size)
+    } else {
+        format!("body ({} bytes)", r.body.len())
+    };
+    t.add_row(vec![body_key, escape_bytes(&r.body)]);
+    if let Some(why_not) = r.not_replayable() {
+        t.add_row(vec!["replay".to_owned(), why_not]);
+    }
     Ok(t.to_string())
 }
 

@@ -82,3 +82,7 @@ fn value_json(value: &AMQPValue, depth: usize) -> Value {
         other => serde_json::to_value(other).unwrap_or(Value::Null),
     }
 }
+
+#[cfg(test)]
+#[path = "delivery_proptests.rs"]
+mod proptests;

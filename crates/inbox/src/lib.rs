@@ -22,6 +22,8 @@
 //! - `consumer`: the loop — connect, declare, consume, batch, commit, ack —
 //!   that reconnects by itself (jittered backoff, `idem_periodic::Reconnect`)
 //!   and stops on the shutdown token.
+//! - `raw`: idem's own bounded AMQP reader (`basic.get`, content header as
+//!   bytes) for the head message lapin's parser refuses.
 
 pub mod batch;
 mod bulk;
@@ -29,6 +31,7 @@ pub mod consumer;
 mod decision;
 pub mod delivery;
 pub mod metrics;
+pub mod raw;
 pub mod replay;
 pub mod topology;
 mod trace;

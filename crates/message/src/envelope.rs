@@ -130,7 +130,9 @@ pub enum Rejection {
     /// A content type other than JSON.
     #[error("content_type {0:?} is not application/json")]
     ContentType(String),
-    /// The body exceeds the configured size limit.
+    /// The body exceeds the configured size limit. Quarantine keeps only a
+    /// bounded prefix of such a body, with its size and SHA-256 (idem-store's
+    /// `quarantine::MAX_KEPT_BODY`), never the whole.
     #[error("body is {size} bytes, over the limit of {limit}")]
     TooLarge {
         /// Body size.

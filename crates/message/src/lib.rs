@@ -17,6 +17,9 @@ pub mod envelope;
 pub mod identity;
 pub mod trace;
 
+#[cfg(test)]
+mod proptests;
+
 pub use envelope::{ChargeBody, ChargeRequest, DEFAULT_SCOPE, Inbound, MAX_KEY_LEN, Rejection};
 pub use identity::{REFERENCE_NAMESPACE, fingerprint, reference_id};
 pub use trace::TraceParent;

@@ -81,9 +81,15 @@ pub struct Every {
     pub start: Start,
 }
 
+/// The shortest period a job runs at: a zero period (a configuration built
+/// by hand, a lease of zero) must not become a loop that never pauses.
+pub const MIN_PERIOD: Duration = Duration::from_millis(10);
+
 impl Every {
-    /// Every `period`, ± a tenth of it, first after one interval.
+    /// Every `period` (at least [`MIN_PERIOD`]), ± a tenth of it, first
+    /// after one interval.
     pub fn new(period: Duration) -> Self {
+        let period = period.max(MIN_PERIOD);
         Self {
             period,
             jitter: period / 10,
@@ -101,10 +107,13 @@ impl Every {
         Self { jitter, ..self }
     }
 
-    /// One wait, drawn from `period ± jitter`.
+    /// One wait, drawn from `period ± jitter`, never under [`MIN_PERIOD`]
+    /// (the fields are public: a hand-built `Every` is clamped here too).
     pub fn wait(&self) -> Duration {
         let jitter = self.jitter.min(self.period);
-        rand::rng().random_range(self.period - jitter..=self.period + jitter)
+        rand::rng()
+            .random_range(self.period - jitter..=self.period + jitter)
+            .max(MIN_PERIOD)
     }
 }
 

@@ -192,3 +192,15 @@ async fn shutdown_drops_a_run_only_if_the_job_allows_it() {
     assert_eq!(stopped, Duration::from_secs(5));
     assert_eq!(log.take(), [(0, "run"), (5, "done")]);
 }
+
+#[test]
+fn a_zero_period_still_pauses() {
+    let zero = Every::new(Duration::ZERO);
+    assert_eq!(zero.period, MIN_PERIOD);
+    let hand_built = Every {
+        period: Duration::ZERO,
+        jitter: Duration::ZERO,
+        start: Start::Now,
+    };
+    assert!((0..100).all(|_| hand_built.wait() >= MIN_PERIOD));
+}

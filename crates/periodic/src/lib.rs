@@ -21,6 +21,6 @@ mod pause;
 mod reconnect;
 
 pub use batches::{Batches, Ended, in_batches};
-pub use job::{Every, Job, Start, run};
+pub use job::{Every, Job, MIN_PERIOD, Start, run};
 pub use pause::pause;
 pub use reconnect::{Backoff, Reconnect};

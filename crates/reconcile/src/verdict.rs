@@ -148,7 +148,11 @@ fn judge_unlisted<'a>(
     now: DateTime<Utc>,
     grace: TimeDelta,
 ) -> Verdict<'a> {
-    let quiet_since = now - grace;
+    // A grace too long to subtract (a hand-built config) means never quiet
+    // enough: the safe side, as a requeue may send a charge again.
+    let quiet_since = now
+        .checked_sub_signed(grace)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     match row.state {
         OutboxState::Succeeded if row.settled_at.is_some_and(|t| t < now - SKEW) => report(
             FindingKind::MissingAtProvider,

@@ -20,7 +20,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::outbox::OutboxState;
-use crate::quarantine::{Quarantined, sanitize};
+use crate::quarantine::{Kept, Quarantined};
 
 /// One key to record, as [`upsert_keys`] takes it.
 #[derive(Debug, Clone, Copy)]
@@ -238,24 +238,38 @@ pub async fn conflicts(conn: &mut PgConnection, rows: &[Conflict<'_>]) -> Result
     Ok(done.rows_affected())
 }
 
-/// Quarantine bad input, in the order given (reasons sanitised of NUL, as
-/// [`crate::quarantine::insert`] does). Returns how many rows were stored.
+/// Quarantine bad input, in the order given, each row bounded as
+/// [`crate::quarantine::insert`] stores it ([`Quarantined::kept`]). Returns
+/// how many rows were stored.
 pub async fn quarantine(
     conn: &mut PgConnection,
     rows: &[Quarantined<'_>],
 ) -> Result<u64, sqlx::Error> {
+    let kept: Vec<Kept<'_>> = rows.iter().map(Quarantined::kept).collect();
     let done = sqlx::query(
-        "INSERT INTO quarantine (reason_code, reason, message_id, properties, body)
-         SELECT q.reason_code, q.reason, q.message_id, q.properties, q.body
-         FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[], $5::bytea[]) WITH ORDINALITY
-              AS q(reason_code, reason, message_id, properties, body, ord)
+        "INSERT INTO quarantine (reason_code, reason, message_id, properties, body,
+                                 body_size, body_sha256, body_truncated, properties_truncated)
+         SELECT q.reason_code, q.reason, q.message_id, q.properties, q.body,
+                q.body_size, q.body_sha256, q.body_truncated, q.properties_truncated
+         FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[], $5::bytea[],
+                     $6::int8[], $7::bytea[], $8::bool[], $9::bool[]) WITH ORDINALITY
+              AS q(reason_code, reason, message_id, properties, body,
+                   body_size, body_sha256, body_truncated, properties_truncated, ord)
          ORDER BY q.ord",
     )
     .bind(rows.iter().map(|r| r.reason_code).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| sanitize(r.reason)).collect::<Vec<_>>())
+    .bind(kept.iter().map(|k| k.reason.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.message_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.properties).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.body).collect::<Vec<_>>())
+    .bind(kept.iter().map(|k| &*k.properties).collect::<Vec<_>>())
+    .bind(kept.iter().map(|k| k.body).collect::<Vec<_>>())
+    .bind(kept.iter().map(|k| k.body_size).collect::<Vec<_>>())
+    .bind(kept.iter().map(|k| &k.body_sha256[..]).collect::<Vec<_>>())
+    .bind(kept.iter().map(|k| k.body_truncated).collect::<Vec<_>>())
+    .bind(
+        kept.iter()
+            .map(|k| k.properties_truncated)
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await?;
     Ok(done.rows_affected())

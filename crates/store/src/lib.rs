@@ -22,7 +22,7 @@
 //! - `inbox`: record a message's key once; tell new, duplicate and conflict apart.
 //! - `outbox`: enqueue, claim with a lease, settle fenced by the lease, rescue
 //!   expired leases.
-//! - `quarantine`: keep bad input whole, with its reason.
+//! - `quarantine`: keep bad input, bounded (a long body as prefix, size, SHA-256), with its reason.
 //! - `reconcile`: our rows for the provider's listed references, settling
 //!   and re-queuing found/missing charges, compensations (refunds).
 //! - `retention`: delete keys, settled outbox rows, quarantine and conflict

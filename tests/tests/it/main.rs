@@ -6,6 +6,8 @@
 //!
 //! ## Layout
 //! - `pipeline`, `batch`, `ordering`, `settle`: the data path, message to charge.
+//! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
+//! - `hostile_body`: oversize and terminal-hostile input, bounded and escaped.
 //! - `faults`, `crash`, `commit_cut`: lost answers, killed workers, cut commits.
 //! - `results`: result events out.
 //! - `reconcile`, `retention`: the provider's books; bounded tables.
@@ -27,11 +29,13 @@ mod commit_cut;
 mod crash;
 mod deploy;
 mod faults;
+mod hostile_body;
 mod infra;
 mod layout;
 mod observability;
 mod ordering;
 mod pipeline;
+mod raw_reader;
 mod reconcile;
 mod results;
 mod retention;

@@ -260,8 +260,10 @@ async fn bad_input_is_quarantined_and_the_worker_keeps_going() {
         .iter()
         .filter(|m| matches!(m.kind, Kind::Malformed(_)))
     {
+        // Past the bound, a body is kept as its prefix (hostile_body checks its digest).
+        let kept = &m.body[..m.body.len().min(idem_store::quarantine::MAX_KEPT_BODY)];
         assert!(
-            rows.iter().any(|r| r.2 == m.body),
+            rows.iter().any(|r| r.2 == kept),
             "raw body of {:?} kept byte for byte",
             m.kind
         );

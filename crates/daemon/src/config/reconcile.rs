@@ -49,6 +49,12 @@ impl ReconcileArgs {
             self.reconcile_grace_secs
         );
         ensure!(
+            self.reconcile_grace_secs <= 7 * 86_400,
+            "IDEM_RECONCILE_GRACE_SECS={} is over a week; pick at most 604800 (an unknown row \
+             left that long belongs to an operator, not to a timer)",
+            self.reconcile_grace_secs
+        );
+        ensure!(
             (1..=24 * 366).contains(&self.reconcile_lookback_hours),
             "IDEM_RECONCILE_LOOKBACK_HOURS={} must be between 1 and 8784 (a year)",
             self.reconcile_lookback_hours

@@ -172,3 +172,17 @@ fn retention_shorter_than_the_horizon_is_refused() {
     .validate()
     .expect("an hour is the floor at default lease and retry");
 }
+
+#[test]
+fn a_grace_over_a_week_is_refused() {
+    let err = parse(&["--reconcile-grace-secs", "604801"])
+        .validate()
+        .expect_err("over a week");
+    assert!(
+        err.to_string().contains("IDEM_RECONCILE_GRACE_SECS"),
+        "{err}"
+    );
+    parse(&["--reconcile-grace-secs", "604800"])
+        .validate()
+        .expect("a week is accepted");
+}

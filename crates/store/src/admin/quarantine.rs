@@ -21,9 +21,18 @@ pub struct QuarantineRow {
     pub message_id: Option<Vec<u8>>,
     /// AMQP properties and headers.
     pub properties: serde_json::Value,
-    /// The raw body.
+    /// The raw body, or its first bytes when `body_truncated`.
     #[serde(skip)]
     pub body: Vec<u8>,
+    /// The whole body's size in bytes.
+    pub body_size: i64,
+    /// SHA-256 of the whole body, lower-case hex.
+    pub body_sha256: String,
+    /// `body` holds only the first
+    /// [`MAX_KEPT_BODY`](crate::quarantine::MAX_KEPT_BODY) bytes.
+    pub body_truncated: bool,
+    /// `properties` is a summary (headers omitted, strings cut).
+    pub properties_truncated: bool,
     /// When it arrived.
     pub received_at: DateTime<Utc>,
     /// When an operator last replayed it.
@@ -32,8 +41,38 @@ pub struct QuarantineRow {
     pub replay_count: i32,
 }
 
-const QUARANTINE_COLUMNS: &str =
-    "id, reason_code, reason, message_id, properties, body, received_at, replayed_at, replay_count";
+impl QuarantineRow {
+    /// Why this message cannot be replayed as it arrived, if it cannot:
+    /// quarantine kept only part of it, and a replay would publish another
+    /// message under its key.
+    pub fn not_replayable(&self) -> Option<String> {
+        let mut lost = Vec::new();
+        if self.body_truncated {
+            lost.push(format!(
+                "only the first {} of its {} body bytes",
+                self.body.len(),
+                self.body_size
+            ));
+        }
+        if self.properties_truncated {
+            lost.push("a summary of its properties (headers omitted)".to_owned());
+        }
+        (!lost.is_empty()).then(|| {
+            format!(
+                "quarantine kept {}: it cannot be replayed; ask the producer to send it again",
+                lost.join(" and ")
+            )
+        })
+    }
+}
+
+/// Rows written before the digest columns existed (or by a previous release
+/// during a rollout) hold the whole body: their size and digest are the
+/// stored body's.
+const QUARANTINE_COLUMNS: &str = "id, reason_code, reason, message_id, properties, body,
+     coalesce(body_size, octet_length(body)::int8) AS body_size,
+     encode(coalesce(body_sha256, sha256(body)), 'hex') AS body_sha256,
+     body_truncated, properties_truncated, received_at, replayed_at, replay_count";
 
 /// Up to `limit` quarantined messages, newest first.
 pub async fn list_quarantine(
@@ -121,4 +160,36 @@ pub async fn finish_replay(
         .execute(&mut *tx)
         .await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(body_truncated: bool, properties_truncated: bool) -> QuarantineRow {
+        QuarantineRow {
+            id: 1,
+            reason_code: "too_large".to_owned(),
+            reason: String::new(),
+            message_id: None,
+            properties: serde_json::Value::Null,
+            body: vec![b'x'; 4],
+            body_size: 10,
+            body_sha256: "00".repeat(32),
+            body_truncated,
+            properties_truncated,
+            received_at: Utc::now(),
+            replayed_at: None,
+            replay_count: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_message_kept_whole_can_be_replayed() {
+        assert_eq!(row(false, false).not_replayable(), None);
+        let body = row(true, false).not_replayable().expect("truncated body");
+        assert!(body.contains("first 4 of its 10 body bytes"), "{body}");
+        let props = row(false, true).not_replayable().expect("summarised");
+        assert!(props.contains("properties"), "{props}");
+    }
 }

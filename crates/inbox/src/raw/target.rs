@@ -1,0 +1,84 @@
+//! Where and as whom to connect, from an `amqp://` URL.
+
+use percent_encoding::percent_decode_str;
+use url::Url;
+
+use super::error::RawError;
+
+/// Host, port, credentials and vhost, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// Percent-decoded; bytes, since PLAIN sends them as such.
+    pub user: Vec<u8>,
+    pub password: Vec<u8>,
+    /// The path after the first `/`, percent-decoded (`%2f` is `/`); `/` when absent.
+    pub vhost: Vec<u8>,
+}
+
+impl Target {
+    /// The URL itself is never echoed: it may hold a password.
+    pub fn parse(url: &str) -> Result<Self, RawError> {
+        let parsed = Url::parse(url).map_err(|e| RawError::Url(format!("not a URL: {e}")))?;
+        match parsed.scheme() {
+            "amqp" => {}
+            // TODO(issue 12): TLS for the raw reader (tokio-rustls, ring, as lapin's).
+            "amqps" => {
+                return Err(RawError::Url(
+                    "amqps:// is not supported by the raw reader yet".into(),
+                ));
+            }
+            other => return Err(RawError::Url(format!("scheme {other}: expected amqp"))),
+        }
+        let decode = |s: &str| percent_decode_str(s).collect::<Vec<u8>>();
+        let user = match parsed.username() {
+            "" => b"guest".to_vec(),
+            name => decode(name),
+        };
+        let password = parsed.password().map_or_else(|| b"guest".to_vec(), decode);
+        let vhost = match parsed.path() {
+            "" | "/" => b"/".to_vec(),
+            path => decode(&path[1..]),
+        };
+        Ok(Self {
+            host: parsed.host_str().unwrap_or("localhost").to_owned(),
+            port: parsed.port().unwrap_or(5672),
+            user,
+            password,
+            vhost,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn user_password_and_vhost_are_percent_decoded() {
+        let t = Target::parse("amqp://us%40er:p%3Ass@rabbit:5673/%2f").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("rabbit", 5673));
+        assert_eq!(
+            (&t.user[..], &t.password[..], &t.vhost[..]),
+            (&b"us@er"[..], &b"p:ss"[..], &b"/"[..])
+        );
+        let t = Target::parse("amqp://localhost").unwrap();
+        assert_eq!(
+            (&t.user[..], &t.vhost[..], t.port),
+            (&b"guest"[..], &b"/"[..], 5672)
+        );
+        assert_eq!(Target::parse("amqp://h/prod").unwrap().vhost, b"prod");
+    }
+
+    #[test]
+    fn amqps_and_other_schemes_are_refused_without_echoing_the_url() {
+        let err = Target::parse("amqps://u:secret@h/")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("amqps") && !err.contains("secret"), "{err}");
+        assert!(Target::parse("http://h/").is_err());
+    }
+}
