@@ -35,6 +35,17 @@ pub fn idem_binary() -> PathBuf {
     bin
 }
 
+/// Run `idem <args> --database-url <url>` to its end (blocking, `RUST_LOG=warn`):
+/// for the operator commands, whose output the suites read.
+pub fn run_against(database_url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(idem_binary())
+        .args(args)
+        .args(["--database-url", database_url])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the idem binary runs")
+}
+
 /// An `idem` command with no `IDEM_*` or `RUST_LOG` inherited from the test's
 /// environment: a test states every setting it means.
 pub fn idem(args: &[&str]) -> Command {

@@ -3,13 +3,12 @@
 //! is checked in the tables, and its audit row (who, when, what, why) is
 //! checked to exist exactly when the change was made.
 
-use std::process::Command;
 use std::time::Duration;
 
 use idem_simulator::Faults;
 use idem_store::OutboxState;
-use idem_tests::binary::{idem as idem_command, output};
-use idem_tests::{AMQP_URL, TestEnv, gate, idem_binary, pg, spec, wait_for};
+use idem_tests::binary::{idem as idem_command, output, run_against};
+use idem_tests::{AMQP_URL, TestEnv, gate, pg, spec, wait_for};
 use idem_workload::{self as workload, Outgoing};
 use lapin::BasicProperties;
 use serde_json::Value;
@@ -18,12 +17,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// Run `idem <args> --database-url <env>`; (success, stdout, stderr).
 fn idem(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(idem_binary())
-        .args(args)
-        .args(["--database-url", &env.database_url])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = run_against(&env.database_url, args);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

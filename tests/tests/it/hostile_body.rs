@@ -2,13 +2,13 @@
 //! message whose key, headers and body hold terminal control sequences, each
 //! published ahead of valid charges, on the real broker, database and binary.
 
-use std::process::Command;
 use std::time::Duration;
 
 use idem_simulator::Faults;
 use idem_store::OutboxState;
 use idem_store::quarantine::MAX_KEPT_BODY;
-use idem_tests::{AMQP_URL, TestEnv, idem_binary, spec, wait_for};
+use idem_tests::binary::run_against;
+use idem_tests::{AMQP_URL, TestEnv, spec, wait_for};
 use idem_workload as workload;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -22,12 +22,7 @@ const EVIL_ID: &str = "evil-\u{1b}[2J\r\u{202e}-1";
 
 /// `idem <args> --database-url <env>`: (success, raw stdout, stderr).
 fn idem(env: &TestEnv, args: &[&str]) -> (bool, Vec<u8>, String) {
-    let out = Command::new(idem_binary())
-        .args(args)
-        .args(["--database-url", &env.database_url])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = run_against(&env.database_url, args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.success(), out.stdout, err)
 }
