@@ -223,9 +223,13 @@ async fn stale_lease_holder_is_fenced_off() {
 /// expired leases are reclaimed and every message ends with exactly one charge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_flight_then_restart() {
-    // Slow provider so that calls are in flight when the kill lands.
+    // Slow provider so that calls are in flight when the kill lands: the
+    // kill follows the check that saw them within milliseconds, but on a
+    // loaded machine (CI with every suite in one process) that gap can
+    // outlast a short call; 700 ms keeps it well inside one, and under the
+    // 1 s charge timeout.
     let env = TestEnv::new(Faults {
-        latency_ms: 300,
+        latency_ms: 700,
         ..Faults::default()
     })
     .await;
