@@ -165,3 +165,19 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Whether the child in `slot` is still running; one that exited is taken
+/// out of the slot (so a later stop is a no-op).
+pub(crate) fn still_running(slot: &std::sync::Mutex<Option<std::process::Child>>) -> bool {
+    let mut guard = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match guard.as_mut().map(std::process::Child::try_wait) {
+        Some(Ok(None)) => true,
+        Some(_) => {
+            *guard = None;
+            false
+        }
+        None => false,
+    }
+}

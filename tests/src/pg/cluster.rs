@@ -17,7 +17,7 @@ use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 
 use crate::child::{
-    START_TIMEOUT, free_port, kill_child_tree, stop_child, stop_child_blocking, tail,
+    START_TIMEOUT, free_port, kill_child_tree, still_running, stop_child, stop_child_blocking, tail,
 };
 use crate::scratch::{OWNER_ENV, PG_PREFIX, Scratch, owner_token, sweep_orphans};
 
@@ -124,15 +124,7 @@ impl PgCluster {
 
     /// Whether the postmaster is running (it may still be starting up).
     pub fn is_running(&self) -> bool {
-        let mut guard = self.postmaster.lock().unwrap();
-        match guard.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => true,
-            Some(_) => {
-                *guard = None;
-                false
-            }
-            None => false,
-        }
+        still_running(&self.postmaster)
     }
 
     /// Stop in fast mode (SIGINT: roll back open transactions, disconnect

@@ -2,7 +2,7 @@
 
 use std::fs::OpenOptions;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -10,21 +10,13 @@ use lapin::{Connection, ConnectionProperties};
 use nix::sys::signal::Signal;
 
 use super::RabbitNode;
-use crate::child::{START_TIMEOUT, kill_child_tree, stop_child, tail};
+use crate::child::{START_TIMEOUT, kill_child_tree, still_running, stop_child, tail};
 use crate::scratch::{OWNER_ENV, owner_token};
 
 impl RabbitNode {
     /// Whether the VM is running (the broker app may be stopped).
     pub fn is_running(&self) -> bool {
-        let mut guard = self.server.lock().unwrap();
-        match guard.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => true,
-            Some(_) => {
-                *guard = None;
-                false
-            }
-            None => false,
-        }
+        still_running(&self.server)
     }
 
     /// Stop the whole node gracefully (SIGTERM: the broker stops, then the VM
