@@ -1,56 +1,55 @@
-//! AMQP content header and body bytes -> decision, through idem's own raw
-//! reader (`idem_inbox::raw`), the path for messages the client library refuses.
+//! AMQP content header and body bytes -> decision, through the code the
+//! inbox runs for a message its client library refuses: idem's own parser
+//! (`idem_inbox::raw`), then the salvage verdict (`idem_inbox::salvage::verdict`),
+//! then, for a message lapin would have read, the admission every delivery
+//! goes through (`idem_inbox::Admission::admit`).
 //!
 //! Input layout: a little-endian u16 `n`, then `n` bytes of content header
 //! payload (class, weight, body size, flags, properties), then the body.
-//! Checked: parsing never panics and never recurses past its depth bound
-//! (a crash here is a stack overflow or a panic); a header that parses
-//! re-encodes to bytes that parse to the same header; and its properties
-//! with the body always get exactly one decision from the message contract.
-//! Until the inbox exposes its raw-delivery decision, this target maps bytes
-//! to the contract itself: short strings that are not UTF-8 are a
-//! quarantine, as any header that does not parse is.
+//! Checked: nothing panics or recurses past its depth bound (a crash here is
+//! a stack overflow or a panic); a header that parses re-encodes to bytes
+//! that parse to the same header; every input gets exactly one decision, the
+//! same twice, with a documented reason code when it is refused.
 
 #![no_main]
 
 use idem_inbox::raw::properties::encode_content_header;
-use idem_inbox::raw::{Limits, RawField, RawProperties, parse_content_header};
-use idem_message::Inbound;
+use idem_inbox::raw::{Limits, parse_content_header};
+use idem_inbox::salvage::{self, Verdict};
+use idem_inbox::{Admission, Incoming};
 use libfuzzer_sys::fuzz_target;
 
-fn text(v: &Option<Vec<u8>>) -> Result<Option<&str>, ()> {
-    v.as_deref()
-        .map(std::str::from_utf8)
-        .transpose()
-        .map_err(|_| ())
-}
+/// Reason codes a quarantined message may carry (docs/contracts.md).
+const CODES: &[&str] = &[
+    "missing_message_id",
+    "bad_key",
+    "scope_not_allowed",
+    "header_limits",
+    "content_type",
+    "too_large",
+    "not_json",
+    "schema",
+    "not_utf8",
+    "malformed_header",
+];
 
-fn traceparent(p: &RawProperties) -> Option<&str> {
-    let headers = p.headers.as_ref()?;
-    headers.0.iter().find_map(|(k, v)| match v {
-        RawField::LongString(s) if k == b"traceparent" => std::str::from_utf8(s).ok(),
-        _ => None,
-    })
-}
-
-/// The contract's decision for parsed properties, or `None` (quarantine) if
-/// a property the contract reads is not UTF-8.
-fn decide(p: &RawProperties, body: &[u8]) -> Option<Result<String, &'static str>> {
-    let inbound = Inbound {
-        message_id: text(&p.message_id).ok()?,
-        app_id: text(&p.app_id).ok()?,
-        content_type: text(&p.content_type).ok()?,
-        reply_to: text(&p.reply_to).ok()?,
-        correlation_id: text(&p.correlation_id).ok()?,
-        traceparent: traceparent(p),
-        body,
-    };
-    Some(
-        inbound
-            .parse(64 * 1024)
-            .map(|r| r.reference_id().to_string())
-            .map_err(|e| e.code()),
-    )
+/// The decision before the database: a reference id to charge, or a code.
+fn decide(payload: &[u8], body: &[u8], admission: &Admission) -> Result<String, &'static str> {
+    let properties = parse_content_header(payload, &Limits::DEFAULT).map(|h| h.properties);
+    match salvage::verdict(&properties, true, body.len() as u64) {
+        Verdict::Raw { code, .. } => Err(code),
+        Verdict::Batch(properties) => {
+            let item = Incoming {
+                properties: &properties,
+                body,
+                redelivered: false,
+            };
+            admission
+                .admit(&item)
+                .map(|r| r.reference_id().to_string())
+                .map_err(|e| e.code())
+        }
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -59,22 +58,21 @@ fuzz_target!(|data: &[u8]| {
     };
     let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
     let (payload, body) = rest.split_at(n);
-    let Ok(header) = parse_content_header(payload, &Limits::DEFAULT) else {
-        return;
-    };
-    let again = encode_content_header(header.body_size, &header.properties)
-        .expect("a parsed header re-encodes");
-    let reparsed = parse_content_header(&again, &Limits::DEFAULT).expect("re-encoded parses");
-    // Debug, not PartialEq: a NaN float header equals itself only as text.
-    assert_eq!(
-        format!("{:?}", reparsed.properties),
-        format!("{:?}", header.properties)
-    );
-    assert_eq!(reparsed.body_size, header.body_size);
-    let decision = decide(&header.properties, body);
-    assert_eq!(
-        decision,
-        decide(&header.properties, body),
-        "not deterministic"
-    );
+    let admission = Admission::open(64 * 1024);
+    let decision = decide(payload, body, &admission);
+    assert_eq!(decision, decide(payload, body, &admission), "not deterministic");
+    if let Err(code) = decision {
+        assert!(CODES.contains(&code), "undocumented code {code}");
+    }
+    if let Ok(header) = parse_content_header(payload, &Limits::DEFAULT) {
+        let again = encode_content_header(header.body_size, &header.properties)
+            .expect("a parsed header re-encodes");
+        let reparsed = parse_content_header(&again, &Limits::DEFAULT).expect("re-encoded parses");
+        // Debug, not PartialEq: a NaN float header equals itself only as text.
+        assert_eq!(
+            format!("{:?}", reparsed.properties),
+            format!("{:?}", header.properties)
+        );
+        assert_eq!(reparsed.body_size, header.body_size);
+    }
 });

@@ -127,6 +127,11 @@ impl Proc {
         }
     }
 
+    /// Whether the child has not exited (nor been killed) yet.
+    pub fn still_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Everything printed so far.
     pub fn text(&self) -> String {
         self.lines.lock().unwrap().join("\n")

@@ -13,6 +13,8 @@
 //! - [`gate`]: what shares the one test process and what must have it alone.
 //! - [`sim`]: the provider simulator in process, on a free port.
 //! - [`binary`]: the built `idem` binary and its child processes.
+//! - [`hostile`]: the frames hostile producers send, and `idem run`
+//!   replicas watched for death, reconnect loops and peak RSS.
 //! - [`pg`]: scratch databases (and their one teardown), private clusters
 //!   ([`pg::PgCluster`]).
 //! - [`rabbit`]: queues on the shared broker, private nodes
@@ -31,6 +33,7 @@ pub mod chaos;
 mod child;
 pub mod env;
 pub mod gate;
+pub mod hostile;
 pub mod pg;
 pub mod proxy;
 pub mod rabbit;

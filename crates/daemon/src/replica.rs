@@ -44,7 +44,7 @@ pub async fn run_with(
         )
     })?;
     let http_addr = listener.local_addr()?;
-    tracing::info!(replica = %config.dispatch.owner, role = ?config.role, %http_addr, "idem starting");
+    tracing::info!(replica = %config.dispatch.owner, role = ?config.role, %http_addr, thread_stack_bytes = idem_inbox::stack::current(), "idem starting");
     on_listening(http_addr);
     let consumes = matches!(config.role, Role::All | Role::Consumer);
     let broker = idem_inbox::consumer::BrokerStatus::new();
@@ -71,6 +71,20 @@ pub async fn run_with(
         stop.clone(),
     ));
     if consumes {
+        // Whatever the broker dead-lettered is decided like any delivery.
+        let drain = idem_inbox::drain::DeadLetterDrain {
+            pool: pool.clone(),
+            amqp_url: config.inbox.amqp_url.clone(),
+            queue: idem_inbox::Topology::for_queue(&config.inbox.queue).dead_letter_queue,
+            admission: config.inbox.admission.clone(),
+        };
+        let every =
+            idem_periodic::Every::new(config.dead_letter_drain).starting(idem_periodic::Start::Now);
+        let drain_stop = stop.clone();
+        roles.spawn(async move {
+            idem_periodic::run(drain, every, drain_stop).await;
+            Ok(())
+        });
         let (pool, inbox, stop) = (pool.clone(), config.inbox.clone(), stop.clone());
         roles.spawn(async move {
             idem_inbox::consumer::run_reporting(pool, inbox, stop, broker)

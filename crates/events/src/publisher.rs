@@ -317,6 +317,9 @@ impl Publisher {
                 .context("publishing to the results exchange")?;
             owed.push((Target::Exchange, confirm));
         }
+        // The address passed `IDEM_REPLY_TO_ALLOW` at intake, where the
+        // scope and the rules are known (`idem_inbox::admission`): a refused
+        // one never reaches a row, so this sends what the row holds.
         if let Some(reply_to) = &ev.reply_to {
             let confirm = channel
                 .basic_publish(

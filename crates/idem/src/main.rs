@@ -13,6 +13,8 @@
 //! - `operator`: what they all take; reading without migrating, or changing.
 //! - `render`: their tables, key/value fields and JSON.
 //! - `status`: `idem status`.
+//! - `stack`: re-execute with `RUST_MIN_STACK` set, so no header a frame can
+//!   hold overflows lapin's parser (`idem_inbox::stack`).
 //! - `reference` (tests only): docs/configuration.md's reference, generated
 //!   from the CLI and checked against the page.
 
@@ -26,6 +28,7 @@ mod reconcile;
 #[cfg(test)]
 mod reference;
 mod render;
+mod stack;
 mod status;
 
 use cli::{Cli, Command, execute};
@@ -33,8 +36,22 @@ use idem_daemon::{secrets, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    stack::ensure();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run())
+}
+
+async fn run() -> std::process::ExitCode {
     // Like `Cli::parse()`, with secrets' `*_FILE` variables resolved.
     let cli = match secrets::parse::<Cli>() {
         Ok(cli) => cli,

@@ -215,10 +215,33 @@ fn message_fields(r: &QuarantineRow) -> anyhow::Result<String> {
         format!("body ({} bytes)", r.body.len())
     };
     t.add_row(vec![body_key, escape_bytes(&r.body)]);
+    if let Some(header) = &r.raw_header {
+        t.add_row(vec![
+            format!(
+                "content header (raw, {} of {} bytes)",
+                header.len().min(SHOWN_HEADER),
+                r.raw_header_size.unwrap_or_default()
+            ),
+            hex_lines(&header[..header.len().min(SHOWN_HEADER)]),
+        ]);
+    }
     if let Some(why_not) = r.not_replayable() {
         t.add_row(vec!["replay".to_owned(), why_not]);
     }
     Ok(t.to_string())
+}
+
+/// Raw content-header bytes shown in a terminal; `--json` has them all.
+const SHOWN_HEADER: usize = 512;
+
+/// Bytes as lines of 32 lower-case hex digit pairs: a content header that no
+/// library reads is binary, and hex is what an operator compares.
+fn hex_lines(bytes: &[u8]) -> String {
+    bytes
+        .chunks(32)
+        .map(|line| line.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The row as JSON, with the raw message id and body as (lossy) text: the
@@ -228,5 +251,10 @@ fn quarantine_json(r: &QuarantineRow) -> serde_json::Value {
     v["message_id"] = json!(r.message_id.as_deref().map(|b| String::from_utf8_lossy(b)));
     v["body"] = json!(String::from_utf8_lossy(&r.body));
     v["body_bytes"] = json!(r.body.len());
+    v["raw_header_hex"] = json!(
+        r.raw_header
+            .as_deref()
+            .map(|h| hex_lines(h).replace('\n', ""))
+    );
     v
 }

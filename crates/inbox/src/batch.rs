@@ -15,18 +15,21 @@ use idem_store::inbox::{self, Recorded};
 use idem_store::quarantine::{self, Quarantined};
 use sqlx::{Acquire, PgConnection};
 
+use crate::admission::Admission;
 use crate::decision::{Decision, Incoming};
 use crate::{bulk, delivery, metrics, trace};
 
-/// Decide every delivery of `batch` inside the caller's open transaction.
-/// `max_body` is the body size limit in bytes. An `Err` means the connection
-/// failed: roll back, ack nothing, let the broker redeliver.
+/// Decide every delivery of `batch` inside the caller's open transaction,
+/// each admitted by `admission` (body limit, scope and `reply_to` rules). An
+/// `Err` means the connection failed: roll back, ack nothing, let the broker
+/// redeliver. After the commit, [`Admission::report_refused_replies`]
+/// counts the replies the rules refused.
 pub async fn record_batch(
     conn: &mut PgConnection,
     batch: &[Incoming<'_>],
-    max_body: usize,
+    admission: &Admission,
 ) -> Result<Vec<Decision>, sqlx::Error> {
-    let parsed = parse(batch, max_body);
+    let parsed = parse(batch, admission);
     let mut savepoint = conn.begin().await?;
     match bulk::record(&mut savepoint, batch, &parsed).await {
         Ok(Some(decisions)) => {
@@ -51,17 +54,16 @@ pub async fn record_batch(
 pub async fn record_one_by_one(
     conn: &mut PgConnection,
     batch: &[Incoming<'_>],
-    max_body: usize,
+    admission: &Admission,
 ) -> Result<Vec<Decision>, sqlx::Error> {
-    let parsed = parse(batch, max_body);
+    let parsed = parse(batch, admission);
     record_each(conn, batch, parsed).await
 }
 
-fn parse(batch: &[Incoming<'_>], max_body: usize) -> Vec<Result<ChargeRequest, Rejection>> {
-    batch
-        .iter()
-        .map(|item| delivery::inbound(item.properties, item.body).parse(max_body))
-        .collect()
+/// One admission per delivery, shared by both paths: they differ only in
+/// how they write, never in what they admit.
+fn parse(batch: &[Incoming<'_>], admission: &Admission) -> Vec<Result<ChargeRequest, Rejection>> {
+    batch.iter().map(|item| admission.admit(item)).collect()
 }
 
 async fn record_each(

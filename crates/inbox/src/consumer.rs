@@ -15,24 +15,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_lite::StreamExt;
 use idem_periodic::{Backoff, Reconnect};
 use idem_store::redact_url;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::{Connection, ConnectionProperties};
 use sqlx::PgPool;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::batch::record_batch;
+use crate::credit::Credit;
 use crate::decision::{Decision, Incoming};
 use crate::metrics::{self, decision_label};
-use crate::topology::{Topology, declare};
+use crate::topology::{QueueType, Topology, declare};
+use crate::window::{Gathered, Window};
+use crate::{raw, salvage};
 
 /// The shortest delay before a reconnect (each is jittered, see
 /// [`idem_periodic::Backoff`]).
@@ -47,14 +45,21 @@ pub struct InboxConfig {
     pub amqp_url: String,
     /// The work queue; its dead-letter names derive from it.
     pub queue: String,
-    /// Unacked deliveries the broker may push ahead (basic.qos).
+    /// Most unacked deliveries the broker may push ahead (basic.qos).
     pub prefetch: u16,
+    /// Most body bytes the broker may push ahead: the prefetch count is kept
+    /// at or under this divided by the largest body seen recently (see
+    /// [`crate::credit`]).
+    pub prefetch_bytes: u64,
     /// Most deliveries recorded in one transaction.
     pub batch_size: usize,
     /// How long to wait for a batch to fill once its first delivery arrived.
     pub batch_linger: Duration,
-    /// Body size limit in bytes; larger bodies are quarantined.
-    pub max_body_bytes: usize,
+    /// What a delivery must satisfy to be recorded: body size limit, scope
+    /// and `reply_to` rules.
+    pub admission: Admission,
+    /// The work queue's type (a quorum queue has a delivery limit).
+    pub queue_type: QueueType,
     /// Consumer tag, to tell replicas apart in the broker's UI.
     pub consumer_tag: String,
 }
@@ -122,6 +127,7 @@ pub async fn run_reporting(
     shutdown: CancellationToken,
     status: BrokerStatus,
 ) -> anyhow::Result<()> {
+    preflight(&config).await?;
     let mut ever_ready = false;
     let mut reconnect = Reconnect::new("inbox", Backoff::new(RECONNECT_MIN, RECONNECT_MAX));
     loop {
@@ -149,6 +155,9 @@ pub async fn run_reporting(
         if ready {
             ::metrics::counter!(metrics::RECONNECTS).increment(1);
         }
+        if refused_by_parser(&error) {
+            salvage_head(&pool, &config).await;
+        }
         // Only a session that got work done resets the backoff; one that dies
         // right after consuming keeps backing off.
         if !reconnect.after_loss(&error, progressed, &shutdown).await {
@@ -156,6 +165,74 @@ pub async fn run_reporting(
         }
     }
 }
+
+/// Before the first session: learn the frame size the broker accepts from
+/// publishers, and refuse to start if a header that large could nest deeper
+/// than this process's threads can parse (`crate::stack`). A broker that
+/// cannot be reached is the first session's to report.
+async fn preflight(config: &InboxConfig) -> anyhow::Result<()> {
+    let Ok(broker) = raw::Connection::connect(&config.amqp_url).await else {
+        return Ok(());
+    };
+    let frame_max = broker.server_frame_max();
+    let _ = broker.close().await;
+    crate::stack::check(frame_max, crate::stack::current()).map_err(anyhow::Error::msg)
+}
+
+/// Whether a session ended because lapin refused a frame the broker sent:
+/// its parser failed (bytes that are not UTF-8), or the frame was larger
+/// than the size lapin negotiated (a header at the broker's limit that grew
+/// on redelivery, `x-delivery-count`, `x-death`). Either way the head message
+/// is one no library can hand over.
+fn refused_by_parser(error: &anyhow::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError};
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<lapin::Error>()
+            .is_some_and(|e| match e.kind() {
+                lapin::ErrorKind::ParsingError(_) => true,
+                lapin::ErrorKind::ProtocolError(amqp) => {
+                    matches!(amqp.kind(), AMQPErrorKind::Hard(AMQPHardError::FRAMEERROR))
+                }
+                _ => false,
+            })
+    })
+}
+
+/// After lapin refused a frame: take the queue's head with idem's own reader
+/// (the refused message and what was prefetched beside it, which the broker
+/// requeued) and decide it, before lapin consumes again. A failure is logged:
+/// the next refusal tries again, and the delivery limit is the backstop.
+async fn salvage_head(pool: &PgPool, config: &InboxConfig) {
+    let run = salvage::Salvage {
+        amqp_url: &config.amqp_url,
+        queue: &config.queue,
+        most: (usize::from(config.prefetch) + 1).min(SALVAGE_MOST),
+        admission: &config.admission,
+        origin: salvage::Origin::WorkQueue,
+    };
+    match salvage::take_head(pool, &run).await {
+        Ok(taken) => {
+            ::metrics::counter!(metrics::SALVAGED, "queue" => "work")
+                .increment(taken.decisions.len() as u64);
+            tracing::warn!(
+                taken = taken.decisions.len(),
+                quarantined = taken.quarantined(),
+                "lapin refused a frame: idem's own reader took the queue's head"
+            );
+        }
+        Err(e) => {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "lapin refused a frame and idem's own reader could not take the queue's head; retrying after the next refusal"
+            )
+        }
+    }
+}
+
+/// Most messages one salvage takes: the refused one is among the first
+/// `prefetch + 1`, the broker having requeued the session's unacked ones.
+const SALVAGE_MOST: usize = 1000;
 
 async fn session(
     pool: &PgPool,
@@ -167,51 +244,40 @@ async fn session(
 ) -> anyhow::Result<()> {
     let connection = connect_amqp(&config.amqp_url).await?;
     let channel = connection.create_channel().await?;
-    let topology = Topology::for_queue(&config.queue);
+    let topology = Topology::for_queue(&config.queue).with_type(config.queue_type);
     declare(&channel, &topology).await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            config.queue.as_str().into(),
-            config.consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("basic.consume")?;
+    let credit = Credit::new(config.prefetch_bytes, config.prefetch);
+    let mut window =
+        Window::open(channel.clone(), &config.queue, &config.consumer_tag, credit).await?;
     *ready = true;
     status.set(true);
-    tracing::info!(queue = %config.queue, prefetch = config.prefetch, "inbox consuming");
+    tracing::info!(queue = %config.queue, prefetch = config.prefetch, prefetch_bytes = config.prefetch_bytes, starting_prefetch = window.count(), "inbox consuming");
 
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            next = consumer.next() => next,
-        };
-        let mut batch = vec![match first {
-            Some(delivery) => delivery?,
-            None => bail!("the broker cancelled the consumer"),
-        }];
-        let deadline = Instant::now() + config.batch_linger;
-        let mut stream_error = None;
-        while batch.len() < config.batch_size {
-            match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(Ok(delivery))) => batch.push(delivery),
-                Ok(Some(Err(e))) => {
-                    stream_error = Some(e);
-                    break;
-                }
-                Ok(None) | Err(_) => break,
-            }
+    while let Some(Gathered {
+        batch,
+        error,
+        ended,
+    }) = window
+        .next_batch(config.batch_size, config.batch_linger, shutdown)
+        .await?
+    {
+        if !batch.is_empty() {
+            window.arrived(&batch, ended).await?;
+            settle_batch(pool, &batch, &config.admission, shutdown).await?;
+            // Acked: the bodies are not needed any more.
+            drop(batch);
+            *progressed = true;
         }
-        settle_batch(pool, &batch, config.max_body_bytes, shutdown).await?;
-        *progressed = true;
-        if let Some(e) = stream_error {
+        if let Some(e) = error {
             return Err(e.into());
         }
+        if ended {
+            if window.ended().await? {
+                continue;
+            }
+            bail!("the broker cancelled the consumer");
+        }
+        window.settled().await?;
     }
 
     // Graceful stop: no new deliveries; what was prefetched but not recorded
@@ -240,7 +306,7 @@ const POISON_TRIES: u32 = 3;
 async fn settle_batch(
     pool: &PgPool,
     batch: &[Delivery],
-    max_body: usize,
+    admission: &Admission,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let items: Vec<Incoming<'_>> = batch
@@ -256,7 +322,7 @@ async fn settle_batch(
     let mut refusals = 0;
     let decisions = loop {
         let started = std::time::Instant::now();
-        match record_in_transaction(pool, &items, max_body).await {
+        match record_in_transaction(pool, &items, admission).await {
             Ok(decisions) => {
                 ::metrics::histogram!(metrics::BATCH_SECONDS)
                     .record(started.elapsed().as_secs_f64());
@@ -268,6 +334,7 @@ async fn settle_batch(
                         ::metrics::counter!(metrics::QUARANTINED, "reason" => *code).increment(1);
                     }
                 }
+                admission.report_refused_replies(&items, &decisions);
                 break decisions;
             }
             Err(e) => {
@@ -276,7 +343,7 @@ async fn settle_batch(
                     refusals += 1;
                 }
                 if refusals >= POISON_TRIES {
-                    return isolate_poison(pool, batch, max_body, shutdown, &e).await;
+                    return isolate_poison(pool, batch, admission, shutdown, &e).await;
                 }
                 tracing::warn!(error = %e, batch = batch.len(), retry_in = ?backoff, "recording batch failed; holding it unacked");
                 let stopped = tokio::select! {
@@ -305,7 +372,7 @@ async fn settle_batch(
 async fn isolate_poison(
     pool: &PgPool,
     batch: &[Delivery],
-    max_body: usize,
+    admission: &Admission,
     shutdown: &CancellationToken,
     error: &sqlx::Error,
 ) -> anyhow::Result<()> {
@@ -320,7 +387,7 @@ async fn isolate_poison(
     }
     tracing::warn!(%error, batch = batch.len(), "batch keeps failing; recording its messages one by one");
     for single in batch.chunks(1) {
-        Box::pin(settle_batch(pool, single, max_body, shutdown)).await?;
+        Box::pin(settle_batch(pool, single, admission, shutdown)).await?;
     }
     Ok(())
 }
@@ -352,10 +419,10 @@ fn ensure_done(result: lapin::Result<bool>, what: &str) -> anyhow::Result<()> {
 async fn record_in_transaction(
     pool: &PgPool,
     items: &[Incoming<'_>],
-    max_body: usize,
+    admission: &Admission,
 ) -> Result<Vec<Decision>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let decisions = record_batch(&mut tx, items, max_body).await?;
+    let decisions = record_batch(&mut tx, items, admission).await?;
     tx.commit().await?;
     idem_crash::point("inbox.after_commit");
     Ok(decisions)

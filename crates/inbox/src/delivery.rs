@@ -34,6 +34,8 @@ pub fn properties_json(properties: &BasicProperties, redelivered: bool) -> Value
     json!({
         "message_id": text(properties.message_id().as_ref().map(|s| s.as_str())),
         "app_id": text(properties.app_id().as_ref().map(|s| s.as_str())),
+        // Who the broker says published it: what the scope rules judged.
+        "user_id": text(properties.user_id().as_ref().map(|s| s.as_str())),
         "content_type": text(properties.content_type().as_ref().map(|s| s.as_str())),
         "reply_to": text(properties.reply_to().as_ref().map(|s| s.as_str())),
         "correlation_id": text(properties.correlation_id().as_ref().map(|s| s.as_str())),

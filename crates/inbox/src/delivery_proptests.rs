@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use idem_message::Inbound;
+use idem_message::{Inbound, ReplyToAllow, ScopeAuth};
 use lapin::BasicProperties;
 use lapin::types::{
     AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
@@ -19,6 +19,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::{MAX_DEPTH, inbound, properties_json};
+use crate::admission::Admission;
+use crate::decision::Incoming;
 
 const VALID_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -172,6 +174,40 @@ proptest! {
             && s.as_bytes() == VALID_TRACE.as_bytes()
         {
             prop_assert_eq!(read.traceparent, Some(VALID_TRACE));
+        }
+    }
+
+    /// Admission under any scope rule is the contract's `parse_as` with the
+    /// delivery's own `user_id`, but for a `reply_to` the rules refuse: that
+    /// one is dropped, and exactly then `refused_reply_to` names it.
+    #[test]
+    fn admission_is_the_contract_plus_the_reply_rule(
+        p in properties(),
+        body in body(),
+        mode in 0..3u8,
+    ) {
+        let auth = match mode {
+            0 => ScopeAuth::Open,
+            1 => ScopeAuth::UserId,
+            _ => ScopeAuth::AllowList("a=*".parse().expect("a valid list")),
+        };
+        let limit = 64 * 1024;
+        let admission = Admission::new(limit, auth.clone(), ReplyToAllow::default(), "idem.charges");
+        let item = Incoming { properties: &p, body: &body, redelivered: false };
+        let admitted = admission.admit(&item);
+        let user_id = p.user_id().as_ref().map(ShortString::as_str);
+        let contract = inbound(&p, &body).parse_as(limit, &auth, user_id);
+        match (&admitted, contract) {
+            (Ok(got), Ok(mut want)) => {
+                let refused = admission.refused_reply_to(&item);
+                prop_assert_eq!(refused.is_some(), want.reply_to.is_some() && got.reply_to.is_none());
+                if refused.is_some() {
+                    want.reply_to = None;
+                }
+                prop_assert_eq!(got, &want);
+            }
+            (Err(got), Err(want)) => prop_assert_eq!(got, &want),
+            (got, want) => prop_assert!(false, "admitted {:?}, contract {:?}", got, want),
         }
     }
 

@@ -7,6 +7,8 @@
 //! - `topology`: the durable queue and its dead-letter exchange and queue.
 //! - `delivery`: read a lapin delivery into the message contract's raw parts,
 //!   and its properties as JSON for quarantine.
+//! - `admission`: the rules a delivery is admitted by ([`Admission`]: body
+//!   limit, scope bound to the broker's `user_id`, allowed `reply_to`).
 //! - `decision`: one delivery as recording sees it ([`Incoming`]), and what
 //!   happened to it ([`Decision`]).
 //! - `batch`: record a batch of deliveries in one transaction.
@@ -19,24 +21,44 @@
 //! - `replay`: a quarantined message's properties rebuilt, published again
 //!   with a confirm (`idem quarantine replay`).
 //! - `metrics`: the names and help texts of the metrics the consumer records.
+//! - `credit`: the prefetch count, kept within a byte budget
+//!   (`IDEM_PREFETCH_BYTES`) by the sizes of the bodies seen.
+//! - `window`: the session's consumer, re-created to apply a new count, and
+//!   the batches read from it.
 //! - `consumer`: the loop — connect, declare, consume, batch, commit, ack —
 //!   that reconnects by itself (jittered backoff, `idem_periodic::Reconnect`)
 //!   and stops on the shutdown token.
 //! - `raw`: idem's own bounded AMQP reader (`basic.get`, content header as
 //!   bytes) for the head message lapin's parser refuses.
+//! - `limits`: the bounds on a delivery's headers (depth, entries, bytes),
+//!   the same for lapin's deliveries as for the raw reader's.
+//! - `salvage`: what that reader takes off a queue's head (after lapin's
+//!   parse error, and from the dead-letter queue), decided in one transaction:
+//!   readable messages like any delivery, the rest quarantined raw.
+//! - `drain`: the dead-letter queue's reader, a periodic job over `salvage`.
+//! - `stack`: the thread stack lapin's recursive parser needs for the
+//!   deepest header the broker's frame size allows, and the start-up check.
 
+pub mod admission;
 pub mod batch;
 mod bulk;
 pub mod consumer;
+pub mod credit;
 mod decision;
 pub mod delivery;
+pub mod drain;
+pub mod limits;
 pub mod metrics;
 pub mod raw;
 pub mod replay;
+pub mod salvage;
+pub mod stack;
 pub mod topology;
 mod trace;
+mod window;
 
+pub use admission::Admission;
 pub use batch::{record_batch, record_one_by_one};
 pub use consumer::{InboxConfig, connect_amqp, run};
 pub use decision::{Decision, Incoming};
-pub use topology::{Topology, declare};
+pub use topology::{QueueType, Topology, declare};

@@ -14,6 +14,10 @@ pub const MESSAGES: &str = "idem_inbox_messages_total";
 /// Counter, label `reason` (the quarantine reason code): deliveries
 /// quarantined as bad input.
 pub const QUARANTINED: &str = "idem_inbox_quarantined_total";
+/// Counter: committed charges and duplicates whose `reply_to` the
+/// `IDEM_REPLY_TO_ALLOW` rules refused: charged, result on the results
+/// exchange, no reply.
+pub const REPLY_TO_REFUSED: &str = "idem_inbox_reply_to_refused_total";
 /// Counter: inbox transactions committed, one per batch of deliveries.
 pub const BATCHES: &str = "idem_inbox_batches_total";
 /// Counter: inbox transactions that failed and were retried with the batch
@@ -31,16 +35,28 @@ pub const RECONNECTS: &str = "idem_inbox_reconnects_total";
 /// (re)connecting. Absent in a replica that does not consume.
 pub const BROKER_CONNECTED: &str = "idem_broker_connected";
 
+/// Gauge: the prefetch count in force for the consumer (`basic.qos`), kept
+/// by the byte budget `IDEM_PREFETCH_BYTES` within `1..=IDEM_PREFETCH`.
+/// Absent in a replica that does not consume.
+pub const PREFETCH: &str = "idem_inbox_prefetch";
+
+/// Counter: messages idem's own reader took off a queue because lapin
+/// refused a frame (`salvage`), by queue (`work`|`dead_letter`).
+pub const SALVAGED: &str = "idem_inbox_salvaged_total";
+
 /// Every metric of this crate.
 pub const ALL: &[&str] = &[
     MESSAGES,
     QUARANTINED,
+    REPLY_TO_REFUSED,
     BATCHES,
     BATCH_RETRIES,
     BATCH_FALLBACKS,
     BATCH_SECONDS,
     RECONNECTS,
     BROKER_CONNECTED,
+    PREFETCH,
+    SALVAGED,
 ];
 
 /// The `decision` label of [`MESSAGES`] (and of the `message` span).
@@ -67,6 +83,10 @@ pub fn describe() {
         "Deliveries quarantined as bad input, by reason code"
     );
     describe_counter!(
+        REPLY_TO_REFUSED,
+        "Committed charges and duplicates whose reply_to IDEM_REPLY_TO_ALLOW refused (charged, result on the exchange, no reply)"
+    );
+    describe_counter!(
         BATCHES,
         "Inbox transactions committed (one per batch of deliveries)"
     );
@@ -91,6 +111,14 @@ pub fn describe() {
         BROKER_CONNECTED,
         "1 while the inbox consumer has a live broker session, 0 while (re)connecting"
     );
+    describe_counter!(
+        SALVAGED,
+        "Messages idem's own AMQP reader took off a queue (lapin refused a frame, or the dead-letter queue was drained), by queue (work|dead_letter)"
+    );
+    describe_gauge!(
+        PREFETCH,
+        "Prefetch count in force for the inbox consumer, kept within IDEM_PREFETCH_BYTES by the bodies' sizes (1..=IDEM_PREFETCH)"
+    );
 
     // One of each kind of decision; the match in `decision_label` names them all.
     let decisions = [
@@ -105,7 +133,16 @@ pub fn describe() {
     for decision in &decisions {
         counter!(MESSAGES, "decision" => decision_label(decision)).increment(0);
     }
-    for name in [BATCHES, BATCH_RETRIES, BATCH_FALLBACKS, RECONNECTS] {
+    for name in [
+        REPLY_TO_REFUSED,
+        BATCHES,
+        BATCH_RETRIES,
+        BATCH_FALLBACKS,
+        RECONNECTS,
+    ] {
         counter!(name).increment(0);
+    }
+    for queue in ["work", "dead_letter"] {
+        counter!(SALVAGED, "queue" => queue).increment(0);
     }
 }

@@ -6,6 +6,23 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
+/// The work queue's type (`IDEM_QUEUE_TYPE`). A queue's type cannot change
+/// once declared (docs/upgrades.md says how to move a queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// A classic queue: no delivery limit, so a message that kills every
+    /// consumer it reaches is redelivered for ever (idem's own reader and the
+    /// stack bound are what stop that). The default until quorum is.
+    #[default]
+    Classic,
+    /// A quorum queue with `x-delivery-limit`: a message delivered that many
+    /// times without an ack is dead-lettered, whatever stopped the consumers.
+    Quorum {
+        /// Deliveries before the broker dead-letters a message.
+        delivery_limit: u32,
+    },
+}
+
 /// Names of the queue and its dead-letter setup, derived from the queue name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -14,8 +31,11 @@ pub struct Topology {
     /// The dead-letter exchange, `<queue>.dlx`.
     pub dead_letter_exchange: String,
     /// The dead-letter queue, `<queue>.dead`: messages rejected because even
-    /// quarantine could not store them. Nothing is lost: an operator drains it.
+    /// quarantine could not store them, or past the delivery limit. Nothing
+    /// is lost: every replica drains it (`crate::drain`).
     pub dead_letter_queue: String,
+    /// The work queue's type; the dead-letter queue has the same.
+    pub queue_type: QueueType,
 }
 
 impl Topology {
@@ -25,7 +45,31 @@ impl Topology {
             queue: queue.to_owned(),
             dead_letter_exchange: format!("{queue}.dlx"),
             dead_letter_queue: format!("{queue}.dead"),
+            queue_type: QueueType::Classic,
         }
+    }
+
+    /// The same names with queues of `queue_type`.
+    pub fn with_type(self, queue_type: QueueType) -> Self {
+        Self { queue_type, ..self }
+    }
+
+    /// The type arguments of both queues, and the delivery limit of the work queue.
+    fn type_arguments(&self, work_queue: bool) -> FieldTable {
+        let mut args = FieldTable::default();
+        if let QueueType::Quorum { delivery_limit } = self.queue_type {
+            args.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString("quorum".into()),
+            );
+            if work_queue {
+                args.insert(
+                    ShortString::from("x-delivery-limit"),
+                    AMQPValue::LongLongInt(i64::from(delivery_limit)),
+                );
+            }
+        }
+        args
     }
 }
 
@@ -52,7 +96,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> anyhow::Result<(
         .queue_declare(
             topology.dead_letter_queue.as_str().into(),
             durable,
-            FieldTable::default(),
+            topology.type_arguments(false),
         )
         .await
         .with_context(|| format!("declaring queue {}", topology.dead_letter_queue))?;
@@ -66,7 +110,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> anyhow::Result<(
         )
         .await
         .context("binding the dead-letter queue")?;
-    let mut args = FieldTable::default();
+    let mut args = topology.type_arguments(true);
     args.insert(
         ShortString::from("x-dead-letter-exchange"),
         AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
@@ -80,7 +124,8 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> anyhow::Result<(
         .await
         .with_context(|| {
             format!(
-                "declaring queue {} (if it exists with other arguments, delete it or pick another IDEM_QUEUE)",
+                "declaring queue {} (if it exists with other arguments or another type, see docs/upgrades.md: \
+                 delete it once empty, or pick another IDEM_QUEUE; IDEM_QUEUE_TYPE must match the queue's type)",
                 topology.queue
             )
         })?;

@@ -8,11 +8,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::identity::{fingerprint, reference_id};
+use crate::rejection::{Rejection, check_key};
+use crate::tenancy::ScopeAuth;
 
-/// Scope used when the producer sets no `app_id`.
-pub const DEFAULT_SCOPE: &str = "default";
-/// Longest `message_id` / `app_id` accepted, in bytes.
-pub const MAX_KEY_LEN: usize = 255;
 const MAX_ACCOUNT_LEN: usize = 255;
 const MAX_DESCRIPTION_LEN: usize = 1024;
 
@@ -113,66 +111,30 @@ impl ChargeRequest {
     }
 }
 
-/// Why a message was quarantined instead of recorded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    /// No `message_id` property (or an empty one).
-    #[error("message has no message_id property; producers must set one (1..=255 bytes)")]
-    MissingMessageId,
-    /// A key part is too long or holds a NUL byte.
-    #[error("{field} is invalid: {why}")]
-    BadKey {
-        /// `message_id`, `app_id`, `reply_to` or `correlation_id`.
-        field: &'static str,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// A content type other than JSON.
-    #[error("content_type {0:?} is not application/json")]
-    ContentType(String),
-    /// The body exceeds the configured size limit. Quarantine keeps only a
-    /// bounded prefix of such a body, with its size and SHA-256 (idem-store's
-    /// `quarantine::MAX_KEPT_BODY`), never the whole.
-    #[error("body is {size} bytes, over the limit of {limit}")]
-    TooLarge {
-        /// Body size.
-        size: usize,
-        /// Configured limit.
-        limit: usize,
-    },
-    /// The body is not JSON at all.
-    #[error("body is not JSON: {0}")]
-    NotJson(String),
-    /// The body is JSON but not a charge.
-    #[error("body violates the charge schema: {0}")]
-    Schema(String),
-}
-
-impl Rejection {
-    /// A stable code for dashboards and queries.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::MissingMessageId => "missing_message_id",
-            Rejection::BadKey { .. } => "bad_key",
-            Rejection::ContentType(_) => "content_type",
-            Rejection::TooLarge { .. } => "too_large",
-            Rejection::NotJson(_) => "not_json",
-            Rejection::Schema(_) => "schema",
-        }
-    }
-}
-
 impl Inbound<'_> {
-    /// Validate into a [`ChargeRequest`]; `max_body` is the size limit in bytes.
+    /// Validate into a [`ChargeRequest`] with an unchecked scope
+    /// ([`ScopeAuth::Open`]); `max_body` is the size limit in bytes.
     pub fn parse(&self, max_body: usize) -> Result<ChargeRequest, Rejection> {
+        self.parse_as(max_body, &ScopeAuth::Open, None)
+    }
+
+    /// Validate into a [`ChargeRequest`] whose scope `auth` derives from the
+    /// broker-validated `user_id` property and `app_id`; the scope is checked
+    /// right after the key's own parts, before anything in the body.
+    /// `user_id` is not part of [`Inbound`] so that every caller that builds
+    /// one by hand (fuzzers, tests) keeps compiling: only the inbox knows
+    /// whether the broker validated it.
+    pub fn parse_as(
+        &self,
+        max_body: usize,
+        auth: &ScopeAuth,
+        user_id: Option<&str>,
+    ) -> Result<ChargeRequest, Rejection> {
         let message_id = match self.message_id {
             None | Some("") => return Err(Rejection::MissingMessageId),
             Some(id) => check_key("message_id", id)?,
         };
-        let scope = match self.app_id {
-            None | Some("") => DEFAULT_SCOPE,
-            Some(scope) => check_key("app_id", scope)?,
-        };
+        let scope = auth.scope(user_id, self.app_id)?;
         if let Some(ct) = self.content_type {
             let essence = ct.split(';').next().unwrap_or("").trim();
             if !essence.is_empty() && !essence.eq_ignore_ascii_case("application/json") {
@@ -206,17 +168,6 @@ impl Inbound<'_> {
                 .map(str::to_owned),
         })
     }
-}
-
-fn check_key<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Rejection> {
-    let why = if value.len() > MAX_KEY_LEN {
-        format!("{} bytes, over {MAX_KEY_LEN}", value.len())
-    } else if value.contains('\0') {
-        "contains a NUL byte".to_owned()
-    } else {
-        return Ok(value);
-    };
-    Err(Rejection::BadKey { field, why })
 }
 
 fn optional_property(
@@ -267,6 +218,7 @@ fn check_body(body: &ChargeBody) -> Result<(), Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DEFAULT_SCOPE;
 
     const OK: &[u8] = br#"{"account_id":"acc_1","amount":1250,"currency":"EUR"}"#;
 

@@ -1,8 +1,9 @@
-//! Properties of [`Inbound::parse`] over any input a producer can send.
+//! Properties of [`Inbound::parse_as`] over any input a producer can send.
 //!
-//! The unit tests in `envelope` pin one example per reason; these check that
-//! nothing else exists: any message id, scope, content type, reply address,
-//! correlation id, trace header, body and limit gets one decision, the same one
+//! The unit tests in `envelope` and `tenancy` pin one example per reason;
+//! these check that nothing else exists: any message id, scope, broker user
+//! and scope rule, content type, reply address, correlation id, trace header,
+//! body and limit gets one decision, the same one
 //! every time, the one the contract (`docs/contracts.md`, "What idem decides")
 //! names, and a valid decision carries values consistent with its parts.
 //! Generators are weighted so valid messages and every reason code are reached
@@ -14,12 +15,13 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Map, Value, json};
 
-use crate::{DEFAULT_SCOPE, Inbound, MAX_KEY_LEN, fingerprint, reference_id};
+use crate::{DEFAULT_SCOPE, Inbound, MAX_KEY_LEN, ScopeAuth, fingerprint, reference_id};
 
 /// Every reason code `Rejection::code` may return, as `docs/contracts.md` lists them.
-const CODES: [&str; 6] = [
+const CODES: [&str; 7] = [
     "missing_message_id",
     "bad_key",
+    "scope_not_allowed",
     "content_type",
     "too_large",
     "not_json",
@@ -37,9 +39,35 @@ struct Parts {
     traceparent: Option<String>,
     body: Vec<u8>,
     max_body: usize,
+    /// The broker-validated `user_id` property.
+    user_id: Option<String>,
+    /// The scope rule: 0 open, 1 user_id, 2 the allow-list [`ALLOW`].
+    auth: u8,
+}
+
+/// The allow-list of the generated `allow_list` rule; [`allowed`] is its
+/// meaning, written out.
+const ALLOW: &str = "alice=shop-a,default;bob=*";
+
+fn allowed(user: &str, scope: &str) -> bool {
+    user == "bob" || (user == "alice" && ["shop-a", DEFAULT_SCOPE].contains(&scope))
 }
 
 impl Parts {
+    fn auth(&self) -> ScopeAuth {
+        match self.auth {
+            0 => ScopeAuth::Open,
+            1 => ScopeAuth::UserId,
+            _ => ScopeAuth::AllowList(ALLOW.parse().expect("a valid list")),
+        }
+    }
+
+    /// The decision under test.
+    fn decide(&self) -> Result<crate::ChargeRequest, crate::Rejection> {
+        self.inbound()
+            .parse_as(self.max_body, &self.auth(), self.user_id.as_deref())
+    }
+
     fn inbound(&self) -> Inbound<'_> {
         Inbound {
             message_id: self.message_id.as_deref(),
@@ -69,6 +97,15 @@ fn text() -> impl Strategy<Value = String> {
 
 fn property() -> impl Strategy<Value = Option<String>> {
     prop_oneof![1 => Just(None), 3 => text().prop_map(Some)]
+}
+
+/// Names the allow-list knows, so the scope rules accept as well as refuse.
+fn tenant() -> impl Strategy<Value = Option<String>> {
+    let known = vec!["alice", "bob", "shop-a", DEFAULT_SCOPE];
+    prop_oneof![
+        3 => property(),
+        2 => proptest::sample::select(known).prop_map(|n| Some(n.to_owned())),
+    ]
 }
 
 fn content_type() -> impl Strategy<Value = Option<String>> {
@@ -170,28 +207,37 @@ fn parts() -> impl Strategy<Value = Parts> {
         2 => property(),
     ];
     (
-        (message_id, property(), content_type(), property()),
+        (message_id, tenant(), content_type(), property()),
         (property(), traceparent(), body(), max_body(), 0..5u8),
+        (
+            tenant(),
+            prop_oneof![2 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+        ),
     )
-        .prop_map(|((message_id, app_id, content_type, reply_to), rest)| {
-            let (correlation_id, traceparent, body, max_body, at_edge) = rest;
-            // The limit's edge: a body exactly at it passes, one byte over does not.
-            let max_body = match at_edge {
-                0 => body.len(),
-                1 => body.len().saturating_sub(1),
-                _ => max_body,
-            };
-            Parts {
-                message_id,
-                app_id,
-                content_type,
-                reply_to,
-                correlation_id,
-                traceparent,
-                body,
-                max_body,
-            }
-        })
+        .prop_map(
+            |((message_id, app_id, content_type, reply_to), rest, tenancy)| {
+                let (correlation_id, traceparent, body, max_body, at_edge) = rest;
+                let (user_id, auth) = tenancy;
+                // The limit's edge: a body exactly at it passes, one byte over does not.
+                let max_body = match at_edge {
+                    0 => body.len(),
+                    1 => body.len().saturating_sub(1),
+                    _ => max_body,
+                };
+                Parts {
+                    message_id,
+                    app_id,
+                    content_type,
+                    reply_to,
+                    correlation_id,
+                    traceparent,
+                    body,
+                    max_body,
+                    user_id,
+                    auth,
+                }
+            },
+        )
 }
 
 /// The contract's decision, computed without `parse`: `Ok(())` for a valid
@@ -206,6 +252,18 @@ fn expected(p: &Parts) -> Result<(), &'static str> {
     }
     if set(&p.app_id).is_some_and(bad_key) {
         return Err("bad_key");
+    }
+    let (user, app) = (set(&p.user_id), set(&p.app_id));
+    match (p.auth, user) {
+        (0, _) => {}
+        (_, None) => return Err("scope_not_allowed"),
+        (1, Some(u)) if bad_key(u) => return Err("bad_key"),
+        (1, Some(u)) if app.is_some_and(|a| a != u) => return Err("scope_not_allowed"),
+        (1, Some(_)) => {}
+        (_, Some(u)) if !allowed(u, app.unwrap_or(DEFAULT_SCOPE)) => {
+            return Err("scope_not_allowed");
+        }
+        (_, Some(_)) => {}
     }
     if let Some(ct) = &p.content_type {
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -268,7 +326,7 @@ proptest! {
     /// is a documented one; the decision is the contract's (`expected`).
     #[test]
     fn any_input_gets_the_contracts_decision(p in parts()) {
-        let decision = p.inbound().parse(p.max_body);
+        let decision = p.decide();
         match &decision {
             Ok(_) => prop_assert_eq!(expected(&p), Ok(())),
             Err(rejection) => {
@@ -281,21 +339,33 @@ proptest! {
     /// The same input always gets the same decision (replicas and redeliveries agree).
     #[test]
     fn the_decision_is_deterministic(p in parts()) {
-        prop_assert_eq!(p.inbound().parse(p.max_body), p.inbound().parse(p.max_body));
+        prop_assert_eq!(p.decide(), p.decide());
+        // `parse` is the open rule, whatever the broker user.
+        prop_assert_eq!(
+            p.inbound().parse(p.max_body),
+            p.inbound().parse_as(p.max_body, &ScopeAuth::Open, p.user_id.as_deref())
+        );
     }
 
     /// A valid request holds the contract's invariants, and its derived values
     /// are the ones recomputed from its parts.
     #[test]
     fn a_valid_request_is_consistent_with_its_parts(p in parts()) {
-        let Ok(request) = p.inbound().parse(p.max_body) else {
+        let Ok(request) = p.decide() else {
             return Ok(());
         };
         let id = request.message_id();
         prop_assert!((1..=MAX_KEY_LEN).contains(&id.len()) && !id.contains('\0'));
         prop_assert_eq!(Some(id), p.message_id.as_deref());
-        let scope = p.app_id.as_deref().filter(|s| !s.is_empty()).unwrap_or(DEFAULT_SCOPE);
+        let claimed = set(&p.app_id).unwrap_or(DEFAULT_SCOPE);
+        let scope = match p.auth {
+            1 => set(&p.user_id).unwrap_or_default(),
+            _ => claimed,
+        };
         prop_assert_eq!(request.scope(), scope);
+        if p.auth == 2 {
+            prop_assert!(allowed(set(&p.user_id).unwrap_or_default(), scope));
+        }
         let body = request.body();
         prop_assert!(body.amount > 0);
         prop_assert!(body.currency.len() == 3 && body.currency.bytes().all(|b| b.is_ascii_uppercase()));
@@ -325,7 +395,7 @@ fn generators_reach_every_decision() {
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..2000 {
         let p = strategy.new_tree(&mut runner).expect("generate").current();
-        match p.inbound().parse(p.max_body) {
+        match p.decide() {
             Ok(_) => valid += 1,
             Err(r) => {
                 seen.insert(r.code());

@@ -26,6 +26,10 @@ pub const MAX_KEPT_PROPERTIES: usize = 64 * 1024;
 /// Most bytes of reason a row keeps: a reason may quote the input (a JSON
 /// parser's error quotes the offending string whole).
 pub const MAX_KEPT_REASON: usize = 4 * 1024;
+/// Most bytes of a raw content header a row keeps ([`Salvaged::header`]):
+/// the raw reader's own bound on a header it parses, so any header it read
+/// whole is kept whole.
+pub const MAX_KEPT_HEADER: usize = 128 * 1024;
 /// Longest string, and most top-level keys, kept in a properties summary.
 const SUMMARY_STRING: usize = 1024;
 const SUMMARY_KEYS: usize = 32;
@@ -84,6 +88,55 @@ impl<'a> Quarantined<'a> {
             properties_truncated,
         }
     }
+}
+
+/// A message idem's own reader took off a queue because no AMQP library reads
+/// its content header (`crates/inbox/src/salvage`): the row as for any
+/// quarantined message, plus the header's bytes, and the body's size and
+/// digest as the reader counted them (it keeps only a prefix in memory).
+#[derive(Debug, Clone)]
+pub struct Salvaged<'a> {
+    /// The row; its `body` is the prefix the reader kept.
+    pub row: Quarantined<'a>,
+    /// The content header payload as received (at most
+    /// [`MAX_KEPT_HEADER`] bytes are stored).
+    pub header: &'a [u8],
+    /// The whole content header's size.
+    pub header_size: usize,
+    /// The whole body's size.
+    pub body_size: u64,
+    /// SHA-256 of the whole body.
+    pub body_sha256: [u8; 32],
+}
+
+/// Store a salvaged message, bounded like [`insert`]; returns its id.
+pub async fn insert_salvaged(
+    conn: &mut PgConnection,
+    s: &Salvaged<'_>,
+) -> Result<i64, sqlx::Error> {
+    let kept = s.row.kept();
+    let body_truncated =
+        kept.body_truncated || u64::try_from(kept.body.len()).unwrap_or(u64::MAX) < s.body_size;
+    let header = &s.header[..s.header.len().min(MAX_KEPT_HEADER)];
+    sqlx::query_scalar(
+        "INSERT INTO quarantine (reason_code, reason, message_id, properties, body,
+                                 body_size, body_sha256, body_truncated, properties_truncated,
+                                 raw_header, raw_header_size)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+    )
+    .bind(s.row.reason_code)
+    .bind(&kept.reason)
+    .bind(s.row.message_id)
+    .bind(&*kept.properties)
+    .bind(kept.body)
+    .bind(i64::try_from(s.body_size).unwrap_or(i64::MAX))
+    .bind(&s.body_sha256[..])
+    .bind(body_truncated)
+    .bind(kept.properties_truncated)
+    .bind(header)
+    .bind(i32::try_from(s.header_size).unwrap_or(i32::MAX))
+    .fetch_one(conn)
+    .await
 }
 
 /// Store a quarantined message, bounded ([`Quarantined::kept`]); returns its id.

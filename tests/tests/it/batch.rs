@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use idem_inbox::{Decision, Incoming, record_batch, record_one_by_one};
+use idem_inbox::{Admission, Decision, Incoming, record_batch, record_one_by_one};
 use idem_message::fingerprint;
 use idem_simulator::Faults;
 use idem_tests::TestEnv;
@@ -68,8 +68,12 @@ async fn record(pool: &PgPool, path: Path, msgs: &[Msg]) -> Vec<Decision> {
     let items = incoming(msgs);
     let mut tx = pool.begin().await.unwrap();
     let decisions = match path {
-        Path::Set => record_batch(&mut tx, &items, MAX_BODY).await.unwrap(),
-        Path::Each => record_one_by_one(&mut tx, &items, MAX_BODY).await.unwrap(),
+        Path::Set => record_batch(&mut tx, &items, &Admission::open(MAX_BODY))
+            .await
+            .unwrap(),
+        Path::Each => record_one_by_one(&mut tx, &items, &Admission::open(MAX_BODY))
+            .await
+            .unwrap(),
     };
     tx.commit().await.unwrap();
     assert_eq!(decisions.len(), msgs.len(), "one decision per delivery");
@@ -528,8 +532,12 @@ async fn statements(pool: &PgPool, path: Path, msgs: &[Msg]) -> Vec<String> {
     let mut tx = pool.begin().await.unwrap();
     async {
         match path {
-            Path::Set => record_batch(&mut tx, &items, MAX_BODY).await.unwrap(),
-            Path::Each => record_one_by_one(&mut tx, &items, MAX_BODY).await.unwrap(),
+            Path::Set => record_batch(&mut tx, &items, &Admission::open(MAX_BODY))
+                .await
+                .unwrap(),
+            Path::Each => record_one_by_one(&mut tx, &items, &Admission::open(MAX_BODY))
+                .await
+                .unwrap(),
         }
     }
     .with_subscriber(subscriber)

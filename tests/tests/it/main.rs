@@ -7,9 +7,14 @@
 //! ## Layout
 //! - `pipeline`, `batch`, `ordering`, `settle`: the data path, message to charge.
 //! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
+//! - `dead_letters`: the quorum delivery limit and the dead-letter drain.
+//! - `salvage`: what lapin refuses, taken by that reader inside a real replica.
 //! - `hostile_body`: oversize and terminal-hostile input, bounded and escaped.
+//! - `big_bodies`: a replica's peak RSS within its byte budget while huge bodies arrive.
+//! - `hostile_producer`: raw frames of every hostile class, 3 replicas, the table.
 //! - `faults`, `crash`, `commit_cut`: lost answers, killed workers, cut commits.
 //! - `results`: result events out.
+//! - `tenants`: scope bound to the broker user; `reply_to` kept to the scope.
 //! - `reconcile`, `retention`: the provider's books; bounded tables.
 //! - `admin`: the operator commands, through the binary.
 //! - `observability`, `tracing`: health, metrics, trace context.
@@ -24,12 +29,15 @@
 mod admin;
 mod batch;
 mod bench;
+mod big_bodies;
 mod chaos;
 mod commit_cut;
 mod crash;
+mod dead_letters;
 mod deploy;
 mod faults;
 mod hostile_body;
+mod hostile_producer;
 mod infra;
 mod layout;
 mod observability;
@@ -39,8 +47,10 @@ mod raw_reader;
 mod reconcile;
 mod results;
 mod retention;
+mod salvage;
 mod secrets;
 mod settle;
+mod tenants;
 mod tls;
 mod tracing;
 mod upgrade;

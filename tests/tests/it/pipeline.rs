@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use idem_inbox::{Incoming, record_batch};
+use idem_inbox::{Admission, Incoming, record_batch};
 use idem_message::reference_id;
 use idem_simulator::Faults;
 use idem_store::OutboxState;
@@ -137,7 +137,9 @@ async fn redelivered_after_commit_is_absorbed() {
             })
             .collect();
         let mut tx = env.pool.begin().await.unwrap();
-        record_batch(&mut tx, &items, 65536).await.unwrap();
+        record_batch(&mut tx, &items, &Admission::open(65536))
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         connection
             .close(320, "crash before ack".into())

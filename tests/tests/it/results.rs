@@ -5,7 +5,8 @@
 //!
 //! Each test publishes to its own results exchange (`--results-exchange`) and
 //! reads its own queues, so tests running side by side never see each other's
-//! events.
+//! events. Reply queues are named under the requests' scope (`default.…`),
+//! as the default `IDEM_REPLY_TO_ALLOW` (`{scope}.*`) requires.
 
 use std::time::{Duration, Instant};
 
@@ -209,7 +210,9 @@ async fn events_owed(env: &TestEnv) -> i64 {
 async fn succeeded_charge_publishes_to_exchange_and_reply_to() {
     let env = TestEnv::new(Faults::default()).await;
     let mut results = Results::new(&env).await;
-    let reply = results.queue(&format!("{}.reply.a", env.queue)).await;
+    let reply = results
+        .queue(&format!("default.{}.reply.a", env.queue))
+        .await;
     let worker = env.start_worker(&results.flags());
     env.publish_raw(request("res-ok-1", Some((&reply, "corr-1"))), BODY)
         .await;
@@ -313,8 +316,12 @@ async fn declined_charge_publishes_a_declined_event() {
 async fn duplicate_of_settled_charge_replays_the_stored_result() {
     let env = TestEnv::new(Faults::default()).await;
     let mut results = Results::new(&env).await;
-    let first = results.queue(&format!("{}.reply.a", env.queue)).await;
-    let second = results.queue(&format!("{}.reply.b", env.queue)).await;
+    let first = results
+        .queue(&format!("default.{}.reply.a", env.queue))
+        .await;
+    let second = results
+        .queue(&format!("default.{}.reply.b", env.queue))
+        .await;
     let worker = env.start_worker(&results.flags());
     env.publish_raw(request("res-dup-1", Some((&first, "corr-1"))), BODY)
         .await;
@@ -356,8 +363,12 @@ async fn duplicate_of_settled_charge_replays_the_stored_result() {
 async fn duplicate_of_open_charge_is_answered_when_it_settles() {
     let env = TestEnv::new(Faults::default()).await;
     let mut results = Results::new(&env).await;
-    let first = results.queue(&format!("{}.reply.a", env.queue)).await;
-    let second = results.queue(&format!("{}.reply.b", env.queue)).await;
+    let first = results
+        .queue(&format!("default.{}.reply.a", env.queue))
+        .await;
+    let second = results
+        .queue(&format!("default.{}.reply.b", env.queue))
+        .await;
     let consumer = env.start_worker(&["--role", "consumer"]);
     env.publish_raw(request("res-open-1", Some((&first, "corr-1"))), BODY)
         .await;
@@ -409,7 +420,9 @@ async fn dead_row_publishes_dead_and_a_later_success_is_a_new_event() {
     })
     .await;
     let mut results = Results::new(&env).await;
-    let reply = results.queue(&format!("{}.reply.a", env.queue)).await;
+    let reply = results
+        .queue(&format!("default.{}.reply.a", env.queue))
+        .await;
     let mut flags = vec!["--max-attempts", "2"];
     flags.extend(results.flags());
     let worker = env.start_worker(&flags);

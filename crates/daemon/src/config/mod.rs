@@ -13,19 +13,23 @@ use idem_dispatch::{Backoff, DispatchConfig};
 use idem_inbox::InboxConfig;
 
 mod provider;
+mod queue;
 mod reconcile;
 mod replica;
 mod results;
 mod retention;
+mod tenants;
 
 use idem_retention::RetentionConfig;
 
 use crate::secrets::{Secret, SecretUrl};
 pub use provider::CaBundle;
+pub use queue::{QueueArgs, QueueKind, QueueSettings};
 pub use reconcile::{ReconcileArgs, ReconcileSettings};
 pub use replica::default_replica_id;
 pub use results::ResultsArgs;
 pub use retention::RetentionArgs;
+pub use tenants::{ScopeMode, TenantArgs};
 
 /// Where the database lives.
 #[derive(Args, Debug, Clone)]
@@ -130,9 +134,17 @@ pub struct RunArgs {
     /// Milliseconds one provider call may take; after that its outcome is unknown.
     #[arg(long, env = "IDEM_CHARGE_TIMEOUT_MS", default_value_t = 5000)]
     pub charge_timeout_ms: u64,
-    /// Unacked deliveries the broker pushes ahead to this consumer.
+    /// Most unacked deliveries the broker pushes ahead to this consumer
+    /// (fewer while bodies are large: IDEM_PREFETCH_BYTES).
     #[arg(long, env = "IDEM_PREFETCH", default_value_t = 200)]
     pub prefetch: u16,
+    /// Most body bytes the broker may push ahead to this consumer: the
+    /// prefetch count is kept at or under this divided by the largest body
+    /// seen recently (RabbitMQ has no byte prefetch). At least
+    /// IDEM_INBOX_BATCH_SIZE × IDEM_MAX_BODY_BYTES; IDEM_PREFETCH × 128 MiB
+    /// turns the limit off.
+    #[arg(long, env = "IDEM_PREFETCH_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub prefetch_bytes: u64,
     /// Most deliveries recorded in one transaction.
     #[arg(long, env = "IDEM_INBOX_BATCH_SIZE", default_value_t = 50)]
     pub inbox_batch_size: usize,
@@ -173,6 +185,10 @@ pub struct RunArgs {
     pub reconcile: ReconcileArgs,
     #[command(flatten)]
     pub results: ResultsArgs,
+    #[command(flatten)]
+    pub tenants: TenantArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
 }
 
 /// A validated configuration for [`crate::run`]. Its `Debug` prints
@@ -205,6 +221,8 @@ pub struct Config {
     pub reconcile: ReconcileSettings,
     /// The result publisher (dispatcher roles).
     pub results: idem_events::PublisherConfig,
+    /// How often a consuming replica drains the dead-letter queue.
+    pub dead_letter_drain: Duration,
 }
 
 impl Config {
@@ -313,6 +331,13 @@ impl RunArgs {
             a.prefetch,
             a.inbox_batch_size
         );
+        let full_batch = (a.inbox_batch_size as u64).saturating_mul(a.max_body_bytes as u64);
+        ensure!(
+            a.prefetch_bytes >= full_batch,
+            "IDEM_PREFETCH_BYTES={} is under IDEM_INBOX_BATCH_SIZE × IDEM_MAX_BODY_BYTES ({full_batch}): \
+             a batch of the largest accepted messages could never fill; pick at least {full_batch}",
+            a.prefetch_bytes
+        );
         ensure!(
             a.dispatch_concurrency >= 1,
             "IDEM_DISPATCH_CONCURRENCY must be at least 1"
@@ -375,6 +400,8 @@ impl RunArgs {
             &a.amqp.broker.amqp_url,
             Duration::from_millis(a.idle_poll_ms),
         )?;
+        let admission = a.tenants.validate(a.max_body_bytes, &a.amqp.queue)?;
+        let queue = a.queue.validate()?;
         Ok(Config {
             database_url: a.database.database_url.clone(),
             db_max_connections: a.database.db_max_connections,
@@ -392,9 +419,11 @@ impl RunArgs {
                 amqp_url: a.amqp.broker.amqp_url.expose().to_owned(),
                 queue: a.amqp.queue.clone(),
                 prefetch: a.prefetch,
+                prefetch_bytes: a.prefetch_bytes,
                 batch_size: a.inbox_batch_size,
                 batch_linger: Duration::from_millis(a.inbox_batch_linger_ms),
-                max_body_bytes: a.max_body_bytes,
+                admission,
+                queue_type: queue.queue_type,
                 consumer_tag: format!("idem-{owner}"),
             },
             dispatch: DispatchConfig {
@@ -415,6 +444,7 @@ impl RunArgs {
             retention,
             reconcile,
             results,
+            dead_letter_drain: queue.drain_every,
         })
     }
 }

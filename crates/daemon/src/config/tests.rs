@@ -37,6 +37,10 @@ fn bad_settings_say_what_to_fix() {
         .validate()
         .expect_err("prefetch");
     assert!(err.to_string().contains("IDEM_PREFETCH"), "{err}");
+    let err = parse(&["--prefetch-bytes", "1048576"])
+        .validate()
+        .expect_err("a byte budget under one full batch");
+    assert!(err.to_string().contains("IDEM_PREFETCH_BYTES"), "{err}");
     let err = parse(&["--lease-secs", "18446744073709551615"])
         .validate()
         .expect_err("absurd lease");

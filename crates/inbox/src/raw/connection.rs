@@ -1,4 +1,4 @@
-//! A minimal AMQP 0-9-1 client over plain TCP: one connection, one channel,
+//! A minimal AMQP 0-9-1 client over TCP or TLS: one connection, one channel,
 //! `basic.get`, ack and reject, and a raw publish for tests.
 //!
 //! Every frame is read against the `frame_max` negotiated here (at most
@@ -10,13 +10,12 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub use super::error::RawError;
 use super::frame::{self, Cursor, Frame, Writer, encode_frame, read_frame};
 use super::table::{Limits, RawField, RawTable, encode_table};
 use super::target::Target;
+use super::transport::{self, ReadHalf, WriteHalf};
 
 /// The one channel this client opens.
 pub(super) const CHANNEL: u16 = 1;
@@ -65,10 +64,13 @@ impl Method {
 
 /// One open connection with channel 1 open.
 pub struct Connection {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf>,
+    writer: WriteHalf,
     /// Negotiated: no frame larger than this is read or sent.
     frame_max: u32,
+    /// What the broker offered in `connection.tune` (0: no limit): the
+    /// largest frame it accepts from any client, publishers included.
+    server_frame_max: u32,
     pub(super) options: ConnectOptions,
     /// Whether `confirm.select` was sent (on the first publish).
     confirms: bool,
@@ -82,18 +84,12 @@ impl Connection {
 
     pub async fn connect_with(url: &str, options: ConnectOptions) -> Result<Self, RawError> {
         let target = Target::parse(url)?;
-        let stream = tokio::time::timeout(
-            options.io_timeout,
-            TcpStream::connect((target.host.as_str(), target.port)),
-        )
-        .await
-        .map_err(|_| RawError::Timeout(options.io_timeout))??;
-        stream.set_nodelay(true)?;
-        let (read, writer) = stream.into_split();
+        let (read, writer) = transport::open(&target, options.io_timeout).await?;
         let mut conn = Self {
             reader: BufReader::new(read),
             writer,
             frame_max: options.frame_max,
+            server_frame_max: 0,
             options,
             confirms: false,
         };
@@ -142,6 +138,7 @@ impl Connection {
         let mut args = tune.args();
         let _channel_max = args.u16()?;
         let offered = args.u32()?;
+        self.server_frame_max = offered;
         self.frame_max = match offered {
             0 => self.options.frame_max,
             n => n.min(self.options.frame_max),
@@ -167,12 +164,50 @@ impl Connection {
         self.frame_max
     }
 
+    /// The frame size the broker offered (0: unlimited): what bounds the
+    /// content headers publishers can send it, and so their nesting.
+    pub fn server_frame_max(&self) -> u32 {
+        self.server_frame_max
+    }
+
     /// Acknowledge (the broker answers nothing; a bad tag closes the channel,
     /// which [`Connection::close`] reports).
     pub async fn ack(&mut self, delivery_tag: u64) -> Result<(), RawError> {
         let mut ack = Writer::method(60, 80);
         ack.u64(delivery_tag).u8(0);
         self.send(CHANNEL, ack).await
+    }
+
+    /// Acknowledge every unacked delivery up to and including `delivery_tag`.
+    pub async fn ack_through(&mut self, delivery_tag: u64) -> Result<(), RawError> {
+        let mut ack = Writer::method(60, 80);
+        ack.u64(delivery_tag).u8(1);
+        self.send(CHANNEL, ack).await
+    }
+
+    /// Close the channel and wait for the broker's close-ok: by then it has
+    /// handled every method sent before on that channel (acks included).
+    /// The connection stays open, channel-less: only [`Connection::close`]
+    /// is left to call.
+    pub async fn close_channel(&mut self) -> Result<(), RawError> {
+        let mut close = Writer::method(20, 40);
+        close.u16(200).short_bytes(b"done")?.u16(0).u16(0);
+        self.send(CHANNEL, close).await?;
+        loop {
+            let frame = self.read().await?;
+            match (frame.kind, method_id(&frame.payload)) {
+                (frame::METHOD, Some((20, 41))) => return Ok(()),
+                (frame::METHOD, Some((20, 40))) => {
+                    let (code, text) = close_reason(&frame.payload)?;
+                    return Err(RawError::ChannelClosed { code, text });
+                }
+                (frame::METHOD, Some((10, 50))) => {
+                    let (code, text) = close_reason(&frame.payload)?;
+                    return Err(RawError::ConnectionClosed { code, text });
+                }
+                _ => {} // content still in flight is of no use now
+            }
+        }
     }
 
     pub async fn reject(&mut self, delivery_tag: u64, requeue: bool) -> Result<(), RawError> {

@@ -11,6 +11,8 @@ pub enum RawError {
     Url(String),
     #[error(transparent)]
     Frame(#[from] FrameError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("AMQP I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("no answer from the broker within {0:?}")]

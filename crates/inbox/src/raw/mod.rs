@@ -12,11 +12,12 @@
 //! - `frame`: frames and AMQP primitives; sizes checked before allocation.
 //! - `table`: field tables and arrays as a bounded tree of [`RawField`]s.
 //! - `properties`: a Basic content header into [`RawProperties`].
-//! - `connection`: a minimal client: connect (PLAIN, plain TCP), ack, reject,
+//! - `connection`: a minimal client: connect (PLAIN), ack, reject,
 //!   close, and `publish_raw` for tests that must send what no client will.
 //! - `get`: `basic_get` into a [`RawDelivery`], the body bounded in memory.
 //! - `error`: [`RawError`], how the client fails.
-//! - `target`: the broker address, user, password and vhost of an `amqp://` URL.
+//! - `target`: the broker address, user, password, vhost and TLS of a URL.
+//! - `transport`: the stream under it: TCP, or TLS with lapin's trust.
 
 pub mod connection;
 mod error;
@@ -25,6 +26,7 @@ mod get;
 pub mod properties;
 pub mod table;
 mod target;
+mod transport;
 
 pub use connection::{ConnectOptions, Connection};
 pub use error::{FrameError, ParseError, RawError};

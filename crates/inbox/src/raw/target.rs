@@ -1,4 +1,4 @@
-//! Where and as whom to connect, from an `amqp://` URL.
+//! Where and as whom to connect, from an `amqp://` or `amqps://` URL.
 
 use percent_encoding::percent_decode_str;
 use url::Url;
@@ -15,22 +15,23 @@ pub struct Target {
     pub password: Vec<u8>,
     /// The path after the first `/`, percent-decoded (`%2f` is `/`); `/` when absent.
     pub vhost: Vec<u8>,
+    /// `amqps://`: TLS to `host`, verified against the trusted roots.
+    pub tls: bool,
 }
 
 impl Target {
     /// The URL itself is never echoed: it may hold a password.
     pub fn parse(url: &str) -> Result<Self, RawError> {
         let parsed = Url::parse(url).map_err(|e| RawError::Url(format!("not a URL: {e}")))?;
-        match parsed.scheme() {
-            "amqp" => {}
-            // TODO(issue 12): TLS for the raw reader (tokio-rustls, ring, as lapin's).
-            "amqps" => {
-                return Err(RawError::Url(
-                    "amqps:// is not supported by the raw reader yet".into(),
-                ));
+        let tls = match parsed.scheme() {
+            "amqp" => false,
+            "amqps" => true,
+            other => {
+                return Err(RawError::Url(format!(
+                    "scheme {other}: expected amqp or amqps"
+                )));
             }
-            other => return Err(RawError::Url(format!("scheme {other}: expected amqp"))),
-        }
+        };
         let decode = |s: &str| percent_decode_str(s).collect::<Vec<u8>>();
         let user = match parsed.username() {
             "" => b"guest".to_vec(),
@@ -43,10 +44,11 @@ impl Target {
         };
         Ok(Self {
             host: parsed.host_str().unwrap_or("localhost").to_owned(),
-            port: parsed.port().unwrap_or(5672),
+            port: parsed.port().unwrap_or(if tls { 5671 } else { 5672 }),
             user,
             password,
             vhost,
+            tls,
         })
     }
 }
@@ -74,11 +76,11 @@ mod tests {
     }
 
     #[test]
-    fn amqps_and_other_schemes_are_refused_without_echoing_the_url() {
-        let err = Target::parse("amqps://u:secret@h/")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("amqps") && !err.contains("secret"), "{err}");
-        assert!(Target::parse("http://h/").is_err());
+    fn amqps_means_tls_on_5671_and_other_schemes_are_refused_without_echoing_the_url() {
+        let t = Target::parse("amqps://u:secret@h/").unwrap();
+        assert!(t.tls && t.port == 5671);
+        assert!(!Target::parse("amqp://h/").unwrap().tls);
+        let err = Target::parse("http://u:secret@h/").unwrap_err().to_string();
+        assert!(err.contains("http") && !err.contains("secret"), "{err}");
     }
 }

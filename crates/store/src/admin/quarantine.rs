@@ -33,6 +33,12 @@ pub struct QuarantineRow {
     pub body_truncated: bool,
     /// `properties` is a summary (headers omitted, strings cut).
     pub properties_truncated: bool,
+    /// The content header's bytes as received, for a message no AMQP library
+    /// could read (taken off the queue by idem's own reader); else `None`.
+    #[serde(skip)]
+    pub raw_header: Option<Vec<u8>>,
+    /// The whole content header's size, when `raw_header` is kept.
+    pub raw_header_size: Option<i32>,
     /// When it arrived.
     pub received_at: DateTime<Utc>,
     /// When an operator last replayed it.
@@ -57,6 +63,11 @@ impl QuarantineRow {
         if self.properties_truncated {
             lost.push("a summary of its properties (headers omitted)".to_owned());
         }
+        if self.raw_header.is_some() {
+            lost.push(
+                "its content header only as raw bytes (no AMQP library reads them)".to_owned(),
+            );
+        }
         (!lost.is_empty()).then(|| {
             format!(
                 "quarantine kept {}: it cannot be replayed; ask the producer to send it again",
@@ -72,7 +83,8 @@ impl QuarantineRow {
 const QUARANTINE_COLUMNS: &str = "id, reason_code, reason, message_id, properties, body,
      coalesce(body_size, octet_length(body)::int8) AS body_size,
      encode(coalesce(body_sha256, sha256(body)), 'hex') AS body_sha256,
-     body_truncated, properties_truncated, received_at, replayed_at, replay_count";
+     body_truncated, properties_truncated, raw_header, raw_header_size,
+     received_at, replayed_at, replay_count";
 
 /// Up to `limit` quarantined messages, newest first.
 pub async fn list_quarantine(
@@ -178,6 +190,8 @@ mod tests {
             body_sha256: "00".repeat(32),
             body_truncated,
             properties_truncated,
+            raw_header: None,
+            raw_header_size: None,
             received_at: Utc::now(),
             replayed_at: None,
             replay_count: 0,
@@ -191,5 +205,12 @@ mod tests {
         assert!(body.contains("first 4 of its 10 body bytes"), "{body}");
         let props = row(false, true).not_replayable().expect("summarised");
         assert!(props.contains("properties"), "{props}");
+        let raw = QuarantineRow {
+            raw_header: Some(vec![0, 60]),
+            raw_header_size: Some(2),
+            ..row(false, false)
+        };
+        let why = raw.not_replayable().expect("raw header");
+        assert!(why.contains("raw bytes"), "{why}");
     }
 }

@@ -167,7 +167,7 @@ async fn inbox_loop(
             })
             .collect();
         let mut tx = pool.begin().await?;
-        idem_inbox::record_batch(&mut tx, &items, config.inbox.max_body_bytes).await?;
+        idem_inbox::record_batch(&mut tx, &items, &config.inbox.admission).await?;
         tx.commit().await?;
     }
     Ok(())
