@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::metrics;
+use crate::raw::RawError;
 use crate::salvage::{self, Origin, Salvage};
 
 /// Messages taken per transaction.
@@ -50,6 +51,16 @@ pub struct Drained {
     pub left: usize,
 }
 
+/// The broker closed the channel with 404: the queue does not exist.
+fn not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<RawError>(),
+            Some(RawError::ChannelClosed { code: 404, .. })
+        )
+    })
+}
+
 impl Job for DeadLetterDrain {
     type Report = Drained;
 
@@ -70,7 +81,16 @@ impl Job for DeadLetterDrain {
                 admission: &self.admission,
                 origin: Origin::DeadLetters,
             };
-            let taken = salvage::take_head(&self.pool, &run).await?;
+            let taken = match salvage::take_head(&self.pool, &run).await {
+                Ok(taken) => taken,
+                // Not declared yet: the consumer declares it when it first
+                // connects, which may come after this replica's first drain.
+                Err(e) if not_found(&e) => {
+                    tracing::debug!(queue = %self.queue, "no dead-letter queue yet");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             let n = taken.decisions.len();
             report.taken += n;
             report.quarantined += taken.quarantined();

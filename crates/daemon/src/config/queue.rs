@@ -90,9 +90,13 @@ mod tests {
         assert_eq!(ok.drain_every, Duration::from_secs(10));
         let classic = args(QueueKind::Classic, 5, 30).validate().expect("valid");
         assert_eq!(classic.queue_type, QueueType::Classic);
-        let err = args(QueueKind::Quorum, 0, 10).validate().expect_err("limit 0");
+        let err = args(QueueKind::Quorum, 0, 10)
+            .validate()
+            .expect_err("limit 0");
         assert!(err.to_string().contains("IDEM_DELIVERY_LIMIT=0"), "{err}");
-        let err = args(QueueKind::Classic, 5, 0).validate().expect_err("drain 0");
+        let err = args(QueueKind::Classic, 5, 0)
+            .validate()
+            .expect_err("drain 0");
         assert!(
             err.to_string().contains("IDEM_DEAD_LETTER_DRAIN_SECS=0"),
             "{err}"

@@ -86,7 +86,7 @@ pub fn parse_content_header(payload: &[u8], limits: &Limits) -> Result<ContentHe
     if flags & flag::CONTINUATION != 0 {
         return Err(ParseError::UnknownPropertyFlags(flags));
     }
-    let properties = parse_properties(&mut c, flags, limits)?;
+    let properties = parse_properties(&mut c, flags, Some(limits))?;
     if c.remaining() > 0 {
         return Err(ParseError::TrailingBytes {
             offset: c.offset(),
@@ -101,10 +101,30 @@ pub fn parse_content_header(payload: &[u8], limits: &Limits) -> Result<ContentHe
     })
 }
 
+/// The properties of a content header whose headers table does not parse
+/// (past a bound, an unknown type inside): every other property, the table
+/// skipped by its length, so a quarantined message keeps its `message_id`.
+/// `None` if even that fails.
+pub fn properties_beside_headers(payload: &[u8]) -> Option<RawProperties> {
+    let mut c = Cursor::new(payload);
+    if c.u16().ok()? != BASIC_CLASS {
+        return None;
+    }
+    c.take(10).ok()?;
+    let flags = c.u16().ok()?;
+    if flags & flag::CONTINUATION != 0 {
+        return None;
+    }
+    let properties = parse_properties(&mut c, flags, None).ok()?;
+    (c.remaining() == 0).then_some(properties)
+}
+
+/// The properties after the flags; the headers table parsed within
+/// `limits`, or skipped by its length when `limits` is `None`.
 fn parse_properties(
     c: &mut Cursor<'_>,
     flags: u16,
-    limits: &Limits,
+    limits: Option<&Limits>,
 ) -> Result<RawProperties, ParseError> {
     let short = |c: &mut Cursor<'_>, bit: u16| -> Result<Option<Vec<u8>>, ParseError> {
         if flags & bit == 0 {
@@ -116,9 +136,14 @@ fn parse_properties(
     Ok(RawProperties {
         content_type: short(c, flag::CONTENT_TYPE)?,
         content_encoding: short(c, flag::CONTENT_ENCODING)?,
-        headers: (flags & flag::HEADERS != 0)
-            .then(|| parse_table(c, limits))
-            .transpose()?,
+        headers: match (flags & flag::HEADERS != 0, limits) {
+            (false, _) => None,
+            (true, Some(limits)) => Some(parse_table(c, limits)?),
+            (true, None) => {
+                c.long_bytes()?;
+                None
+            }
+        },
         delivery_mode: octet(c, flag::DELIVERY_MODE)?,
         priority: octet(c, flag::PRIORITY)?,
         correlation_id: short(c, flag::CORRELATION_ID)?,

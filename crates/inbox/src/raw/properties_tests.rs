@@ -167,3 +167,25 @@ fn mutated_headers_never_panic() {
         let _ = parse_content_header(&[&valid[..14], &noise].concat(), &Limits::DEFAULT);
     }
 }
+
+#[test]
+fn properties_beside_a_refused_headers_table_are_kept() {
+    let deep = nested_headers_payload(3, 100);
+    assert_eq!(
+        parse_content_header(&deep, &Limits::DEFAULT).map(|h| h.properties),
+        Err(ParseError::TooDeep { limit: 64 })
+    );
+    // The same header with a message_id after the table (flag bit 7).
+    let mut with_id = deep.clone();
+    let flags = u16::from_be_bytes([with_id[12], with_id[13]]) | (1 << 7);
+    with_id[12..14].copy_from_slice(&flags.to_be_bytes());
+    with_id.extend_from_slice(b"\x02\xff\xfe");
+    let beside = properties_beside_headers(&with_id).expect("the rest parses");
+    assert_eq!(beside.message_id.as_deref(), Some(&b"\xff\xfe"[..]));
+    assert_eq!(beside.headers, None);
+    assert_eq!(
+        properties_beside_headers(&with_id[..with_id.len() - 1]),
+        None,
+        "truncated"
+    );
+}

@@ -10,6 +10,7 @@ use super::Origin;
 use super::convert::shown;
 use crate::decision::Decision;
 use crate::metrics;
+use crate::raw::properties::properties_beside_headers;
 use crate::raw::{RawDelivery, RawField, RawProperties, RawTable};
 
 /// A property or header key is not UTF-8 (lapin refuses the whole frame).
@@ -36,9 +37,20 @@ pub async fn quarantine_raw(
     code: &'static str,
     reason: &str,
 ) -> Result<Decision, sqlx::Error> {
-    let mut properties = match &d.properties {
-        Ok(p) => properties_json(p, d.redelivered),
-        Err(e) => json!({ "unparsed": e.to_string(), "redelivered": d.redelivered }),
+    // Headers that do not parse are skipped by their length, so that the
+    // other properties (the message_id first) are kept.
+    let beside = match &d.properties {
+        Ok(_) => None,
+        Err(_) => properties_beside_headers(&d.header),
+    };
+    let mut properties = match (&d.properties, &beside) {
+        (Ok(p), _) => properties_json(p, d.redelivered),
+        (Err(e), Some(p)) => {
+            let mut json = properties_json(p, d.redelivered);
+            json["headers"] = json!({ "unparsed": e.to_string() });
+            json
+        }
+        (Err(e), None) => json!({ "unparsed": e.to_string(), "redelivered": d.redelivered }),
     };
     let reason = if origin == Origin::DeadLetters {
         let death = dead_letter(d);
@@ -53,6 +65,7 @@ pub async fn quarantine_raw(
         .properties
         .as_ref()
         .ok()
+        .or(beside.as_ref())
         .and_then(|p| p.message_id.clone());
     let minimal = json!({ "omitted": "the database refused the properties JSON" });
     for props in [&properties, &minimal] {
