@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
+use crate::Refusal;
 use idem_charge_api::{
     Call, CallKind, Charge, ChargeList, CreateCharge, ErrorBody, IDEMPOTENCY_KEY,
     IDEMPOTENT_REPLAYED, Refund, TRACEPARENT,
@@ -49,8 +50,17 @@ pub enum Attempt {
         /// The provider's error type, e.g. `card_declined`.
         code: String,
     },
-    /// The provider certainly did not process the request (`429`, `401`, `403`,
-    /// `404`, or the connection was refused before it was sent): retry later.
+    /// The provider refused to process the request because of who or where we
+    /// are (`401`, `403`, `404`, `429`, connection refused): certainly not
+    /// charged, and not about this charge — see [`Refusal`].
+    Refused {
+        /// What the provider refused.
+        refusal: Refusal,
+        /// What happened, for the outbox row's `last_error`.
+        reason: String,
+    },
+    /// The provider certainly did not process the request (another `4xx`):
+    /// retry later.
     NotProcessed {
         /// What happened, for the outbox row's `last_error`.
         reason: String,
@@ -86,6 +96,17 @@ pub enum ClientError {
         /// The body, for the log.
         body: String,
     },
+}
+
+impl ClientError {
+    /// The refusal this error is, if the provider refused us rather than
+    /// failed (see [`Refusal`]).
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            ClientError::Status { status, .. } => Refusal::of_status(*status),
+            _ => None,
+        }
+    }
 }
 
 /// A fresh record of a `kind` call starting now, and the instant its latency
@@ -201,6 +222,7 @@ impl ChargeClient {
             Attempt::Succeeded { charge, .. } => call.provider_id = Some(charge.id.clone()),
             Attempt::Declined { code } => call.error = Some(format!("declined: {code}")),
             Attempt::NotProcessed { reason }
+            | Attempt::Refused { reason, .. }
             | Attempt::Uncertain { reason }
             | Attempt::Rejected { reason } => call.error = Some(reason.clone()),
         }
@@ -374,7 +396,10 @@ async fn decode<T: serde::de::DeserializeOwned>(
 fn classify_transport(e: &reqwest::Error) -> Attempt {
     let reason = error_chain(e);
     if e.is_connect() && !e.is_timeout() {
-        Attempt::NotProcessed { reason }
+        Attempt::Refused {
+            refusal: Refusal::Unreachable,
+            reason,
+        }
     } else {
         Attempt::Uncertain { reason }
     }
@@ -423,10 +448,16 @@ pub fn classify_answer(status: StatusCode, replayed: bool, body: &[u8]) -> Attem
         400 | 422 => Attempt::Rejected {
             reason: format!("{status} {}", error_kind()),
         },
-        // 429, and 401/403/404/...: refused before processing — a rotated API
-        // key or a wrong base path must not turn the backlog dead; retry.
-        _ => Attempt::NotProcessed {
-            reason: format!("{status} {}", error_kind()),
+        // 401/403/404/429: refused before processing, because of us — a
+        // rotated API key or a wrong base path must not turn the backlog dead.
+        code => match Refusal::of_status(code) {
+            Some(refusal) => Attempt::Refused {
+                refusal,
+                reason: format!("{status} {}", error_kind()),
+            },
+            None => Attempt::NotProcessed {
+                reason: format!("{status} {}", error_kind()),
+            },
         },
     }
 }
@@ -462,6 +493,20 @@ mod tests {
         ));
         assert!(matches!(
             classify_answer(StatusCode::TOO_MANY_REQUESTS, false, b""),
+            Attempt::Refused {
+                refusal: Refusal::Throttled,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_answer(StatusCode::NOT_FOUND, false, b""),
+            Attempt::Refused {
+                refusal: Refusal::NotFound,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_answer(StatusCode::GONE, false, b""),
             Attempt::NotProcessed { .. }
         ));
         assert!(matches!(
@@ -474,7 +519,10 @@ mod tests {
         ));
         assert!(matches!(
             classify_answer(StatusCode::UNAUTHORIZED, false, b""),
-            Attempt::NotProcessed { .. }
+            Attempt::Refused {
+                refusal: Refusal::Unauthorized,
+                ..
+            }
         ));
         assert!(matches!(
             classify_answer(StatusCode::REQUEST_TIMEOUT, false, b""),

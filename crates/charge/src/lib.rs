@@ -9,10 +9,13 @@
 //! - `client`: the reqwest client; maps every HTTP answer or transport failure to
 //!   an [`Attempt`] the dispatcher can act on, and knows the provider's
 //!   [`Capabilities`].
+//! - `refusal`: [`Refusal`], the answers about us rather than the charge
+//!   (credentials, endpoint, rate, connection refused).
 //! - `wire_tests` (tests only): the client sends the golden `CreateCharge` body
 //!   and headers, checked on a captured request.
 
 pub mod client;
+pub mod refusal;
 #[cfg(test)]
 mod wire_tests;
 
@@ -21,3 +24,4 @@ pub use idem_charge_api::{
     Call, CallKind, Charge, ChargeList, ChargeMetadata, CreateCharge, ErrorBody, ErrorDetail,
     IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Refund, TRACEPARENT,
 };
+pub use refusal::Refusal;

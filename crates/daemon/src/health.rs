@@ -2,10 +2,14 @@
 //! - `/healthz`: the process answers (liveness); always `200 ok`.
 //! - `/readyz`: `200 ready` only when the database answers a query within 2 s
 //!   and, on a replica that runs the inbox consumer, the consumer has a live
-//!   broker session (not while connecting or reconnecting); otherwise `503`
-//!   with one line per dependency that is down.
+//!   broker session (not while connecting or reconnecting) and can record
+//!   its batches (not while the database refuses them: read-only, out of
+//!   connections, shutting down) and, on a replica that dispatches, its
+//!   provider breaker is closed (else e.g. `provider breaker open: 401 from
+//!   POST /v1/charges`); otherwise `503` with one line per reason.
 //! - `/metrics`: the Prometheus text exposition (see [`crate::metrics`]).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +17,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use idem_dispatch::Breaker;
 use idem_inbox::consumer::BrokerStatus;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -22,11 +27,15 @@ use tokio_util::sync::CancellationToken;
 /// What the health endpoints look at.
 #[derive(Debug, Clone)]
 pub struct Health {
-    /// The database, pinged by `/readyz`.
-    pub pool: PgPool,
+    /// The database, pinged by `/readyz`; empty while the replica waits for
+    /// it at start (the endpoints answer meanwhile: alive, not ready).
+    pub pool: Arc<OnceLock<PgPool>>,
     /// The consumer's broker session; `None` on a replica without the
     /// consumer role (then the broker is not part of readiness).
     pub broker: Option<BrokerStatus>,
+    /// The dispatcher's provider breaker; `None` on a replica without the
+    /// dispatcher role.
+    pub breaker: Option<Breaker>,
     /// The Prometheus recorder, rendered by `/metrics`.
     pub metrics: PrometheusHandle,
 }
@@ -49,23 +58,36 @@ pub async fn serve(
 }
 
 async fn ready(State(health): State<Health>) -> (StatusCode, String) {
-    let mut down = Vec::new();
-    let ping = sqlx::query("SELECT 1").execute(&health.pool);
-    if !matches!(
-        tokio::time::timeout(Duration::from_secs(2), ping).await,
-        Ok(Ok(_))
-    ) {
-        down.push("database unreachable");
+    let mut down: Vec<String> = Vec::new();
+    match health.pool.get() {
+        None => down.push("database: waiting for it at start".to_owned()),
+        Some(pool) => {
+            let ping = sqlx::query("SELECT 1").execute(pool);
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(2), ping).await,
+                Ok(Ok(_))
+            ) {
+                down.push("database unreachable".to_owned());
+            }
+        }
     }
-    if health.broker.as_ref().is_some_and(|b| !b.is_connected()) {
-        down.push("broker session down (consumer connecting or reconnecting)");
+    if let Some(broker) = &health.broker {
+        if !broker.is_connected() {
+            down.push("broker session down (consumer connecting or reconnecting)".to_owned());
+        }
+        if let Some(why) = broker.stalled() {
+            down.push(format!("inbox cannot record its batch: {why}"));
+        }
+    }
+    if let Some(open) = health.breaker.as_ref().and_then(Breaker::status) {
+        down.push(open);
     }
     if down.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         let mut body = String::from("not ready\n");
         for reason in down {
-            body.push_str(reason);
+            body.push_str(&reason);
             body.push('\n');
         }
         (StatusCode::SERVICE_UNAVAILABLE, body)

@@ -1,11 +1,14 @@
-//! One replica (`idem run`). Connects (failing fast with a clear message when a
-//! dependency is unreachable or misconfigured), applies the schema, then runs
+//! One replica (`idem run`). Serves its health endpoints, waits for the
+//! database while it is away (failing fast with a clear message only on what
+//! waiting cannot fix: a setting, credentials, a certificate), applies the schema, then runs
 //! the inbox consumer and/or the dispatcher until the shutdown token fires.
 //! Alongside them: the health and metrics listener, the sampler of the
 //! table gauges, and the retention job; with the dispatcher, the result
 //! publisher.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use idem_dispatch::Dispatcher;
@@ -33,10 +36,7 @@ pub async fn run_with(
     on_listening: impl FnOnce(SocketAddr) + Send,
 ) -> anyhow::Result<()> {
     let metrics_handle = metrics::install()?;
-    let pool = idem_store::connect(&config.database_url, config.db_max_connections).await?;
-    idem_store::migrate(&pool).await?;
     let client = config.charge_client()?;
-
     let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
         format!(
             "cannot listen on IDEM_HTTP_ADDR {}: is another process using it? pick another address or port 0",
@@ -48,16 +48,28 @@ pub async fn run_with(
     on_listening(http_addr);
     let consumes = matches!(config.role, Role::All | Role::Consumer);
     let broker = idem_inbox::consumer::BrokerStatus::new();
+    let dispatches = matches!(config.role, Role::All | Role::Dispatcher);
+    let breaker = idem_dispatch::Breaker::new(config.dispatch.breaker);
 
     // Any role failing for good stops the others: a replica is whole or absent.
     let stop = shutdown.child_token();
     let mut roles = tokio::task::JoinSet::new();
+    // Health first: while the replica waits for its database it is alive
+    // and says why it is not ready.
+    let database = Arc::new(OnceLock::new());
     let health = Health {
-        pool: pool.clone(),
+        pool: database.clone(),
         broker: consumes.then(|| broker.clone()),
+        breaker: dispatches.then(|| breaker.clone()),
         metrics: metrics_handle.clone(),
     };
     roles.spawn(health::serve(listener, health, stop.clone()));
+    let Some(pool) = wait_for_database(&config, &shutdown).await? else {
+        stop.cancel();
+        while roles.join_next().await.is_some() {}
+        return Ok(());
+    };
+    let _ = database.set(pool.clone());
     roles.spawn(metrics::sample_tables(
         pool.clone(),
         metrics_handle,
@@ -77,6 +89,7 @@ pub async fn run_with(
             amqp_url: config.inbox.amqp_url.clone(),
             queue: idem_inbox::Topology::for_queue(&config.inbox.queue).dead_letter_queue,
             admission: config.inbox.admission.clone(),
+            memory_budget: config.inbox.prefetch_bytes,
         };
         let every =
             idem_periodic::Every::new(config.dead_letter_drain).starting(idem_periodic::Start::Now);
@@ -117,7 +130,8 @@ pub async fn run_with(
                 .await
                 .context("result publisher")
         });
-        let dispatcher = Dispatcher::new(pool.clone(), client, config.dispatch.clone());
+        let dispatcher =
+            Dispatcher::new(pool.clone(), client, config.dispatch.clone()).with_breaker(breaker);
         let stop = stop.clone();
         roles.spawn(async move { dispatcher.run(stop).await.context("dispatcher") });
     }
@@ -140,4 +154,38 @@ pub async fn run_with(
         tracing::info!("idem stopped");
     }
     outcome
+}
+
+/// The first and longest wait between two tries at the database at start.
+const DATABASE_WAIT_MIN: Duration = Duration::from_millis(500);
+const DATABASE_WAIT_MAX: Duration = Duration::from_secs(15);
+
+/// Connect and migrate, waiting with jittered backoff while the database is
+/// away (restarting, failing over, refusing connections for now); fail at
+/// once on what waiting cannot fix (credentials, an unknown host, a
+/// certificate, a URL or a migration that is wrong). `None`: shutdown came
+/// first.
+async fn wait_for_database(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<sqlx::PgPool>> {
+    let mut backoff = idem_periodic::Backoff::new(DATABASE_WAIT_MIN, DATABASE_WAIT_MAX);
+    loop {
+        let attempt = async {
+            let pool = idem_store::connect(&config.database_url, config.db_max_connections).await?;
+            idem_store::migrate(&pool).await?;
+            anyhow::Ok(pool)
+        };
+        match attempt.await {
+            Ok(pool) => return Ok(Some(pool)),
+            Err(e) if idem_store::outage::waiting_helps(&e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "the database is not available yet; waiting for it (not ready meanwhile)");
+                if !idem_periodic::pause(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use idem_charge::{Call, ChargeClient};
 use idem_periodic::{Every, Start};
+use idem_store::attempt::NewAttempt;
 use idem_store::{Claimed, Settlement, outbox};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -13,10 +14,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::{Admit, Breaker, BreakerConfig};
 use crate::metrics;
 use crate::recorder::Recorder;
 use crate::rescue::LeaseRescue;
-use crate::strategy::{self, Backoff, CallLog, Policy};
+use crate::strategy::{self, Backoff, CallLog, Policy, Step};
 
 /// Settings of a dispatcher replica.
 #[derive(Debug, Clone)]
@@ -43,6 +45,11 @@ pub struct DispatchConfig {
     /// How long shutdown waits for calls in flight before abandoning them to
     /// the lease rescuer.
     pub shutdown_grace: Duration,
+    /// When the provider refuses us: the circuit breaker's settings.
+    pub breaker: BreakerConfig,
+    /// How long the provider keeps an idempotency key (Stripe: 24 h): an
+    /// uncertain row older than that is never re-sent under its key blindly.
+    pub key_ttl: Duration,
 }
 
 /// One row's attempt as `dispatch_once` reports it.
@@ -54,6 +61,9 @@ pub struct Dispatched {
     pub settlement: Settlement,
     /// `false` if the fence refused the write: the lease had been lost.
     pub recorded: bool,
+    /// The provider refused the call because of us (the row went back with
+    /// its attempt given back; `settlement` is the retry it amounts to).
+    pub refused: bool,
 }
 
 /// A dispatcher replica. Cheap to clone (shares the pool and HTTP client).
@@ -67,6 +77,8 @@ pub struct Dispatcher {
     config: Arc<DispatchConfig>,
     /// Writes results in groups (shared by the clones).
     recorder: Recorder,
+    /// Pauses claiming while the provider refuses us (shared by the clones).
+    breaker: Breaker,
 }
 
 impl Dispatcher {
@@ -75,10 +87,24 @@ impl Dispatcher {
     pub fn new(pool: PgPool, client: ChargeClient, config: DispatchConfig) -> Self {
         Self {
             recorder: Recorder::spawn(pool.clone(), config.owner.clone()),
+            breaker: Breaker::new(config.breaker),
             pool,
             client,
             config: Arc::new(config),
         }
+    }
+
+    /// This dispatcher with `breaker` (e.g. one `/readyz` already watches)
+    /// instead of its own.
+    #[must_use]
+    pub fn with_breaker(mut self, breaker: Breaker) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// The replica's provider breaker.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     fn policy(&self) -> Policy {
@@ -86,6 +112,13 @@ impl Dispatcher {
             max_attempts: self.config.max_attempts,
             backoff: self.config.backoff,
             charge_timeout: self.config.charge_timeout,
+            // `uncertain_since` is set when the uncertain attempt is recorded
+            // (or its lease rescued): up to about two leases after the call
+            // the provider stored the key under.
+            key_trusted_for: self
+                .config
+                .key_ttl
+                .saturating_sub(self.config.lease.saturating_mul(2)),
         }
     }
 
@@ -109,6 +142,16 @@ impl Dispatcher {
         Ok(rows)
     }
 
+    /// Claim the breaker's probe: one row (or none, and the next claim
+    /// probes).
+    async fn claim_probe(&self) -> Result<Vec<Claimed>, sqlx::Error> {
+        let rows = self.claim(1).await;
+        if !matches!(&rows, Ok(r) if !r.is_empty()) {
+            self.breaker.probe_unused();
+        }
+        rows
+    }
+
     /// Put rows with expired leases back in play; returns how many.
     pub async fn rescue(&self) -> Result<u64, sqlx::Error> {
         self.rescuer().rescue().await
@@ -130,18 +173,31 @@ impl Dispatcher {
         let policy = self.policy();
         let calls = CallLog::default();
         let attempt = strategy::attempt(&self.client, &policy, &row, &calls);
-        let settlement = match tokio::time::timeout(bound, attempt).await {
-            Ok(settlement) => settlement,
+        let step = match tokio::time::timeout(bound, attempt).await {
+            Ok(step) => step,
             Err(_) => {
                 ::metrics::counter!(metrics::OVERRAN).increment(1);
                 tracing::warn!(outbox_id = row.id, reference_id = %row.reference_id, budget = ?bound, "attempt outlived its lease budget; recording it as uncertain");
-                strategy::overran(&self.client, &policy, &row, bound)
+                Step::Settle(strategy::overran(&self.client, &policy, &row, bound))
             }
         };
+        let calls = calls.take("cut off: no answer within the lease budget");
+        let settlement = match step {
+            Step::Refused {
+                cause,
+                error,
+                delay,
+            } => {
+                self.breaker.refused(cause);
+                ::metrics::counter!(metrics::PROVIDER_RESPONSES, "class" => "refused").increment(1);
+                return self.release(row, error, delay, calls).await;
+            }
+            Step::Settle(settlement) => settlement,
+        };
+        self.observed(&calls);
         let class = response_class(&settlement);
         ::metrics::counter!(metrics::PROVIDER_RESPONSES, "class" => class).increment(1);
         idem_crash::point("dispatch.after_answer");
-        let calls = calls.take("cut off: no answer within the lease budget");
         let (id, reference) = (row.id, row.reference_id);
         match self.settle(row, settlement, calls).await {
             Ok(done) => {
@@ -156,6 +212,49 @@ impl Dispatcher {
                 )))
             }
         }
+    }
+
+    /// Tell the breaker what the calls of a settled attempt showed: an HTTP
+    /// answer means the provider takes our calls; none (cut off, transport
+    /// failure) tells nothing.
+    fn observed(&self, calls: &[Call]) {
+        if calls.iter().any(|c| c.http_status.is_some()) {
+            self.breaker.answered();
+        } else {
+            self.breaker.inconclusive();
+        }
+    }
+
+    /// Put a refused row back with its attempt given back (fenced by its
+    /// lease), and keep the refused calls in its history.
+    async fn release(
+        &self,
+        row: Claimed,
+        error: String,
+        delay: Duration,
+        calls: Vec<Call>,
+    ) -> anyhow::Result<Dispatched> {
+        let mut conn = self.pool.acquire().await?;
+        let history: Vec<NewAttempt> = calls
+            .iter()
+            .map(|c| NewAttempt::of_call(row.id, c))
+            .collect();
+        idem_store::attempt::record(&mut conn, &self.config.owner, &history).await?;
+        let recorded =
+            outbox::release_refused(&mut conn, row.id, row.lease_token, &error, delay).await?;
+        if !recorded {
+            ::metrics::counter!(metrics::FENCE_REFUSALS).increment(1);
+        }
+        Ok(Dispatched {
+            id: row.id,
+            settlement: Settlement::Retry {
+                uncertain: false,
+                error,
+                delay,
+            },
+            recorded,
+            refused: true,
+        })
     }
 
     /// Record `settlement` for `row`, fenced by its lease token (through the
@@ -187,13 +286,19 @@ impl Dispatcher {
             id: row.id,
             settlement,
             recorded,
+            refused: false,
         })
     }
 
     /// One step: claim a batch, attempt every row concurrently, settle each.
     /// Returns what happened per row (empty when nothing was due).
+    /// While the breaker is open nothing is claimed; half-open, one row.
     pub async fn dispatch_once(&self) -> anyhow::Result<Vec<Dispatched>> {
-        let rows = self.claim(self.config.claim_batch).await?;
+        let rows = match self.breaker.admit() {
+            Admit::Claim => self.claim(self.config.claim_batch).await?,
+            Admit::Probe => self.claim_probe().await?,
+            Admit::Wait(_) => Vec::new(),
+        };
         let mut tasks = JoinSet::new();
         for row in rows {
             let this = self.clone();
@@ -240,16 +345,27 @@ impl Dispatcher {
             let free = slots.available_permits() as i64;
             ::metrics::gauge!(metrics::IN_FLIGHT)
                 .set((self.config.concurrency.max(1) as i64 - free) as f64);
-            let claimed = if free == 0 {
-                Ok(Vec::new())
-            } else {
-                self.claim(free.min(self.config.claim_batch)).await
+            let limit = free.min(self.config.claim_batch);
+            let claimed = match (free, self.breaker.admit()) {
+                (0, _) => Ok(Vec::new()),
+                (_, Admit::Claim) => self.claim(limit).await,
+                (_, Admit::Probe) => self.claim_probe().await,
+                (_, Admit::Wait(pause)) => {
+                    // Paused for the whole provider: sleep till the probe
+                    // (or a call in flight ends), keep no claim.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                        Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_task_end(joined),
+                    }
+                    continue;
+                }
             };
             let wait = match claimed {
                 Ok(rows) if rows.is_empty() => self.config.idle_poll,
                 Ok(rows) => {
                     error_backoff = Duration::from_millis(100);
-                    let full = rows.len() as i64 == free.min(self.config.claim_batch);
+                    let full = rows.len() as i64 == limit;
                     for row in rows {
                         let permit = Arc::clone(&slots).acquire_owned().await?;
                         let this = self.clone();

@@ -16,10 +16,15 @@
 //!   every quarter lease (jittered).
 //! - `trace`: the attempt span's parent (the row's stored `traceparent`) and
 //!   the child `traceparent` sent on the provider call.
+//! - `breaker`: the provider-wide circuit breaker ([`Breaker`]): refusals
+//!   (401/403/404, sustained 429 or refused connections) pause claiming;
+//!   half-open probes, one row at a time after a jittered, capped backoff,
+//!   close it. A pure state machine ([`breaker::Circuit`]) and its shared handle.
 //! - `metrics`: the names and help texts of the metrics this crate records.
 //! - `recorder`: group commit of results — one fenced statement for every
 //!   result that queued up while the previous one was written.
 
+pub mod breaker;
 pub mod dispatcher;
 pub mod metrics;
 mod recorder;
@@ -27,5 +32,6 @@ mod rescue;
 pub mod strategy;
 mod trace;
 
+pub use breaker::{Breaker, BreakerConfig};
 pub use dispatcher::{DispatchConfig, Dispatched, Dispatcher};
 pub use strategy::Backoff;

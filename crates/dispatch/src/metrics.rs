@@ -3,7 +3,7 @@
 //! through the `metrics` facade (no-ops unless the process installed a
 //! recorder); the daemon installs one and calls [`describe`].
 
-use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram};
+use ::metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 
 /// Counter: outbox rows claimed with a lease.
 pub const CLAIMED_ROWS: &str = "idem_dispatch_claimed_rows_total";
@@ -35,6 +35,28 @@ pub const LEASE_RECLAIMS: &str = "idem_lease_reclaims_total";
 /// concurrency).
 pub const IN_FLIGHT: &str = "idem_dispatch_in_flight";
 
+/// Gauge: 1 while this replica's provider breaker is open or half-open
+/// (claiming paused), 0 while closed.
+pub const BREAKER_OPEN: &str = "idem_dispatch_breaker_open";
+/// Counter: times this replica's provider breaker opened.
+pub const BREAKER_OPENED: &str = "idem_dispatch_breaker_opened_total";
+/// Counter, label `status` (`401`, `403`, `404`, `429`, `unreachable`):
+/// provider calls refused because of us, not the charge; none counts toward
+/// a row's attempts.
+pub const REFUSALS: &str = "idem_provider_refusals_total";
+/// Counter: failed lookups after an uncertain attempt that fell back to the
+/// retry under the same (honoured, unexpired) key.
+pub const LOOKUP_FALLBACKS: &str = "idem_dispatch_lookup_fallbacks_total";
+/// Counter, label `reason` ([`UNRESOLVED_REASONS`]): attempts that left an
+/// uncertain row `unknown` without charging, waiting for a lookup,
+/// reconciliation or an operator.
+pub const UNRESOLVED: &str = "idem_dispatch_unresolved_total";
+
+/// Every value of the `reason` label of [`UNRESOLVED`]: the lookup failed
+/// and no key may be trusted (`lookup_failed`); the provider's key lifetime
+/// has passed and there is no lookup (`key_expired`).
+pub const UNRESOLVED_REASONS: [&str; 2] = ["lookup_failed", "key_expired"];
+
 /// Every metric of this crate.
 pub const ALL: &[&str] = &[
     CLAIMED_ROWS,
@@ -47,16 +69,22 @@ pub const ALL: &[&str] = &[
     OVERRAN,
     LEASE_RECLAIMS,
     IN_FLIGHT,
+    BREAKER_OPEN,
+    BREAKER_OPENED,
+    REFUSALS,
+    LOOKUP_FALLBACKS,
+    UNRESOLVED,
 ];
 
 /// Every value of the `class` label, as the dispatcher's `response_class`
 /// reads it from a settlement.
-pub const RESPONSE_CLASSES: [&str; 5] = [
+pub const RESPONSE_CLASSES: [&str; 6] = [
     "succeeded",
     "declined",
     "not_processed",
     "uncertain",
     "rejected",
+    "refused",
 ];
 
 /// Help texts, and the counters registered at zero so that every series
@@ -78,7 +106,7 @@ pub fn describe() {
     );
     describe_counter!(
         PROVIDER_RESPONSES,
-        "Attempts by what the provider's answer meant (succeeded|declined|not_processed|uncertain|rejected)"
+        "Attempts by what the provider's answer meant (succeeded|declined|not_processed|uncertain|rejected|refused)"
     );
     describe_histogram!(
         SETTLE_BATCH_ROWS,
@@ -104,16 +132,45 @@ pub fn describe() {
         IN_FLIGHT,
         "Provider calls in flight in this replica (at most IDEM_DISPATCH_CONCURRENCY)"
     );
+    describe_gauge!(
+        BREAKER_OPEN,
+        "1 while this replica's provider breaker is open or half-open (claiming paused), else 0"
+    );
+    describe_counter!(
+        BREAKER_OPENED,
+        "Times this replica's provider breaker opened (refused key or endpoint, sustained 429 or refused connections)"
+    );
+    describe_counter!(
+        REFUSALS,
+        "Provider calls refused because of us (status 401|403|404|429|unreachable); none counts toward a row's attempts"
+    );
+    describe_counter!(
+        LOOKUP_FALLBACKS,
+        "Failed lookups after an uncertain attempt that fell back to the retry under the same honoured key"
+    );
+    describe_counter!(
+        UNRESOLVED,
+        "Attempts that left an uncertain row unknown without charging (reason lookup_failed|key_expired), waiting for lookup, reconciliation or an operator"
+    );
 
     for class in RESPONSE_CLASSES {
         counter!(PROVIDER_RESPONSES, "class" => class).increment(0);
     }
+    for refusal in idem_charge::Refusal::ALL {
+        counter!(REFUSALS, "status" => refusal.label()).increment(0);
+    }
+    for reason in UNRESOLVED_REASONS {
+        counter!(UNRESOLVED, "reason" => reason).increment(0);
+    }
+    gauge!(BREAKER_OPEN).set(0.0);
     for name in [
         CLAIMED_ROWS,
         FENCE_REFUSALS,
         ABANDONED,
         OVERRAN,
         LEASE_RECLAIMS,
+        BREAKER_OPENED,
+        LOOKUP_FALLBACKS,
     ] {
         counter!(name).increment(0);
     }

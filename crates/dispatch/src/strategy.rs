@@ -7,16 +7,26 @@
 //! reference id — safe where the provider honours idempotency keys; where it
 //! does not, a retry waits long enough for a late original to have landed (and
 //! reconciliation has the last word).
+//!
+//! A lookup that fails (transport, `5xx`) falls back to the keyed retry
+//! while the key can be trusted; otherwise (no keys, or the provider's key
+//! lifetime passed) the row stays `unknown` without any call that could
+//! charge, counted in `idem_dispatch_unresolved_total`, until a lookup
+//! answers, reconciliation settles it or an operator does. A refusal (401,
+//! 403, 404, 429, connection refused) is [`Step::Refused`]: not the row's
+//! fault, its attempt is given back and the breaker decides what happens next.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use idem_charge::{
-    Attempt, Call, CallKind, Capabilities, ChargeClient, ChargeMetadata, CreateCharge,
+    Attempt, Call, CallKind, Capabilities, ChargeClient, ChargeMetadata, CreateCharge, Refusal,
 };
 use idem_store::{Claimed, Settlement};
 use rand::Rng;
 use serde_json::json;
+
+use crate::breaker::Cause;
 
 /// Exponential backoff with jitter, by attempt number.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +60,23 @@ pub struct Policy {
     /// The per-call timeout; without idempotency keys an uncertain row waits at
     /// least twice this before it may be charged again.
     pub charge_timeout: Duration,
+    /// How long after an uncertain attempt the provider's idempotency key
+    /// may still be trusted: its key lifetime less a margin for the time
+    /// between the call and `uncertain_since` being set.
+    pub key_trusted_for: Duration,
+}
+
+impl Policy {
+    /// Whether the key of a row uncertain since `since` may have expired at
+    /// the provider by `now`: then a resend under it could charge again.
+    pub fn key_expired(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> bool {
+        let age = (now - since).to_std().unwrap_or(Duration::ZERO);
+        age >= self.key_trusted_for
+    }
 }
 
 /// The provider calls of one attempt, for the attempt history. Shared with the
@@ -98,6 +125,24 @@ impl CallLog {
     }
 }
 
+/// How one attempt ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Record this on the row.
+    Settle(Settlement),
+    /// The provider refused the call because of us (see
+    /// [`idem_charge::Refusal`]): nothing was processed, the row goes back
+    /// with its attempt given back, and the breaker hears of it.
+    Refused {
+        /// What was refused, on which call.
+        cause: Cause,
+        /// For the row's `last_error`.
+        error: String,
+        /// Before the row is due again (the breaker paces claims meanwhile).
+        delay: Duration,
+    },
+}
+
 /// Make one attempt for `row` and decide what to record; every provider call
 /// goes into `calls`.
 #[tracing::instrument(skip_all, fields(outbox_id = row.id, reference_id = %row.reference_id, message_id = %row.message_id, attempt = row.attempts, trace_id = row.traceparent.as_deref().and_then(idem_message::trace::trace_id)))]
@@ -106,38 +151,95 @@ pub async fn attempt(
     policy: &Policy,
     row: &Claimed,
     calls: &CallLog,
-) -> Settlement {
+) -> Step {
     let caps = client.capabilities();
     let reference = row.reference_id.to_string();
     // The message's trace continues: this span's parent is the stored
     // traceparent; the provider sees a child of it (see `crate::trace`).
     let traceparent = crate::trace::outgoing(&tracing::Span::current(), row.traceparent.as_deref());
     let traceparent = traceparent.as_deref();
-    if row.uncertain_since.is_some() && caps.lookup {
-        calls.opened(CallKind::Lookup);
-        let (found, call) = client.lookup(&reference, traceparent).await;
-        calls.finished(call);
-        match found {
-            Ok(charges) => {
-                if let Some(first) = charges.iter().find(|c| c.status == "succeeded") {
-                    if charges.len() > 1 {
-                        tracing::warn!(
-                            found = charges.len(),
-                            "several charges under one reference; reconciliation refunds the extra ones"
-                        );
+    if let Some(since) = row.uncertain_since {
+        let key_valid = caps.idempotency_keys && !policy.key_expired(since, chrono::Utc::now());
+        if caps.lookup {
+            calls.opened(CallKind::Lookup);
+            let (found, call) = client.lookup(&reference, traceparent).await;
+            calls.finished(call);
+            match found {
+                Ok(charges) => {
+                    if let Some(first) = charges.iter().find(|c| c.status == "succeeded") {
+                        if charges.len() > 1 {
+                            tracing::warn!(
+                                found = charges.len(),
+                                "several charges under one reference; reconciliation refunds the extra ones"
+                            );
+                        }
+                        tracing::info!(charge_id = %first.id, "uncertain attempt resolved by lookup: charged");
+                        return Step::Settle(succeeded(first));
                     }
-                    tracing::info!(charge_id = %first.id, "uncertain attempt resolved by lookup: charged");
-                    return succeeded(first);
+                    tracing::info!("uncertain attempt resolved by lookup: not charged; charging");
                 }
-                tracing::info!("uncertain attempt resolved by lookup: not charged; charging");
+                Err(e) => {
+                    if let Some(refusal) = e.refusal() {
+                        return refused(policy, row, refusal, LOOKUP, e.to_string());
+                    }
+                    if !key_valid {
+                        return Step::Settle(unresolved(
+                            policy,
+                            row,
+                            "lookup_failed",
+                            format!(
+                                "lookup failed ({e}) and {}: not re-sent; waiting for a lookup, reconciliation or an operator",
+                                no_key_reason(caps)
+                            ),
+                        ));
+                    }
+                    // The key makes the retry safe: the provider replays the
+                    // original's answer if it ran. Waiting on the lookup
+                    // instead would block the account behind this row.
+                    ::metrics::counter!(crate::metrics::LOOKUP_FALLBACKS).increment(1);
+                    tracing::warn!(error = %e, "lookup failed; retrying under the same idempotency key");
+                }
             }
-            Err(e) => {
-                return retry(policy, row, true, caps, format!("lookup failed: {e}"));
-            }
+        } else if caps.idempotency_keys && !key_valid {
+            return Step::Settle(unresolved(
+                policy,
+                row,
+                "key_expired",
+                format!(
+                    "outcome uncertain since {since} and the provider's key has expired \
+                     (IDEM_PROVIDER_KEY_TTL_HOURS) with no lookup: not re-sent; waiting for \
+                     reconciliation or an operator"
+                ),
+            ));
         }
     }
+    charge(client, policy, row, calls, traceparent).await
+}
+
+/// The lookup call, as the breaker names it.
+const LOOKUP: &str = "GET /v1/charges";
+/// The charge call, as the breaker names it.
+const CHARGE: &str = "POST /v1/charges";
+
+fn no_key_reason(caps: Capabilities) -> &'static str {
+    if caps.idempotency_keys {
+        "the provider's key for it has expired (IDEM_PROVIDER_KEY_TTL_HOURS)"
+    } else {
+        "the provider does not honour idempotency keys"
+    }
+}
+
+/// Send the charge under the reference id and classify the answer.
+async fn charge(
+    client: &ChargeClient,
+    policy: &Policy,
+    row: &Claimed,
+    calls: &CallLog,
+    traceparent: Option<&str>,
+) -> Step {
+    let caps = client.capabilities();
     let request = CreateCharge {
-        reference_id: reference,
+        reference_id: row.reference_id.to_string(),
         account_id: row.account_id.clone(),
         amount: row.amount,
         currency: row.currency.clone(),
@@ -149,7 +251,7 @@ pub async fn attempt(
     calls.opened(CallKind::Charge);
     let (outcome, call) = client.create_charge(&request, traceparent).await;
     calls.finished(call);
-    match outcome {
+    let settlement = match outcome {
         Attempt::Succeeded { charge, replayed } => {
             tracing::info!(charge_id = %charge.id, replayed, "charged");
             succeeded(&charge)
@@ -159,6 +261,9 @@ pub async fn attempt(
             Settlement::Declined {
                 result: json!({"status": "declined", "code": code}),
             }
+        }
+        Attempt::Refused { refusal, reason } => {
+            return refused(policy, row, refusal, CHARGE, reason);
         }
         Attempt::NotProcessed { reason } => retry(policy, row, false, caps, reason),
         Attempt::Uncertain { reason } => {
@@ -176,6 +281,38 @@ pub async fn attempt(
                 error: format!("provider rejected the charge: {reason}{note}"),
             }
         }
+    };
+    Step::Settle(settlement)
+}
+
+/// A call the provider refused because of us: not this row's fault, so its
+/// attempt is given back; it is due again after the usual backoff (the
+/// breaker holds claims back meanwhile if the refusals go on).
+fn refused(
+    policy: &Policy,
+    row: &Claimed,
+    refusal: Refusal,
+    call: &'static str,
+    reason: String,
+) -> Step {
+    tracing::warn!(%reason, call, "provider refused the call (not about this charge); attempt given back");
+    Step::Refused {
+        cause: Cause { refusal, call },
+        error: format!("provider refused {call}: {reason} (not counted as an attempt)"),
+        delay: policy.backoff.delay(row.attempts),
+    }
+}
+
+/// An uncertain row that no call may safely resolve now: it stays
+/// `unknown` (never `dead`, never re-sent blindly) at the longest backoff,
+/// and the metric and the log say so.
+fn unresolved(policy: &Policy, row: &Claimed, reason: &'static str, error: String) -> Settlement {
+    ::metrics::counter!(crate::metrics::UNRESOLVED, "reason" => reason).increment(1);
+    tracing::warn!(reason, attempts = row.attempts, %error, "uncertain row left unknown: waiting for a lookup, reconciliation or an operator");
+    Settlement::Retry {
+        uncertain: true,
+        error,
+        delay: policy.backoff.max,
     }
 }
 
@@ -274,6 +411,7 @@ mod tests {
                 max: Duration::from_millis(100),
             },
             charge_timeout: Duration::from_secs(1),
+            key_trusted_for: Duration::from_secs(3600),
         }
     }
 
@@ -326,6 +464,43 @@ mod tests {
             Settlement::Retry { delay, .. } => assert!(delay <= Duration::from_millis(10)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_key_is_trusted_only_within_its_lifetime() {
+        let now = chrono::Utc::now();
+        let p = policy();
+        assert!(!p.key_expired(now - chrono::Duration::minutes(59), now));
+        assert!(p.key_expired(now - chrono::Duration::minutes(60), now));
+        // A clock step backwards is not an expiry.
+        assert!(!p.key_expired(now + chrono::Duration::minutes(5), now));
+    }
+
+    #[test]
+    fn a_refusal_gives_the_attempt_back_and_names_the_call() {
+        match refused(
+            &policy(),
+            &row(7, false),
+            Refusal::Unauthorized,
+            CHARGE,
+            "401 authentication_error".into(),
+        ) {
+            Step::Refused { cause, error, .. } => {
+                assert_eq!(cause.to_string(), "401 from POST /v1/charges");
+                assert!(error.contains("not counted"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unresolvable uncertain row waits at the longest backoff, unknown.
+        let waiting = unresolved(&policy(), &row(99, true), "key_expired", "x".into());
+        assert_eq!(
+            waiting,
+            Settlement::Retry {
+                uncertain: true,
+                error: "x".into(),
+                delay: Duration::from_millis(100)
+            }
+        );
     }
 
     #[test]

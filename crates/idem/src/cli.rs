@@ -43,7 +43,8 @@ pub enum Command {
     /// Reconcile once: hold the provider's charges in a window against ours,
     /// refund extra charges, settle or re-queue uncertain rows, report.
     Reconcile(reconcile::ReconcileCommand),
-    /// Outbox rows: list, show (with attempt history), retry dead, resolve by hand.
+    /// Outbox rows: list, show (with attempt history), retry dead (one, or by
+    /// filter), resolve by hand.
     Outbox(outbox::OutboxCommand),
     /// Quarantined messages: list, show, replay through the normal path.
     Quarantine(quarantine::QuarantineCommand),

@@ -1,7 +1,10 @@
 //! `idem outbox list|show|retry|resolve`: outbox rows with their attempt
 //! history, and the two hand changes, each with its audit row in the change's
 //! transaction (crates/store/src/admin/outbox.rs). `list` and `show` only
-//! read: they never create or migrate a database.
+//! read: they never create or migrate a database. `retry` by filter is in
+//! `bulk`.
+
+mod bulk;
 
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
@@ -9,6 +12,8 @@ use idem_store::OutboxState;
 use idem_store::admin::{self, InboxRow, OutboxRow, OutboxSelector, Refused, Resolution};
 use idem_store::attempt::{self, AttemptRow};
 use serde_json::json;
+
+use self::bulk::RetryFilterArgs;
 
 use crate::operator::{Common, Why};
 use crate::render::{
@@ -43,18 +48,30 @@ pub enum OutboxAction {
         /// Row id, reference id (UUID), or scope:message_id.
         selector: String,
     },
-    /// Put a dead row back in play (dead -> pending, attempts reset).
+    /// Put dead rows back in play (dead -> pending, attempts reset): one by
+    /// id, or every row a filter matches, in batches, as one audited action.
     Retry {
         #[command(flatten)]
         common: Common,
-        /// Row id.
-        id: i64,
+        /// Row id; without it, the rows the filter flags select.
+        id: Option<i64>,
+        /// By filter: the rows' state. Only `dead` rows are retried by hand;
+        /// the others are refused, saying why.
+        #[arg(long, value_enum, default_value = "dead", conflicts_with = "id")]
+        state: StateArg,
+        #[command(flatten)]
+        filter: Box<RetryFilterArgs>,
         /// Retry although the last outcome was uncertain (the charge may exist
-        /// at the provider and is sent again).
+        /// at the provider and is sent again). By filter: without it, such
+        /// rows are left dead and counted.
         #[arg(long)]
         force: bool,
-        #[command(flatten)]
-        why: Why,
+        /// Who is acting (default: the OS user running the command).
+        #[arg(long, env = "IDEM_ACTOR")]
+        actor: Option<String>,
+        /// Why: kept in the audit table with the change (not needed with --dry-run).
+        #[arg(long, required_unless_present = "dry_run")]
+        reason: Option<String>,
     },
     /// Settle a pending, unknown or dead row by hand.
     Resolve {
@@ -78,7 +95,7 @@ pub enum OutboxAction {
 }
 
 /// An outbox state on the command line.
-#[derive(ValueEnum, Debug, Clone, Copy)]
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateArg {
     /// Waiting for an attempt.
     Pending,
@@ -128,9 +145,21 @@ pub async fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
         OutboxAction::Retry {
             common,
             id,
+            state,
+            filter,
             force,
-            why,
-        } => retry(common, id, force, why).await,
+            actor,
+            reason,
+        } => {
+            let why = Why {
+                actor,
+                reason: reason.unwrap_or_default(),
+            };
+            match id {
+                Some(id) => retry(common, id, force, why).await,
+                None => bulk::retry(common, state.into(), *filter, force, why).await,
+            }
+        }
         OutboxAction::Resolve {
             common,
             id,

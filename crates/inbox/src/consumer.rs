@@ -10,8 +10,8 @@
 //! [`BrokerStatus`] (readiness), and the loop records the `idem_inbox_*`
 //! metrics (no-ops unless the process installed a `metrics` recorder).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -68,8 +68,13 @@ pub struct InboxConfig {
 /// successful `basic.consume` until that session ends (error, broker cancel,
 /// shutdown); `false` while connecting and reconnecting. Cheap to clone; every
 /// clone sees the same flag.
+/// Beside it, why the consumer cannot record its batch right now, if it
+/// cannot (the database refuses it for a reason that is not the messages').
 #[derive(Debug, Clone, Default)]
-pub struct BrokerStatus(Arc<AtomicBool>);
+pub struct BrokerStatus {
+    connected: Arc<AtomicBool>,
+    stalled: Arc<Mutex<Option<String>>>,
+}
 
 impl BrokerStatus {
     /// A status that starts disconnected.
@@ -79,12 +84,23 @@ impl BrokerStatus {
 
     /// Whether a broker session is consuming right now.
     pub fn is_connected(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Why the batch in hand cannot be recorded, while it cannot.
+    pub fn stalled(&self) -> Option<String> {
+        self.stalled.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     fn set(&self, connected: bool) {
-        self.0.store(connected, Ordering::Release);
+        self.connected.store(connected, Ordering::Release);
         ::metrics::gauge!(metrics::BROKER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+    }
+
+    fn stall(&self, why: Option<String>) {
+        if let Ok(mut stalled) = self.stalled.lock() {
+            *stalled = why;
+        }
     }
 }
 
@@ -95,7 +111,10 @@ pub async fn connect_amqp(url: &str) -> anyhow::Result<Connection> {
     match tokio::time::timeout(Duration::from_secs(15), connect).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(e)) => Err(e).with_context(|| broker_hint(&shown)),
-        Err(_) => bail!("{}: timed out after 15 s", broker_hint(&shown)),
+        Err(_) => Err(ConnectTimedOut {
+            hint: broker_hint(&shown),
+        }
+        .into()),
     }
 }
 
@@ -127,10 +146,12 @@ pub async fn run_reporting(
     shutdown: CancellationToken,
     status: BrokerStatus,
 ) -> anyhow::Result<()> {
-    preflight(&config).await?;
     let mut ever_ready = false;
     let mut reconnect = Reconnect::new("inbox", Backoff::new(RECONNECT_MIN, RECONNECT_MAX));
     loop {
+        // Before every session: a reconnect may reach another node, with
+        // another frame size.
+        preflight(&config).await?;
         let mut ready = false;
         let mut progressed = false;
         let result = session(
@@ -148,7 +169,12 @@ pub async fn run_reporting(
         }
         let error = match result {
             Ok(()) => anyhow::anyhow!("consumer stream ended"),
-            Err(e) if !ever_ready && !ready => return Err(e),
+            // A first session that fails for a reason waiting cannot fix
+            // (credentials, an unknown host, a certificate, a queue declared
+            // otherwise) stops the replica with its message; a broker that is
+            // merely away (restarting, refusing connections) is waited for,
+            // unready meanwhile.
+            Err(e) if !ever_ready && !ready && !broker_waiting_helps(&e) => return Err(e),
             Err(e) => e,
         };
         ever_ready |= ready;
@@ -170,13 +196,77 @@ pub async fn run_reporting(
 /// publishers, and refuse to start if a header that large could nest deeper
 /// than this process's threads can parse (`crate::stack`). A broker that
 /// cannot be reached is the first session's to report.
+/// A broker that cannot be reached is the session's to report (and wait
+/// for); one that idem's own reader cannot use while lapin could (another
+/// login mechanism, a TLS difference, an address it cannot parse) is refused
+/// here, since without that reader a message lapin refuses would stop the queue.
 async fn preflight(config: &InboxConfig) -> anyhow::Result<()> {
-    let Ok(broker) = raw::Connection::connect(&config.amqp_url).await else {
-        return Ok(());
+    let broker = match raw::Connection::connect(&config.amqp_url).await {
+        Ok(broker) => broker,
+        Err(e) if e.is_transient() => return Ok(()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(
+                "idem's own AMQP reader (which takes the messages lapin refuses off the queue) \
+                 cannot connect to the broker; it needs PLAIN login and the same URL as the consumer",
+            ));
+        }
     };
     let frame_max = broker.server_frame_max();
     let _ = broker.close().await;
     crate::stack::check(frame_max, crate::stack::current()).map_err(anyhow::Error::msg)
+}
+
+/// Whether a failed session's error is one waiting can fix: the broker is
+/// away, restarting or closing connections (`CONNECTION_FORCED`), or cut the
+/// connection. Refused credentials or vhost, a queue declared with other
+/// arguments, an unknown host and a certificate that does not verify are not.
+fn broker_waiting_helps(error: &anyhow::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    error.chain().any(|cause| {
+        if cause.downcast_ref::<ConnectTimedOut>().is_some() {
+            return true;
+        }
+        let Some(e) = cause.downcast_ref::<lapin::Error>() else {
+            return false;
+        };
+        match e.kind() {
+            lapin::ErrorKind::IOError(io) => io_waiting_helps(io),
+            lapin::ErrorKind::InvalidConnectionState(_)
+            | lapin::ErrorKind::InvalidChannelState(..)
+            | lapin::ErrorKind::MissingHeartbeatError => true,
+            lapin::ErrorKind::ProtocolError(amqp) => matches!(
+                amqp.kind(),
+                AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED)
+                    | AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)
+                    | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)
+            ),
+            _ => false,
+        }
+    })
+}
+
+fn io_waiting_helps(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::UnexpectedEof
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+    )
+}
+
+/// The broker did not finish the AMQP handshake in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{hint}: timed out after 15 s")]
+struct ConnectTimedOut {
+    hint: String,
 }
 
 /// Whether a session ended because lapin refused a frame the broker sent:
@@ -207,7 +297,11 @@ async fn salvage_head(pool: &PgPool, config: &InboxConfig) {
     let run = salvage::Salvage {
         amqp_url: &config.amqp_url,
         queue: &config.queue,
-        most: (usize::from(config.prefetch) + 1).min(SALVAGE_MOST),
+        most: salvage::most(
+            usize::from(config.prefetch) + 1,
+            config.prefetch_bytes,
+            config.admission.max_body(),
+        ),
         admission: &config.admission,
         origin: salvage::Origin::WorkQueue,
     };
@@ -229,10 +323,6 @@ async fn salvage_head(pool: &PgPool, config: &InboxConfig) {
         }
     }
 }
-
-/// Most messages one salvage takes: the refused one is among the first
-/// `prefetch + 1`, the broker having requeued the session's unacked ones.
-const SALVAGE_MOST: usize = 1000;
 
 async fn session(
     pool: &PgPool,
@@ -263,7 +353,7 @@ async fn session(
     {
         if !batch.is_empty() {
             window.arrived(&batch, ended).await?;
-            settle_batch(pool, &batch, &config.admission, shutdown).await?;
+            settle_batch(pool, &batch, &config.admission, status, shutdown).await?;
             // Acked: the bodies are not needed any more.
             drop(batch);
             *progressed = true;
@@ -293,20 +383,31 @@ async fn session(
     Ok(())
 }
 
-/// Failed tries after which a batch whose failure the database itself reports
-/// (not a lost connection) is suspected to hold a poison message.
+/// Failed tries after which a batch the database refuses for its data is
+/// suspected to hold a poison message.
 const POISON_TRIES: u32 = 3;
+/// The first and the longest wait before recording a held batch again.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Record `batch` in one transaction (retrying while the database is away),
-/// then ack what was recorded and dead-letter what could not be.
+/// Record `batch` in one transaction (retrying while the database is away
+/// or refusing writes), then ack what was recorded and dead-letter what
+/// could not be.
 ///
-/// A batch the database keeps refusing on a healthy connection is split into
-/// single-message transactions; a single message that still fails is rejected
-/// to the dead-letter queue (kept, not lost) so that it cannot stall the queue.
+/// Only an error that says the messages' own data is refused (SQLSTATE class
+/// 22, 23 or 54) can make a batch suspect: after [`POISON_TRIES`] of them it
+/// is split into single-message transactions, and a single message that still
+/// fails is rejected to the dead-letter queue (drained and decided again, so
+/// kept, not lost). Any other error is about the server — read-only after a
+/// failover, out of connections, shutting down, a lock or statement timeout, a
+/// privilege or table a rollout has not brought yet — and the batch is held
+/// unacked and retried with jittered backoff for as long as it lasts, with
+/// `status` (and so `/readyz`) saying why.
 async fn settle_batch(
     pool: &PgPool,
     batch: &[Delivery],
     admission: &Admission,
+    status: &BrokerStatus,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let items: Vec<Incoming<'_>> = batch
@@ -318,12 +419,13 @@ async fn settle_batch(
         })
         .collect();
     let spans = crate::trace::message_spans(batch);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     let mut refusals = 0;
     let decisions = loop {
         let started = std::time::Instant::now();
         match record_in_transaction(pool, &items, admission).await {
             Ok(decisions) => {
+                status.stall(None);
                 ::metrics::histogram!(metrics::BATCH_SECONDS)
                     .record(started.elapsed().as_secs_f64());
                 ::metrics::counter!(metrics::BATCHES).increment(1);
@@ -338,19 +440,25 @@ async fn settle_batch(
                 break decisions;
             }
             Err(e) => {
-                ::metrics::counter!(metrics::BATCH_RETRIES).increment(1);
-                if server_refused(&e) {
+                let cause = cause_label(&e);
+                ::metrics::counter!(metrics::BATCH_RETRIES, "cause" => cause).increment(1);
+                if data_refused(&e) {
                     refusals += 1;
+                    if refusals >= POISON_TRIES {
+                        status.stall(None);
+                        return isolate_poison(pool, batch, admission, status, shutdown, &e).await;
+                    }
+                } else {
+                    status.stall(Some(format!("{cause}: {e}")));
                 }
-                if refusals >= POISON_TRIES {
-                    return isolate_poison(pool, batch, admission, shutdown, &e).await;
-                }
-                tracing::warn!(error = %e, batch = batch.len(), retry_in = ?backoff, "recording batch failed; holding it unacked");
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, cause, batch = batch.len(), retry_in = ?delay, "recording batch failed; holding it unacked");
                 let stopped = tokio::select! {
                     _ = shutdown.cancelled() => true,
-                    _ = tokio::time::sleep(backoff) => false,
+                    _ = tokio::time::sleep(delay) => false,
                 };
                 if stopped {
+                    status.stall(None);
                     for delivery in batch {
                         let _ = delivery
                             .nack(BasicNackOptions {
@@ -361,7 +469,6 @@ async fn settle_batch(
                     }
                     return Ok(());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     };
@@ -373,11 +480,12 @@ async fn isolate_poison(
     pool: &PgPool,
     batch: &[Delivery],
     admission: &Admission,
+    status: &BrokerStatus,
     shutdown: &CancellationToken,
     error: &sqlx::Error,
 ) -> anyhow::Result<()> {
     if let [delivery] = batch {
-        tracing::error!(%error, message_id = ?delivery.properties.message_id(), "the database keeps refusing this message; rejecting it to the dead-letter queue");
+        tracing::error!(%error, message_id = ?delivery.properties.message_id(), "the database keeps refusing this message's data; rejecting it to the dead-letter queue (the drain decides it again)");
         ensure_done(
             delivery.reject(BasicRejectOptions { requeue: false }).await,
             "reject",
@@ -387,22 +495,37 @@ async fn isolate_poison(
     }
     tracing::warn!(%error, batch = batch.len(), "batch keeps failing; recording its messages one by one");
     for single in batch.chunks(1) {
-        Box::pin(settle_batch(pool, single, admission, shutdown)).await?;
+        Box::pin(settle_batch(pool, single, admission, status, shutdown)).await?;
     }
     Ok(())
 }
 
-/// The server answered with an error that is not about the connection or a
-/// transient conflict (class 08 connection, 40 rollback, 53 resources, 57
-/// operator intervention): retrying the same batch will fail the same way.
-fn server_refused(e: &sqlx::Error) -> bool {
+/// The server refused the messages' own data (SQLSTATE class 22, data
+/// exception; 23, integrity constraint; 54, a program limit): retrying the
+/// same batch fails the same way. Every other error is the server's.
+fn data_refused(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| ["22", "23", "54"].iter().any(|class| c.starts_with(class))))
+}
+
+/// The `cause` label of a failed batch: the SQLSTATE (a bounded set), or
+/// what kind of failure it was without one.
+fn cause_label(e: &sqlx::Error) -> &'static str {
     match e {
-        sqlx::Error::Database(db) => !db.code().is_some_and(|c| {
-            ["08", "40", "53", "57"]
-                .iter()
-                .any(|class| c.starts_with(class))
-        }),
-        _ => false,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("25006") => "read_only",
+            Some(c) if c.starts_with("53") => "resources",
+            Some(c) if c.starts_with("57P") => "shutdown",
+            Some("57014") => "statement_timeout",
+            Some("55P03") => "lock_timeout",
+            Some(c) if c.starts_with("40") => "conflict",
+            Some(c) if c.starts_with("42") => "schema_or_privilege",
+            Some(c) if c.starts_with("08") => "connection",
+            Some(c) if ["22", "23", "54"].iter().any(|class| c.starts_with(class)) => "data",
+            _ => "other_server_error",
+        },
+        sqlx::Error::PoolTimedOut => "pool_timeout",
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed => "connection",
+        _ => "other",
     }
 }
 

@@ -38,6 +38,8 @@ pub struct DeadLetterDrain {
     pub queue: String,
     /// What a message must satisfy to be recorded, as for the work queue.
     pub admission: Admission,
+    /// Body bytes one transaction may hold (`IDEM_PREFETCH_BYTES`).
+    pub memory_budget: u64,
 }
 
 /// What one run took.
@@ -77,7 +79,7 @@ impl Job for DeadLetterDrain {
             let run = Salvage {
                 amqp_url: &self.amqp_url,
                 queue: &self.queue,
-                most: BATCH,
+                most: salvage::most(BATCH, self.memory_budget, self.admission.max_body()),
                 admission: &self.admission,
                 origin: Origin::DeadLetters,
             };
@@ -97,7 +99,7 @@ impl Job for DeadLetterDrain {
             report.left += taken.decisions.iter().filter(|d| !d.ackable()).count();
             // A short batch emptied the queue; one where every message stayed
             // would only take them again.
-            if n < BATCH || report.left == report.taken {
+            if n < run.most || report.left == report.taken {
                 break;
             }
         }

@@ -21,7 +21,7 @@ pub const REPLY_TO_REFUSED: &str = "idem_inbox_reply_to_refused_total";
 /// Counter: inbox transactions committed, one per batch of deliveries.
 pub const BATCHES: &str = "idem_inbox_batches_total";
 /// Counter: inbox transactions that failed and were retried with the batch
-/// held unacked.
+/// held unacked, by `cause` (the kind of error; see `consumer::cause_label`).
 pub const BATCH_RETRIES: &str = "idem_inbox_batch_retries_total";
 /// Counter: batches whose set-based statements the database refused, decided
 /// again message by message.
@@ -92,7 +92,7 @@ pub fn describe() {
     );
     describe_counter!(
         BATCH_RETRIES,
-        "Inbox transactions that failed and were retried with the batch held unacked"
+        "Inbox transactions that failed and were retried with the batch held unacked, by cause (read_only, resources, shutdown, statement_timeout, lock_timeout, conflict, schema_or_privilege, connection, pool_timeout, data, other_server_error, other)"
     );
     describe_counter!(
         BATCH_FALLBACKS,

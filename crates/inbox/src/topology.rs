@@ -34,7 +34,7 @@ pub struct Topology {
     /// quarantine could not store them, or past the delivery limit. Nothing
     /// is lost: every replica drains it (`crate::drain`).
     pub dead_letter_queue: String,
-    /// The work queue's type; the dead-letter queue has the same.
+    /// The work queue's type; the dead-letter queue is always classic.
     pub queue_type: QueueType,
 }
 
@@ -54,20 +54,18 @@ impl Topology {
         Self { queue_type, ..self }
     }
 
-    /// The type arguments of both queues, and the delivery limit of the work queue.
-    fn type_arguments(&self, work_queue: bool) -> FieldTable {
+    /// The work queue's type arguments, with its delivery limit.
+    fn type_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         if let QueueType::Quorum { delivery_limit } = self.queue_type {
             args.insert(
                 ShortString::from("x-queue-type"),
                 AMQPValue::LongString("quorum".into()),
             );
-            if work_queue {
-                args.insert(
-                    ShortString::from("x-delivery-limit"),
-                    AMQPValue::LongLongInt(i64::from(delivery_limit)),
-                );
-            }
+            args.insert(
+                ShortString::from("x-delivery-limit"),
+                AMQPValue::LongLongInt(i64::from(delivery_limit)),
+            );
         }
         args
     }
@@ -96,7 +94,11 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> anyhow::Result<(
         .queue_declare(
             topology.dead_letter_queue.as_str().into(),
             durable,
-            topology.type_arguments(false),
+            // Classic whatever the work queue's type: a quorum queue may
+            // carry a delivery limit of its own (RabbitMQ 4.x defaults to
+            // 20), and a dead-letter queue has nowhere further to send what
+            // it would drop; the drain requeues what it cannot store yet.
+            FieldTable::default(),
         )
         .await
         .with_context(|| format!("declaring queue {}", topology.dead_letter_queue))?;
@@ -110,7 +112,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> anyhow::Result<(
         )
         .await
         .context("binding the dead-letter queue")?;
-    let mut args = topology.type_arguments(true);
+    let mut args = topology.type_arguments();
     args.insert(
         ShortString::from("x-dead-letter-exchange"),
         AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),

@@ -89,6 +89,14 @@ async fn list_charges(
 ) -> Response {
     let (faults, fate) = sim.enter();
     let step = early(fate).unwrap_or_else(|| match query {
+        Ok(Query(query)) if faults.fail_lookups && query.reference_id.is_some() => {
+            sim.lock().stats.failed_lookups += 1;
+            Step::Now(Answer::error(
+                503,
+                "api_error",
+                "simulated lookup failure (fail_lookups)",
+            ))
+        }
         Ok(Query(query)) => Step::Now(sim.lock().list(&query, faults.lookup)),
         Err(e) => Step::Now(invalid(e.body_text())),
     });
@@ -141,6 +149,17 @@ fn early(fate: Fate) -> Option<Step> {
             429,
             "rate_limited",
             "simulated rate limit",
+        ))),
+        Fate::Refused(status) => Some(Step::Now(Answer::error(
+            status,
+            match status {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found",
+                429 => "rate_limited",
+                _ => "api_error",
+            },
+            "simulated refusal (refuse_status)",
         ))),
     }
 }

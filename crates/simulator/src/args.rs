@@ -71,6 +71,9 @@ impl SimArgs {
             idempotency_keys: !self.no_idempotency_keys,
             lookup: !self.no_lookup,
             refunds: !self.no_refunds,
+            // Windows a test opens and closes at run time (PUT /_sim/faults).
+            refuse_status: 0,
+            fail_lookups: false,
             decline_prefix: self.decline_prefix.clone(),
         }
     }

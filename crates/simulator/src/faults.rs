@@ -37,6 +37,14 @@ pub struct Faults {
     pub lookup: bool,
     /// Whether refunds are offered. `false`: they answer `404 not_supported`.
     pub refunds: bool,
+    /// Every `/v1` request is answered this status without processing, before
+    /// any dice (e.g. `401` as during a key rotation, `403`, `404`, `429`);
+    /// `0`: off. A test opens a window of refusals by setting it and closes
+    /// it by setting it back.
+    pub refuse_status: u16,
+    /// Every lookup by `reference_id` answers `503` without processing
+    /// (charges, listings and refunds are unaffected).
+    pub fail_lookups: bool,
     /// Accounts whose id starts with this prefix are declined (`402
     /// card_declined`, stored under the key like any answer). Empty: no
     /// account is declined.
@@ -55,6 +63,8 @@ impl Default for Faults {
             idempotency_keys: true,
             lookup: true,
             refunds: true,
+            refuse_status: 0,
+            fail_lookups: false,
             decline_prefix: "acc_decline".to_owned(),
         }
     }
@@ -73,6 +83,8 @@ pub(crate) enum Fate {
     ServerError(u16),
     /// Answer `429` without processing.
     RateLimited,
+    /// Answer this status without processing (`refuse_status`).
+    Refused(u16),
 }
 
 impl Faults {
@@ -90,6 +102,12 @@ impl Faults {
                 return Err(format!("{name} must be a probability in [0, 1], got {p}"));
             }
         }
+        if self.refuse_status != 0 && !(400..=599).contains(&self.refuse_status) {
+            return Err(format!(
+                "refuse_status must be 0 (off) or an error status 400..=599, got {}",
+                self.refuse_status
+            ));
+        }
         let sum: f64 = probabilities.iter().map(|(_, p)| p).sum();
         if sum > 1.0 + 1e-9 {
             return Err(format!(
@@ -106,6 +124,9 @@ impl Faults {
 
     /// Rolls the dice once for a request.
     pub(crate) fn roll(&self) -> Fate {
+        if self.refuse_status != 0 {
+            return Fate::Refused(self.refuse_status);
+        }
         let mut rng = rand::rng();
         let r: f64 = rng.random();
         let mut bound = self.drop_request;
@@ -216,6 +237,32 @@ mod tests {
             },
             |f| f == Fate::RateLimited
         ));
+    }
+
+    #[test]
+    fn a_refusal_window_refuses_every_request_until_closed() {
+        let mut faults = Faults {
+            refuse_status: 401,
+            drop_response: 1.0,
+            ..Faults::default()
+        };
+        assert_eq!(faults.validate(), Ok(()));
+        // Before any dice: nothing is processed, not even a dropped response.
+        assert!((0..200).all(|_| faults.roll() == Fate::Refused(401)));
+        faults.refuse_status = 0;
+        assert_eq!(faults.roll(), Fate::DropResponse);
+        for bad in [200, 302, 600] {
+            let f = Faults {
+                refuse_status: bad,
+                ..Faults::default()
+            };
+            assert!(f.validate().is_err(), "{bad}");
+        }
+        // An old body without the new fields still reads as no refusal.
+        let old: Faults = serde_json::from_str(r#"{"drop_response": 0.5}"#)
+            .unwrap_or_else(|e| panic!("an old faults body: {e}"));
+        assert_eq!(old.refuse_status, 0);
+        assert!(!old.fail_lookups);
     }
 
     #[test]

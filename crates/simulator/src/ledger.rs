@@ -102,6 +102,10 @@ pub struct Stats {
     pub errors_5xx: u64,
     /// `429` answers given by the dice.
     pub rate_limited: u64,
+    /// Requests refused by `refuse_status` (not processed).
+    pub refused: u64,
+    /// Lookups failed on purpose by `fail_lookups` (`503`, not processed).
+    pub failed_lookups: u64,
     /// Lookups by `reference_id` served.
     pub lookups: u64,
     /// Listing pages (`GET /v1/charges` without `reference_id`) served.

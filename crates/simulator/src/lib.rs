@@ -167,6 +167,7 @@ impl Simulator {
             Fate::DropResponse => stats.dropped_responses += 1,
             Fate::ServerError(_) => stats.errors_5xx += 1,
             Fate::RateLimited => stats.rate_limited += 1,
+            Fate::Refused(_) => stats.refused += 1,
         }
         (faults, fate)
     }

@@ -20,6 +20,7 @@
 //!   here for a duplicate of a settled charge); claim, delete once confirmed,
 //!   back off.
 //! - `inbox`: record a message's key once; tell new, duplicate and conflict apart.
+//! - `outage`: which database errors waiting fixes (start-up, held batches).
 //! - `outbox`: enqueue, claim with a lease, settle fenced by the lease, rescue
 //!   expired leases.
 //! - `quarantine`: keep bad input, bounded (a long body as prefix, size, SHA-256), with its reason.
@@ -40,6 +41,7 @@ pub mod bench;
 pub mod db;
 pub mod event;
 pub mod inbox;
+pub mod outage;
 pub mod outbox;
 pub mod quarantine;
 pub mod reconcile;

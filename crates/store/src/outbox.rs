@@ -345,6 +345,34 @@ pub async fn settle(
     Ok(updated == 1)
 }
 
+/// Put a claimed row back after the provider refused the call because of us
+/// (a refused key, a missing endpoint, throttling, connection refused), only
+/// if `token` still holds the lease: nothing was processed, so the claim's
+/// attempt is given back (a refusal never spends the row's attempt budget)
+/// and the row keeps its state (`unknown` if an earlier attempt was
+/// uncertain, else `pending`), due again after `delay`.
+pub async fn release_refused(
+    conn: &mut PgConnection,
+    id: i64,
+    token: Uuid,
+    error: &str,
+    delay: Duration,
+) -> Result<bool, sqlx::Error> {
+    let updated: i64 = sqlx::query_scalar(fenced_update!(
+        "attempts = greatest(attempts - 1, 0),
+         state = CASE WHEN uncertain_since IS NOT NULL
+                      THEN 'unknown'::outbox_state ELSE 'pending'::outbox_state END,
+         last_error = $3, next_attempt_at = now() + make_interval(secs => $4)"
+    ))
+    .bind(id)
+    .bind(token)
+    .bind(crate::quarantine::sanitize(error))
+    .bind(delay.as_secs_f64())
+    .fetch_one(conn)
+    .await?;
+    Ok(updated == 1)
+}
+
 /// Put up to `limit` rows whose lease expired (their holder crashed, paused or
 /// lost its connection) back in play as `unknown`: the holder may have called
 /// the provider, so the next claimer resolves before charging.

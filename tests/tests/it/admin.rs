@@ -161,10 +161,11 @@ async fn show_tells_the_story_of_a_dropped_response() {
 /// rows; a refused change (wrong state) changes nothing and writes no audit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_and_resolve_change_state_with_their_audit_rows() {
-    // Every charge is refused with 429 (certainly not processed): after two
-    // attempts the rows are dead, never charged.
+    // Every charge is refused with 410 (certainly not processed, and not a
+    // refusal of us, which would open the breaker and spend no attempt):
+    // after two attempts the rows are dead, never charged.
     let env = TestEnv::new(Faults {
-        rate_limit: 1.0,
+        refuse_status: 410,
         ..Faults::default()
     })
     .await;

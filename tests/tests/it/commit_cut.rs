@@ -115,6 +115,11 @@ fn start_consumer_through(env: &TestEnv, proxy: &TcpProxy, n: usize) -> Worker {
         &batch,
         "--inbox-batch-linger-ms",
         "2000",
+        // The byte budget's first window assumes bodies of RabbitMQ's largest
+        // (128 MiB): with the default it would start at one message, and the
+        // first batch must hold all `n` (docs/performance.md, memory).
+        "--prefetch-bytes",
+        "1073741824",
     ])
 }
 

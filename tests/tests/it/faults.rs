@@ -123,6 +123,8 @@ fn dispatcher(env: &TestEnv, pool: sqlx::PgPool, owner: &str, keys: bool) -> Dis
             charge_timeout: Duration::from_secs(2),
             idle_poll: Duration::from_millis(5),
             shutdown_grace: Duration::from_secs(5),
+            breaker: idem_dispatch::BreakerConfig::default(),
+            key_ttl: Duration::from_secs(24 * 3600),
         },
     )
 }

@@ -7,16 +7,19 @@
 //! ## Layout
 //! - `pipeline`, `batch`, `ordering`, `settle`: the data path, message to charge.
 //! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
+//! - `outages`: a database that refuses writes, a replica started during an outage.
 //! - `dead_letters`: the quorum delivery limit and the dead-letter drain.
 //! - `salvage`: what lapin refuses, taken by that reader inside a real replica.
 //! - `hostile_body`: oversize and terminal-hostile input, bounded and escaped.
 //! - `big_bodies`: a replica's peak RSS within its byte budget while huge bodies arrive.
 //! - `hostile_producer`: raw frames of every hostile class, 3 replicas, the table.
 //! - `faults`, `crash`, `commit_cut`: lost answers, killed workers, cut commits.
+//! - `provider_refusals`: refused credentials (the breaker), failing lookups, expired keys.
 //! - `results`: result events out.
 //! - `tenants`: scope bound to the broker user; `reply_to` kept to the scope.
 //! - `reconcile`, `retention`: the provider's books; bounded tables.
 //! - `admin`: the operator commands, through the binary.
+//! - `bulk_retry`: `idem outbox retry` by filter, batched, one audit row.
 //! - `observability`, `tracing`: health, metrics, trace context.
 //! - `secrets`, `tls`: credentials never printed; TLS to every peer.
 //! - `upgrade`: the schema across releases.
@@ -30,6 +33,7 @@ mod admin;
 mod batch;
 mod bench;
 mod big_bodies;
+mod bulk_retry;
 mod chaos;
 mod commit_cut;
 mod crash;
@@ -42,7 +46,9 @@ mod infra;
 mod layout;
 mod observability;
 mod ordering;
+mod outages;
 mod pipeline;
+mod provider_refusals;
 mod raw_reader;
 mod reconcile;
 mod results;

@@ -407,15 +407,16 @@ async fn duplicate_of_open_charge_is_answered_when_it_settles() {
     env.cleanup().await;
 }
 
-/// Invariant: a row that goes `dead` (here: the provider rate-limits every
-/// attempt until the attempt limit) publishes a `dead` event saying why; when
+/// Invariant: a row that goes `dead` (here: the provider answers every
+/// attempt `410`, a refusal about the request, until the attempt limit —
+/// a `429` would open the breaker and spend no attempt) publishes a `dead` event saying why; when
 /// an operator re-queues it and it then succeeds, the success is published as
 /// a new fact under a new message_id — a consumer deduplicating by message_id
 /// never drops it as a copy of the death — to the same reply_to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_row_publishes_dead_and_a_later_success_is_a_new_event() {
     let env = TestEnv::new(Faults {
-        rate_limit: 1.0,
+        refuse_status: 410,
         ..Faults::default()
     })
     .await;

@@ -100,6 +100,22 @@ async fn ledger(sim_url: &str) -> BTreeMap<String, usize> {
     counts
 }
 
+/// How many charge requests for `reference` the simulator received (each
+/// refused here: the key is wrong).
+async fn refused_requests(sim_url: &str, reference: &str) -> usize {
+    let seen: serde_json::Value = reqwest::get(format!("{sim_url}/_sim/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    seen.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["idempotency_key"] == reference)
+        .count()
+}
+
 async fn publish_and_settle(env: &TestEnv, prefix: &str, n: usize, settled_before: usize) {
     env.publish(&workload::generate(&spec(prefix, n))).await;
     wait_for(
@@ -245,13 +261,21 @@ impl World {
         let env = &self.env;
         env.publish(&workload::generate(&spec("secrets-refused", 1)))
             .await;
+        // The breaker probes the refused row again and again; a refusal
+        // spends none of its attempts.
+        let sim = self.sim_url.clone();
         wait_for("the refused charge retried 3 times", SETTLE, || async {
-            let row: Option<(i32, Option<String>)> =
-                sqlx::query_as("SELECT attempts, last_error FROM outbox")
+            let row: Option<(i32, Option<String>, String)> =
+                sqlx::query_as("SELECT attempts, last_error, reference_id::text FROM outbox")
                     .fetch_optional(&env.pool)
                     .await
                     .unwrap();
-            matches!(row, Some((attempts, Some(error))) if attempts >= 3 && error.contains("401"))
+            match row {
+                Some((0, Some(error), reference)) if error.contains("401") => {
+                    refused_requests(&sim, &reference).await >= 3
+                }
+                _ => false,
+            }
         })
         .await;
         self.stop(worker, "idem run with a wrong key").await;

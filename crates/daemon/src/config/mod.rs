@@ -23,7 +23,7 @@ mod tenants;
 use idem_retention::RetentionConfig;
 
 use crate::secrets::{Secret, SecretUrl};
-pub use provider::CaBundle;
+pub use provider::{CaBundle, ProviderArgs, ProviderSettings};
 pub use queue::{QueueArgs, QueueKind, QueueSettings};
 pub use reconcile::{ReconcileArgs, ReconcileSettings};
 pub use replica::default_replica_id;
@@ -189,6 +189,8 @@ pub struct RunArgs {
     pub tenants: TenantArgs,
     #[command(flatten)]
     pub queue: QueueArgs,
+    #[command(flatten)]
+    pub provider: ProviderArgs,
 }
 
 /// A validated configuration for [`crate::run`]. Its `Debug` prints
@@ -402,6 +404,7 @@ impl RunArgs {
         )?;
         let admission = a.tenants.validate(a.max_body_bytes, &a.amqp.queue)?;
         let queue = a.queue.validate()?;
+        let provider = a.provider.validate(Duration::from_secs(a.lease_secs))?;
         Ok(Config {
             database_url: a.database.database_url.clone(),
             db_max_connections: a.database.db_max_connections,
@@ -440,6 +443,8 @@ impl RunArgs {
                 charge_timeout,
                 idle_poll: Duration::from_millis(a.idle_poll_ms),
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+                breaker: provider.breaker,
+                key_ttl: provider.key_ttl,
             },
             retention,
             reconcile,

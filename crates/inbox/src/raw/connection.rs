@@ -23,8 +23,9 @@ pub(super) const CHANNEL: u16 = 1;
 /// Bounds and deadlines for one connection.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// The largest frame idem accepts; the broker's offer is lowered to it.
-    /// RabbitMQ's default, so any frame the broker accepts from a publisher fits.
+    /// The largest frame idem reads (checked before allocating), and what it
+    /// offers the broker, which may lower it for what idem sends. RabbitMQ's
+    /// default, so any frame the broker accepts from a publisher fits.
     pub frame_max: u32,
     /// Body bytes kept in memory; the rest is drained and only counted and hashed.
     pub body_limit: usize,
@@ -349,7 +350,11 @@ impl Connection {
 
     async fn read(&mut self) -> Result<Frame, RawError> {
         let deadline = self.options.io_timeout;
-        tokio::time::timeout(deadline, read_frame(&mut self.reader, self.frame_max))
+        // Read against idem's own bound, not the negotiated size: RabbitMQ
+        // sends a content header whole, however large (it grows past the
+        // negotiated size on redelivery, with `x-delivery-count` or `x-death`).
+        let bound = self.options.frame_max.max(self.frame_max);
+        tokio::time::timeout(deadline, read_frame(&mut self.reader, bound))
             .await
             .map_err(|_| RawError::Timeout(deadline))?
             .map_err(RawError::from)

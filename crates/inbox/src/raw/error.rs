@@ -27,6 +27,20 @@ pub enum RawError {
     Malformed(#[from] ParseError),
 }
 
+impl RawError {
+    /// Whether waiting can fix it: the connection failed, timed out or was
+    /// closed by a broker shutting down. A URL, TLS, login or protocol
+    /// problem is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Io(_) | Self::Timeout(_) | Self::Frame(FrameError::Io(_)) => true,
+            // 403 ACCESS_REFUSED, 530 NOT_ALLOWED (vhost): settings to fix.
+            Self::ConnectionClosed { code, .. } => !matches!(code, 403 | 530),
+            _ => false,
+        }
+    }
+}
+
 /// Why bytes did not parse. Offsets are into the content header payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

@@ -43,7 +43,13 @@ impl Target {
             path => decode(&path[1..]),
         };
         Ok(Self {
-            host: parsed.host_str().unwrap_or("localhost").to_owned(),
+            // `host_str` keeps an IPv6 literal's brackets; a socket address wants none.
+            host: parsed
+                .host_str()
+                .unwrap_or("localhost")
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port: parsed.port().unwrap_or(if tls { 5671 } else { 5672 }),
             user,
             password,
@@ -73,6 +79,7 @@ mod tests {
             (&b"guest"[..], &b"/"[..], 5672)
         );
         assert_eq!(Target::parse("amqp://h/prod").unwrap().vhost, b"prod");
+        assert_eq!(Target::parse("amqp://[::1]:5672/").unwrap().host, "::1");
     }
 
     #[test]

@@ -93,18 +93,31 @@ fn short(bytes: &[u8], field: impl FnOnce() -> String) -> Result<ShortString, Un
 }
 
 /// The raw tree is already bounded (`raw::Limits`: depth 64), so this
-/// recursion is too.
+/// recursion is too. The path of a refused key is built on the way out of
+/// the error only: a wide, deep header of valid keys costs no formatting.
 fn table(t: &RawTable, path: &str) -> Result<FieldTable, Unreadable> {
+    inner_table(t).map_err(|inner| Unreadable {
+        field: format!("{path}{}", inner.field),
+        problem: inner.problem,
+    })
+}
+
+/// As [`table`], the error's `field` relative to this table (`.key…`, or
+/// ` key <bytes>`).
+fn inner_table(t: &RawTable) -> Result<FieldTable, Unreadable> {
     let mut out = FieldTable::default();
     for (key, value) in &t.0 {
-        let name = short(key, || format!("{path} key {}", shown(key)))?;
-        let inner = format!("{path}.{name}");
-        out.insert(name, field(value, &inner)?);
+        let name = short(key, || format!(" key {}", shown(key)))?;
+        let converted = field(value).map_err(|inner| Unreadable {
+            field: format!(".{name}{}", inner.field),
+            problem: inner.problem,
+        })?;
+        out.insert(name, converted);
     }
     Ok(out)
 }
 
-fn field(value: &RawField, path: &str) -> Result<AMQPValue, Unreadable> {
+fn field(value: &RawField) -> Result<AMQPValue, Unreadable> {
     Ok(match value {
         RawField::Bool(v) => AMQPValue::Boolean(*v),
         RawField::I8(v) => AMQPValue::ShortShortInt(*v),
@@ -125,15 +138,18 @@ fn field(value: &RawField, path: &str) -> Result<AMQPValue, Unreadable> {
         }),
         RawField::LongString(v) => AMQPValue::LongString(LongString::from(v.clone())),
         RawField::Bytes(v) => AMQPValue::ByteArray(v.clone().into()),
-        RawField::Array(items) => AMQPValue::FieldArray(FieldArray::from(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| field(v, &format!("{path}[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?,
-        )),
+        RawField::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                out.push(field(item).map_err(|inner| Unreadable {
+                    field: format!("[{i}]{}", inner.field),
+                    problem: inner.problem,
+                })?);
+            }
+            AMQPValue::FieldArray(FieldArray::from(out))
+        }
         RawField::Timestamp(v) => AMQPValue::Timestamp(*v),
-        RawField::Table(t) => AMQPValue::FieldTable(table(t, path)?),
+        RawField::Table(t) => AMQPValue::FieldTable(inner_table(t)?),
         RawField::Void => AMQPValue::Void,
     })
 }

@@ -38,6 +38,25 @@ pub use record::{CODE_HEADER_LIMITS, CODE_MALFORMED_HEADER, CODE_NOT_UTF8};
 /// The largest frame salvage reads: 32 times RabbitMQ's default.
 const SALVAGE_FRAME_MAX: u32 = 4 * 1024 * 1024;
 
+/// Most messages one run takes: `wanted` (the refused message is among the
+/// first `prefetch + 1`, the broker having requeued the session's unacked
+/// ones), at most [`MOST`], and no more than `budget` bytes of bodies at the
+/// reader's bound each (`IDEM_PREFETCH_BYTES`, the consumer's own budget).
+pub fn most(wanted: usize, budget: u64, max_body: usize) -> usize {
+    let per = body_limit(max_body) as u64;
+    let affordable = usize::try_from(budget / per.max(1)).unwrap_or(usize::MAX);
+    wanted.min(MOST).min(affordable).max(1)
+}
+
+/// Most messages any run takes (one transaction).
+pub const MOST: usize = 1000;
+
+/// Body bytes the reader keeps of one message: enough to decide a body
+/// within the limit, and to keep what quarantine keeps of a longer one.
+fn body_limit(max_body: usize) -> usize {
+    max_body.saturating_add(1).max(MAX_KEPT_BODY)
+}
+
 /// Where the messages are taken from; decides what becomes of one that
 /// cannot be stored at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,9 +105,7 @@ impl Taken {
 /// message with the broker (it requeues them when the connection drops).
 pub async fn take_head(pool: &PgPool, s: &Salvage<'_>) -> anyhow::Result<Taken> {
     let options = ConnectOptions {
-        // Enough to decide a body within the limit, and to keep what
-        // quarantine keeps of a longer one.
-        body_limit: s.admission.max_body().saturating_add(1).max(MAX_KEPT_BODY),
+        body_limit: body_limit(s.admission.max_body()),
         connection_name: format!("idem salvage ({})", s.queue),
         // RabbitMQ sends a content header whole, past the frame size this
         // reader negotiates: accept frames as large as a broker idem starts
@@ -224,5 +241,12 @@ async fn decide(
     }
     tx.commit().await?;
     admission.report_refused_replies(&items, &batch);
+    for decision in &decisions {
+        ::metrics::counter!(crate::metrics::MESSAGES, "decision" => crate::metrics::decision_label(decision))
+            .increment(1);
+        if let Decision::Quarantined { code } = decision {
+            ::metrics::counter!(crate::metrics::QUARANTINED, "reason" => *code).increment(1);
+        }
+    }
     Ok(decisions)
 }

@@ -9,7 +9,6 @@ use sqlx::{Acquire, PgConnection};
 use super::Origin;
 use super::convert::shown;
 use crate::decision::Decision;
-use crate::metrics;
 use crate::raw::properties::properties_beside_headers;
 use crate::raw::{RawDelivery, RawField, RawProperties, RawTable};
 
@@ -86,7 +85,6 @@ pub async fn quarantine_raw(
         match quarantine::insert_salvaged(&mut savepoint, &row).await {
             Ok(_) => {
                 savepoint.commit().await?;
-                ::metrics::counter!(metrics::QUARANTINED, "reason" => code).increment(1);
                 return Ok(Decision::Quarantined { code });
             }
             Err(e) if refused_data(&e) => {

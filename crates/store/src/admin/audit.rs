@@ -68,3 +68,19 @@ pub(super) async fn insert(
     .fetch_one(&mut **tx)
     .await
 }
+
+/// Merge `patch` into the details of audit row `id`, in the caller's
+/// transaction: an action done in several transactions (a bulk retry's
+/// batches) keeps its record in step with what each one committed.
+pub(super) async fn update_details(
+    conn: &mut PgConnection,
+    id: i64,
+    patch: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE audit SET details = details || $2 WHERE id = $1")
+        .bind(id)
+        .bind(patch)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

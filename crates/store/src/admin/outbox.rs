@@ -62,7 +62,7 @@ pub struct OutboxRow {
     pub settled_at: Option<DateTime<Utc>>,
 }
 
-const OUTBOX_COLUMNS: &str = "id, scope, message_id, reference_id, account_id, amount, currency, \
+pub(super) const OUTBOX_COLUMNS: &str = "id, scope, message_id, reference_id, account_id, amount, currency, \
      description, reply_to, correlation_id, traceparent, state, attempts, lease_owner, \
      lease_expires_at, next_attempt_at, uncertain_since, provider_charge_id, result, last_error, \
      created_at, updated_at, settled_at";
