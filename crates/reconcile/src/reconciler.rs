@@ -197,7 +197,34 @@ impl Reconciler {
                     report.references_charged_twice += 1;
                 }
                 for extra in &keep.refund {
-                    self.compensate(conn, &keep, extra, report).await?;
+                    let evidence = json!({
+                        "charges": keep.charges,
+                        "row_state_before": row.state,
+                        "row_charge_before": row.provider_charge_id,
+                        "kept": kept.id,
+                        "rule": keep.rule.as_str(),
+                    });
+                    self.compensate(conn, row, Some(kept), extra, &evidence, report)
+                        .await?;
+                }
+            }
+            Verdict::RefundDeclined { row, charges } => {
+                report.findings.push(crate::report::Finding {
+                    kind: crate::report::FindingKind::ChargedButDeclined,
+                    reference_id: row.reference_id.to_string(),
+                    outbox_id: Some(row.id),
+                    charge_ids: charges.iter().map(|c| c.id.clone()).collect(),
+                    detail: "our row is declined, but the provider has charges for it: refunding them all".to_owned(),
+                });
+                for extra in charges {
+                    let evidence = json!({
+                        "charges": charges,
+                        "row_state_before": row.state,
+                        "kept": null,
+                        "rule": "the row is declined (its producer was told no charge): refund every charge",
+                    });
+                    self.compensate(conn, row, None, extra, &evidence, report)
+                        .await?;
                 }
             }
             // The statement re-checks state and quietness: a claim since
@@ -215,37 +242,34 @@ impl Reconciler {
 
     /// Record the refund of `extra`, with the evidence for it, once: a
     /// compensation recorded by an earlier run is not recorded again.
+    /// `kept`: the charge that stands, or `None` when none does (a declined
+    /// row; stored as an empty `kept_charge_id`, the evidence says why).
     async fn compensate(
         &self,
         conn: &mut PoolConnection<Postgres>,
-        keep: &Keep<'_>,
+        row: &RowView,
+        kept: Option<&Charge>,
         extra: &Charge,
+        evidence: &serde_json::Value,
         report: &mut Report,
     ) -> anyhow::Result<()> {
-        let Keep { row, kept, .. } = keep;
         report.extra_charges += 1;
-        let evidence = json!({
-            "charges": keep.charges,
-            "row_state_before": row.state,
-            "row_charge_before": row.provider_charge_id,
-            "kept": kept.id,
-            "rule": keep.rule.as_str(),
-        });
+        let kept_id = kept.map_or("", |k| k.id.as_str());
         let compensation = NewCompensation {
             reference_id: row.reference_id,
             outbox_id: Some(row.id),
             charge_id: &extra.id,
-            kept_charge_id: &kept.id,
+            kept_charge_id: kept_id,
             amount: extra.amount,
             currency: &extra.currency,
             refund_key: refund_key(&extra.id),
-            evidence: &evidence,
+            evidence,
         };
         if store::insert_compensation(conn, &compensation)
             .await?
             .is_some()
         {
-            tracing::warn!(reference_id = %row.reference_id, charge_id = %extra.id, kept = %kept.id, amount = extra.amount, "extra charge found: compensation recorded, refunding");
+            tracing::warn!(reference_id = %row.reference_id, charge_id = %extra.id, kept = kept_id, amount = extra.amount, "extra charge found: compensation recorded, refunding");
             report.compensations_recorded += 1;
         }
         Ok(())

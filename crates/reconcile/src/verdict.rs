@@ -47,6 +47,16 @@ pub enum Verdict<'a> {
     /// One charge is the reference's: settle the row with it if need be,
     /// refund the others.
     Keep(Keep<'a>),
+    /// A `declined` row the provider holds charges for (an earlier attempt
+    /// did charge, without idempotency keys, or a row resolved by hand):
+    /// the producer was told no charge, so every charge is refunded and the
+    /// row stays declined.
+    RefundDeclined {
+        /// Our row.
+        row: &'a RowView,
+        /// The reference's charges, all to refund.
+        charges: &'a [Charge],
+    },
     /// An `unknown` row whose charge the provider does not list, quiet since
     /// before `quiet_since`: back to `pending` (the statement re-checks both).
     Requeue {
@@ -103,12 +113,7 @@ pub fn judge<'a>(
     };
     match row.state {
         OutboxState::InFlight => return Verdict::InFlight,
-        OutboxState::Declined => {
-            return finding(
-                FindingKind::ChargedButDeclined,
-                "our row is declined, but the provider has a charge for it",
-            );
-        }
+        OutboxState::Declined => return Verdict::RefundDeclined { row, charges },
         _ => {}
     }
     let (kept, rule) = match row.provider_charge_id.as_deref() {

@@ -88,16 +88,15 @@ fn a_row_in_flight_is_left_to_its_lease_holder() {
 }
 
 #[test]
-fn a_charge_for_a_declined_row_is_reported() {
-    let charges = [charge("ch_a", 10)];
+fn every_charge_for_a_declined_row_is_refunded() {
+    let charges = [charge("ch_a", 10), charge("ch_b", 20)];
     let row = row(OutboxState::Declined, None);
     assert_eq!(
         judged(Some(&row), &charges),
-        finding(
-            FindingKind::ChargedButDeclined,
-            &["ch_a"],
-            "our row is declined, but the provider has a charge for it"
-        )
+        Verdict::RefundDeclined {
+            row: &row,
+            charges: &charges
+        }
     );
 }
 

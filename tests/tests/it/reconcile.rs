@@ -387,3 +387,63 @@ async fn provider_without_keys_or_lookup_ends_with_one_net_charge_per_reference(
         "blind re-sends produced duplicates to compensate ({gross} for {distinct})"
     );
 }
+
+/// Invariant: a row that ended `declined` while the provider holds a charge
+/// under its reference (an earlier attempt did charge: a provider without
+/// keys, or a row resolved as declined by hand) has that charge refunded by
+/// the first reconciliation, once; the row stays declined, the finding is
+/// reported, and the other references keep their one charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_under_a_declined_row_is_refunded() {
+    let env = TestEnv::new(Faults::default()).await;
+    let references = charge_messages(&env, "declined-charged", 3).await;
+    let target = &references[1];
+    let charged: String =
+        sqlx::query_scalar("SELECT provider_charge_id FROM outbox WHERE reference_id = $1::uuid")
+            .bind(target)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    // As a row whose last attempt was declined after an earlier one charged.
+    sqlx::query(
+        "UPDATE outbox SET state = 'declined', provider_charge_id = NULL
+         WHERE reference_id = $1::uuid",
+    )
+    .bind(target)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let first = reconcile_cli(&env).await;
+    assert_eq!(first["refunds_confirmed"], 1, "{first}");
+    let second = reconcile_cli(&env).await;
+    assert_eq!(second["refunds_confirmed"], 0, "once: {second}");
+    let ledger = env.sim.ledger();
+    assert_eq!(ledger.refunds.len(), 1, "{:?}", ledger.refunds);
+    assert_eq!(ledger.refunds[0].charge, charged);
+    let net = ledger.net_by_reference();
+    for reference in &references {
+        let expected = if reference == target { 0 } else { 1 };
+        assert_eq!(
+            net.get(reference).copied().unwrap_or(0),
+            expected,
+            "{reference}"
+        );
+    }
+    let state: String =
+        sqlx::query_scalar("SELECT state::text FROM outbox WHERE reference_id = $1::uuid")
+            .bind(target)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        state, "declined",
+        "the row keeps what its producer was told"
+    );
+    let findings = first["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["kind"] == "charged_but_declined"),
+        "{first}"
+    );
+    env.cleanup().await;
+}
