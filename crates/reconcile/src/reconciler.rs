@@ -6,7 +6,7 @@
 //! applies the verdicts and refunds. Runs hold the reconciler's advisory
 //! lock, so one runs at a time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +24,8 @@ use crate::verdict::{Keep, SKEW, Verdict, judge};
 
 /// Tries per listing page before the run gives up.
 const PAGE_TRIES: u32 = 5;
+/// References judged, and our rows accounted for, per round trip.
+const CHUNK: i64 = 500;
 
 /// Settings of the reconciler.
 #[derive(Debug, Clone)]
@@ -99,51 +101,105 @@ impl Reconciler {
             open_window: window.to.is_none(),
             ..Report::default()
         };
-        let charges = self.list(window.from, to).await?;
-        report.charges_listed = charges.len();
-        let by_reference = group(charges);
-        report.references = by_reference.len();
         let grace = chrono::Duration::from_std(self.config.grace)?;
         let mut conn = self.pool.acquire().await?;
-        let rows = our_rows(&mut conn, &by_reference).await?;
-        for (reference, charges) in &by_reference {
-            let row = Uuid::parse_str(reference).ok().and_then(|r| rows.get(&r));
-            let verdict = judge(reference, row, charges, started, grace);
-            self.apply(&mut conn, verdict, &mut report).await?;
-        }
-        if report.open_window {
-            self.account_for_rows(
-                &mut conn,
-                &window,
-                started,
-                grace,
-                &by_reference,
-                &mut report,
-            )
-            .await?;
-        }
+        store::begin_listing(&mut conn).await?;
+        let result = self
+            .run_listed(&mut conn, window, to, started, grace, &mut report)
+            .await;
+        // Best effort: a connection whose listing is left is truncated by
+        // its next run anyway.
+        let _ = store::end_listing(&mut conn).await;
+        result?;
         self.refund_pending(&mut conn, &mut report).await?;
         record_metrics(&report);
         Ok(report)
     }
 
-    /// Every charge created in `[from, to)`, page by page.
-    async fn list(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> anyhow::Result<Vec<Charge>> {
+    /// List the window into the connection's listing table page by page,
+    /// then judge reference by reference in chunks, then (open window) our
+    /// rows the listing lacks: memory is a page and a chunk, whatever the
+    /// window holds.
+    async fn run_listed(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        window: Window,
+        to: DateTime<Utc>,
+        started: DateTime<Utc>,
+        grace: chrono::Duration,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        report.charges_listed = self.list(conn, window.from, to).await?;
+        report.references = usize::try_from(store::listed_references(conn).await?)?;
+        let mut after = String::new();
+        loop {
+            let chunk = store::listed_after(conn, &after, CHUNK).await?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            after = last.clone();
+            let references: Vec<Uuid> = chunk
+                .iter()
+                .filter_map(|(r, _)| Uuid::parse_str(r).ok())
+                .collect();
+            let rows: HashMap<Uuid, RowView> = store::rows_by_reference(conn, &references)
+                .await?
+                .into_iter()
+                .map(|row| (row.reference_id, row))
+                .collect();
+            for (reference, charges) in &chunk {
+                let charges: Vec<Charge> = charges
+                    .iter()
+                    .filter_map(|c| serde_json::from_value(c.clone()).ok())
+                    .collect();
+                let row = Uuid::parse_str(reference).ok().and_then(|r| rows.get(&r));
+                let verdict = judge(reference, row, &charges, started, grace);
+                self.apply(conn, verdict, report).await?;
+            }
+        }
+        if report.open_window {
+            self.account_for_rows(conn, &window, started, grace, report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every page of the window into the listing table (succeeded charges
+    /// only); returns how many charges were listed.
+    async fn list(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> anyhow::Result<usize> {
         let (gte, lt) = (from.timestamp(), to.timestamp() + 1);
-        let mut all = Vec::new();
+        let mut listed = 0;
         let mut after: Option<String> = None;
         loop {
             let page = self.page(gte, lt, after.as_deref()).await?;
             after = page.data.last().map(|c| c.id.clone());
-            all.extend(page.data);
+            listed += page.data.len();
+            let succeeded: Vec<(String, String, serde_json::Value)> = page
+                .data
+                .iter()
+                .filter(|c| c.status == "succeeded")
+                .map(|c| {
+                    Ok((
+                        c.reference_id.clone(),
+                        c.id.clone(),
+                        serde_json::to_value(c)?,
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            if !succeeded.is_empty() {
+                store::add_listed(conn, &succeeded).await?;
+            }
             if !page.has_more || after.is_none() {
-                return Ok(all);
+                return Ok(listed);
             }
         }
     }
 
-    /// One page of the listing; a failed page is asked again (up to
-    /// [`PAGE_TRIES`] times, backing off), as a listing is safe to repeat.
     async fn page(&self, gte: i64, lt: i64, after: Option<&str>) -> anyhow::Result<ChargeList> {
         let mut backoff = Duration::from_millis(200);
         let mut tries = 0;
@@ -276,25 +332,28 @@ impl Reconciler {
     }
 
     /// In an open window: our `succeeded` and `unknown` rows whose reference
-    /// the provider does not list.
+    /// the provider does not list, in chunks through the window's index.
     async fn account_for_rows(
         &self,
         conn: &mut PoolConnection<Postgres>,
         window: &Window,
         started: DateTime<Utc>,
         grace: chrono::Duration,
-        listed: &BTreeMap<String, Vec<Charge>>,
         report: &mut Report,
     ) -> anyhow::Result<()> {
-        for row in store::rows_to_account_for(conn, window.from + SKEW).await? {
-            let reference = row.reference_id.to_string();
-            if listed.contains_key(&reference) {
-                continue;
+        let mut after = None;
+        loop {
+            let rows = store::unlisted_rows(conn, window.from + SKEW, after, CHUNK).await?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = Some((last.created_at, last.id));
+            for row in &rows {
+                let reference = row.reference_id.to_string();
+                let verdict = judge(&reference, Some(row), &[], started, grace);
+                self.apply(conn, verdict, report).await?;
             }
-            let verdict = judge(&reference, Some(&row), &[], started, grace);
-            self.apply(conn, verdict, report).await?;
         }
-        Ok(())
     }
 
     /// Refund every compensation not confirmed yet (this run's and earlier
@@ -374,36 +433,6 @@ pub fn refund_key(charge_id: &str) -> Uuid {
         &idem_message::REFERENCE_NAMESPACE,
         format!("refund:{charge_id}").as_bytes(),
     )
-}
-
-/// Succeeded charges by reference, each list in creation order.
-fn group(charges: Vec<Charge>) -> BTreeMap<String, Vec<Charge>> {
-    let mut by_reference: BTreeMap<String, Vec<Charge>> = BTreeMap::new();
-    for charge in charges.into_iter().filter(|c| c.status == "succeeded") {
-        by_reference
-            .entry(charge.reference_id.clone())
-            .or_default()
-            .push(charge);
-    }
-    by_reference
-}
-
-/// Our rows for the listed references that are ours (UUIDs), by reference.
-async fn our_rows(
-    conn: &mut PoolConnection<Postgres>,
-    listed: &BTreeMap<String, Vec<Charge>>,
-) -> anyhow::Result<HashMap<Uuid, RowView>> {
-    let references: Vec<Uuid> = listed
-        .keys()
-        .filter_map(|r| Uuid::parse_str(r).ok())
-        .collect();
-    let mut rows = HashMap::with_capacity(references.len());
-    for chunk in references.chunks(5_000) {
-        for row in store::rows_by_reference(conn, chunk).await? {
-            rows.insert(row.reference_id, row);
-        }
-    }
-    Ok(rows)
 }
 
 fn record_metrics(report: &Report) {

@@ -51,18 +51,126 @@ pub async fn rows_by_reference(
         .await
 }
 
-/// Rows created at or after `since` that claim a charge (`succeeded`) or may
-/// have one (`unknown`): the ones a listing of that window must account for.
-pub async fn rows_to_account_for(
+/// Up to `limit` rows created at or after `since`, after `after` (the last
+/// `(created_at, id)` of the previous chunk), that claim a charge
+/// (`succeeded`) or may have one (`unknown`) and whose reference the run's
+/// listing ([`add_listed`]) does not hold: the ones a listing of that window
+/// must account for. Walks `outbox_claims_charge` (created_at, id), so a
+/// chunk costs its own rows, never the window's.
+pub async fn unlisted_rows(
     conn: &mut PgConnection,
     since: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, i64)>,
+    limit: i64,
 ) -> Result<Vec<RowView>, sqlx::Error> {
+    let (after_at, after_id) = after.unwrap_or((since, 0));
     sqlx::query_as(&format!(
-        "{ROW_VIEW} WHERE created_at >= $1 AND state IN ('succeeded', 'unknown')"
+        "{ROW_VIEW} o WHERE state IN ('succeeded', 'unknown') AND created_at >= $1
+           AND (created_at, id) > ($2, $3)
+           AND NOT EXISTS (SELECT 1 FROM reconcile_listed l WHERE l.reference_id = o.reference_id::text)
+         ORDER BY created_at, id LIMIT $4"
     ))
     .bind(since)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit)
     .fetch_all(conn)
     .await
+}
+
+/// Start a run's listing on this connection: a session-local table that
+/// holds the provider's succeeded charges of the window as they are listed,
+/// page by page, so a run's memory is one page, not the window.
+pub async fn begin_listing(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS reconcile_listed (
+             reference_id text NOT NULL,
+             charge_id    text NOT NULL,
+             charge       jsonb NOT NULL,
+             PRIMARY KEY (reference_id, charge_id))",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("TRUNCATE reconcile_listed")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Add one page's succeeded charges (`(reference, id, charge)`); a charge
+/// listed twice (pages shifting under the listing) is kept once.
+pub async fn add_listed(
+    conn: &mut PgConnection,
+    charges: &[(String, String, serde_json::Value)],
+) -> Result<(), sqlx::Error> {
+    let (references, ids, bodies): (Vec<&str>, Vec<&str>, Vec<&serde_json::Value>) = charges
+        .iter()
+        .map(|(r, i, c)| (r.as_str(), i.as_str(), c))
+        .fold((vec![], vec![], vec![]), |mut acc, (r, i, c)| {
+            acc.0.push(r);
+            acc.1.push(i);
+            acc.2.push(c);
+            acc
+        });
+    sqlx::query(
+        "INSERT INTO reconcile_listed (reference_id, charge_id, charge)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(references)
+    .bind(ids)
+    .bind(bodies)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The next `limit` listed references after `after`, in order, each with
+/// its charges (as listed) in creation order; through the table's key.
+pub async fn listed_after(
+    conn: &mut PgConnection,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, Vec<serde_json::Value>)>, sqlx::Error> {
+    let references: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT reference_id FROM reconcile_listed WHERE reference_id > $1
+         ORDER BY reference_id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT reference_id, charge FROM reconcile_listed WHERE reference_id = ANY($1)
+         ORDER BY reference_id, (charge->>'created')::bigint, charge_id",
+    )
+    .bind(&references)
+    .fetch_all(conn)
+    .await?;
+    let mut out: Vec<(String, Vec<serde_json::Value>)> = Vec::with_capacity(references.len());
+    for (reference, charge) in rows {
+        match out.last_mut() {
+            Some((last, charges)) if *last == reference => charges.push(charge),
+            _ => out.push((reference, vec![charge])),
+        }
+    }
+    Ok(out)
+}
+
+/// How many references the run's listing holds.
+pub async fn listed_references(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(DISTINCT reference_id) FROM reconcile_listed")
+        .fetch_one(conn)
+        .await
+}
+
+/// End a run's listing: the table's rows go (the table stays for the
+/// connection's next run).
+pub async fn end_listing(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("TRUNCATE reconcile_listed")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Settle row `id` as charged by `charge_id`, if it is not in flight and not
