@@ -3,6 +3,7 @@
 //! stop, restart and crash.
 
 mod cluster;
+mod standby;
 
 use sqlx::PgPool;
 

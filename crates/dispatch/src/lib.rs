@@ -10,7 +10,8 @@
 //!   limit). Follows from the provider's capabilities.
 //! - `dispatcher`: [`Dispatcher`]: `dispatch_once` (one claim, its attempts, their
 //!   settlements — what tests drive step by step) and `run`, the bounded
-//!   concurrent loop beside the lease rescuer, with graceful shutdown.
+//!   concurrent loop beside the lease rescuer, with graceful shutdown (its
+//!   child module `run_loop`).
 //! - `rescue`: the lease rescue (rows whose lease expired back in play), an
 //!   `idem_periodic::Job` beside the dispatch loop: at once on start, then
 //!   every quarter lease (jittered).

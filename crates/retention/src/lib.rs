@@ -2,7 +2,10 @@
 //!
 //! Retention (`docs/contracts.md`, guarantee 5): a periodic job that deletes
 //! inbox keys, settled outbox rows, quarantined messages and key-conflict records once
-//! they have outlived their windows, so no table grows forever.
+//! they have outlived their windows, so no table grows forever. What nobody
+//! resolved is never deleted, whatever its age: an open outbox row
+//! (`pending`, `in_flight`, `unknown`), a `dead` one waiting for an operator,
+//! and the inbox keys of both.
 //!
 //! Every interval a pass runs each table in turn, deleting bounded batches
 //! (each its own short transaction, `FOR UPDATE SKIP LOCKED`) with a pause
@@ -46,7 +49,8 @@ use tokio_util::sync::CancellationToken;
 pub struct RetentionConfig {
     /// Inbox keys: how long after `last_seen_at`.
     pub inbox: Duration,
-    /// Settled outbox rows: how long after `settled_at`.
+    /// Settled (`succeeded`, `declined`) outbox rows: how long after
+    /// `settled_at`.
     pub outbox: Duration,
     /// Quarantine and key-conflict records: how long after `received_at`.
     pub quarantine: Duration,

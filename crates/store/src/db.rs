@@ -1,7 +1,9 @@
 //! Connecting to PostgreSQL: creating the database if missing, or (for the
-//! read-only commands) only to an existing one with this release's schema.
+//! read-only commands) only to an existing one with this release's schema;
+//! following a primary that moves (`targets`: several hosts, tried in order,
+//! standbys refused; connections to a demoted primary recycled).
 
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -9,10 +11,26 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::schema::{SchemaBehind, check_schema};
+use crate::targets::{self, Targets, describe, in_recovery, writable};
+
+/// How often the follower asks the server in use whether it is still a
+/// primary (one tiny query on its own connection; several hosts only).
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// The URL with any password replaced by `***`, for messages and logs: the
-/// one in the authority and a `password=` query parameter (libpq style).
+/// one in the authority and a `password=` query parameter (libpq style). A
+/// host list (`h1:p1,h2:p2`) is kept as given.
 pub fn redact_url(raw: &str) -> String {
+    match targets::split_hosts(raw) {
+        Some((template, list)) => match redact_one_host(&template) {
+            shown if shown.starts_with('<') => shown,
+            shown => targets::restore_hosts(&shown, &list),
+        },
+        None => redact_one_host(raw),
+    }
+}
+
+fn redact_one_host(raw: &str) -> String {
     match url::Url::parse(raw) {
         // No authority (`scheme:user:pw@host`): the "password" is in the path,
         // where it cannot be told apart; show nothing of it.
@@ -49,12 +67,12 @@ pub fn redact_url(raw: &str) -> String {
 /// and what to check.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let shown = redact_url(url);
-    let options = parse(url, &shown)?;
+    let targets = parse(url, &shown)?;
+    let options = choose(&targets).await;
     create_database_if_missing(&options)
         .await
         .with_context(|| unreachable_hint(&shown))?;
-    pool_options(max_connections)
-        .connect_with(options)
+    open_pool(targets, options, max_connections)
         .await
         .with_context(|| unreachable_hint(&shown))
 }
@@ -66,9 +84,10 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 /// (redacted) URL and what to run.
 pub async fn connect_existing(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let shown = redact_url(url);
-    let options = parse(url, &shown)?;
+    let targets = parse(url, &shown)?;
+    let options = choose(&targets).await;
     let database = options.get_database().unwrap_or_default().to_owned();
-    let pool = match pool_options(max_connections).connect_with(options).await {
+    let pool = match open_pool(targets, options, max_connections).await {
         Ok(pool) => pool,
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => bail!(
             "database {database:?} does not exist at {shown}: run `idem migrate` to create it \
@@ -90,16 +109,109 @@ pub async fn connect_existing(url: &str, max_connections: u32) -> anyhow::Result
     }
 }
 
-fn parse(url: &str, shown: &str) -> anyhow::Result<PgConnectOptions> {
-    PgConnectOptions::from_str(url).with_context(|| {
-        format!("IDEM_DATABASE_URL {shown} is not a valid PostgreSQL URL (postgres://user[:password]@host:port/database)")
+fn parse(url: &str, shown: &str) -> anyhow::Result<Targets> {
+    Targets::parse(url).with_context(|| {
+        format!(
+            "IDEM_DATABASE_URL {shown} is not a valid PostgreSQL URL \
+             (postgres://user[:password]@host[:port][,host[:port]...]/database)"
+        )
     })
 }
 
-fn pool_options(max_connections: u32) -> PgPoolOptions {
-    PgPoolOptions::new()
+/// The server to start with: with several hosts, the first primary in the
+/// order given (or the first host when none answers as one yet: the pool
+/// then waits for it like for a server that is down); with one, that one.
+async fn choose(targets: &Targets) -> PgConnectOptions {
+    if targets.len() > 1 {
+        if let Some((_, conn)) = targets.find(true).await {
+            let _ = conn.close().await;
+        }
+    }
+    targets.current()
+}
+
+/// A pool on `options` that keeps connections to a writable primary only,
+/// and (several hosts) a task that moves it when the primary moves.
+async fn open_pool(
+    targets: Targets,
+    options: PgConnectOptions,
+    max_connections: u32,
+) -> Result<PgPool, sqlx::Error> {
+    let read_write = targets.read_write();
+    let mut pool_options = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10));
+    if read_write {
+        pool_options = pool_options
+            // A new connection to a standby is refused (the pool retries
+            // until its acquire timeout, by then the follower has moved it).
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    if in_recovery(conn).await? {
+                        return Err(sqlx::Error::Protocol(
+                            "the server is a standby (in recovery); idem needs the primary".into(),
+                        ));
+                    }
+                    Ok(())
+                })
+            })
+            // A pooled connection whose server turned read-only (SQLSTATE
+            // 25006: a demoted or fenced primary, a pooler or DNS name now on
+            // a standby) is closed instead of handed out again, so the next
+            // one is opened afresh, where the primary is now. This one query
+            // replaces the default liveness ping (`test_before_acquire`),
+            // which is a round trip of its own: recycling costs no extra
+            // round trip per acquire, and catches what a ping cannot. Closing
+            // on the failing statement instead would need every caller
+            // outside this crate to report its errors back.
+            .test_before_acquire(false)
+            .before_acquire(|conn, _| Box::pin(async move { writable(conn).await }));
+    }
+    let pool = pool_options.connect_with(options).await?;
+    let targets = Arc::new(targets);
+    if targets.len() > 1 && read_write {
+        tokio::spawn(follow_primary(pool.clone(), targets));
+    }
+    Ok(pool)
+}
+
+/// Keep `pool` on the primary: watch the server in use on a connection of
+/// its own, and when it stops answering or is in recovery, try the other
+/// hosts in turn (the next one first) until one is a primary, then point the
+/// pool's new connections there. Ends when the pool is closed.
+async fn follow_primary(pool: PgPool, targets: Arc<Targets>) {
+    let mut watch: Option<PgConnection> = None;
+    while !pool.is_closed() {
+        let healthy = match watch.as_mut() {
+            Some(conn) => matches!(in_recovery(conn).await, Ok(false)),
+            None => false,
+        };
+        if healthy {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            continue;
+        }
+        if let Some(conn) = watch.take() {
+            conn.close_hard().await.ok();
+        }
+        let before = targets.current_index();
+        match targets.find(false).await {
+            Some((index, conn)) => {
+                let options = targets.current();
+                if index != before {
+                    tracing::warn!(
+                        host = %describe(&options),
+                        "PostgreSQL primary moved: new connections go to this host"
+                    );
+                }
+                pool.set_connect_options(options);
+                watch = Some(conn);
+            }
+            None => {
+                tracing::warn!("no PostgreSQL host is a primary yet; trying again");
+                tokio::time::sleep(FOLLOW_EVERY / 2).await;
+            }
+        }
+    }
 }
 
 fn unreachable_hint(shown: &str) -> String {
@@ -159,6 +271,15 @@ mod tests {
         assert_eq!(
             redact_url("postgres://u:secret@h:5432/db"),
             "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u:secret@h1:5432,h2:5433/db?target_session_attrs=any"),
+            "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=any"
+        );
+        let shown = redact_url("postgres://u@h1,h2/db?password=s3cret");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("h1,h2"),
+            "{shown}"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert!(!redact_url("amqp://guest:guest@h:5672/%2f").contains("guest@"));

@@ -15,7 +15,8 @@
 //! - `bench`: `idem bench`'s own statements: a backlog loaded straight into
 //!   the outbox, when each message was recorded, the claim's plan.
 //! - `db`: connecting (creating the database if missing, or only to an
-//!   existing one with this release's schema), URL redaction for messages.
+//!   existing one with this release's schema), following a primary that
+//!   moves, URL redaction for messages.
 //! - `event`: result events to publish (written by the settle trigger, and
 //!   here for a duplicate of a settled charge); claim, delete once confirmed,
 //!   back off.
@@ -32,7 +33,10 @@
 //!   migrations without changing them (read-only commands never migrate).
 //! - `scratch`: dropping a throw-away database (demo, bench, tests).
 //! - `settle`: many attempts' results in one fenced statement (group commit).
-//! - `status`: counts for operators and the demo.
+//! - `status`: exact counts for operators and the demo; the table gauges'
+//!   sample (open work exactly through partial indexes, history estimated).
+//! - `targets`: the hosts of a URL (`h1:p1,h2:p2`), tried in order, and
+//!   whether a server is a primary (`pg_is_in_recovery()`).
 
 pub mod admin;
 pub mod attempt;
@@ -50,6 +54,7 @@ pub mod schema;
 pub mod scratch;
 pub mod settle;
 pub mod status;
+pub mod targets;
 
 pub use db::{connect, connect_existing, redact_url};
 pub use inbox::Recorded;

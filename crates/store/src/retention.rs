@@ -48,15 +48,18 @@ pub async fn try_lock(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
 /// (`last_seen_at >= received_at`) and stated only so the scan can walk
 /// `inbox_received_at` from the oldest key (see the migration).
 ///
-/// **Why not while the outbox row is open.** A key whose charge is still
-/// `pending`, `in_flight` or `unknown` is kept whatever its age: the
-/// operation is not finished, its producer may still be retrying, and the
-/// open row must stay answerable through its key. Should a key still be
-/// missing while its outbox row exists (a settled row outlives the inbox
-/// window by default, or an operator re-queued a `dead` row), a new copy is
-/// still not charged again: `outbox.reference_id` is UNIQUE, and
-/// [`crate::inbox::record`] turns that collision into a duplicate (or a
-/// conflict) and restores the key.
+/// **Why not while the outbox row is unresolved.** A key whose charge is
+/// still `pending`, `in_flight` or `unknown`, or `dead` and waiting for an
+/// operator, is kept whatever its age: the operation is not finished, its
+/// producer may still be retrying, and the row must stay answerable through
+/// its key (an operator's `idem outbox retry` sends it again under the same
+/// reference). Once resolved (`idem outbox resolve`) the row is settled and
+/// the key follows the rule above, its settled row catching copies meanwhile.
+/// Should a key still be missing while its outbox row exists (a settled row
+/// outlives the inbox window by default), a new copy is still not charged
+/// again: `outbox.reference_id` is UNIQUE, and [`crate::inbox::record`]
+/// turns that collision into a duplicate (or a conflict) and restores the
+/// key.
 pub async fn delete_inbox_keys(
     conn: &mut PgConnection,
     window: Duration,
@@ -70,7 +73,7 @@ pub async fn delete_inbox_keys(
                AND NOT EXISTS (
                    SELECT 1 FROM outbox o
                    WHERE o.scope = i.scope AND o.message_id = i.message_id
-                     AND o.state IN ('pending', 'in_flight', 'unknown'))
+                     AND o.state IN ('pending', 'in_flight', 'unknown', 'dead'))
              ORDER BY i.received_at
              LIMIT $2
              FOR UPDATE OF i SKIP LOCKED
@@ -85,13 +88,21 @@ pub async fn delete_inbox_keys(
     Ok(done.rows_affected())
 }
 
-/// Delete up to `limit` outbox rows in a final state (`succeeded`, `declined`,
-/// `dead`) settled more than `window` ago. Returns how many were deleted.
+/// Delete up to `limit` settled outbox rows (`succeeded`, `declined`)
+/// settled more than `window` ago. Returns how many were deleted.
 ///
 /// Never an open row (`pending`, `in_flight`, `unknown`): those are work to
-/// do. A final row without `settled_at` is never deleted either (the safe
-/// side: every settle sets it). The `state IN (...)` list repeats the partial
-/// index `outbox_settled` word for word so the planner can use it.
+/// do. Never a `dead` row, whatever its age: it is a charge nobody resolved,
+/// and its row is the only record of it; it leaves `dead` only by an
+/// operator's retry (back to `pending`) or resolve (`succeeded`/`declined`,
+/// `settled_at` = then, so the window starts at the resolution). A final row
+/// without `settled_at` is never deleted either (the safe side: every settle
+/// sets it).
+///
+/// The walk uses the partial index `outbox_settled` (`state IN ('succeeded',
+/// 'declined', 'dead')`, which this list implies): dead rows older than the
+/// window sit in it and are stepped over by every batch, a cost of O(dead
+/// rows), i.e. of the operators' backlog, not of history.
 pub async fn delete_settled_outbox(
     conn: &mut PgConnection,
     window: Duration,
@@ -102,7 +113,7 @@ pub async fn delete_settled_outbox(
         "WITH gone AS (
              DELETE FROM outbox WHERE id IN (
                  SELECT id FROM outbox
-                 WHERE state IN ('succeeded', 'declined', 'dead')
+                 WHERE state IN ('succeeded', 'declined')
                    AND settled_at < now() - make_interval(secs => $1)
                  ORDER BY settled_at
                  LIMIT $2

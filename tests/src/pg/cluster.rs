@@ -45,29 +45,8 @@ pub struct PgCluster {
 impl PgCluster {
     /// `initdb` a fresh cluster in a scratch dir and start it on a free port.
     pub async fn start() -> anyhow::Result<Self> {
-        sweep_orphans();
         let started = Instant::now();
-        let bindir = pg_bindir()?;
-        let run_as = if geteuid().is_root() {
-            let user = User::from_name("postgres")
-                .context("looking up the postgres user")?
-                .context("running as root, but there is no `postgres` user to run PostgreSQL as")?;
-            Some((user.uid.as_raw(), user.gid.as_raw()))
-        } else {
-            None
-        };
-        let dir = Scratch::create(PG_PREFIX)?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&dir.path, Some(uid), Some(gid))
-                .with_context(|| format!("chown {} to postgres", dir.path.display()))?;
-        }
-        let cluster = Self {
-            bindir,
-            port: free_port()?,
-            run_as,
-            postmaster: Mutex::new(None),
-            dir,
-        };
+        let cluster = Self::unstarted()?;
         let data = cluster.data_dir();
         let output = tokio::process::Command::from(cluster.command("initdb"))
             .arg("-D")
@@ -95,6 +74,34 @@ impl PgCluster {
             "PgCluster started"
         );
         Ok(cluster)
+    }
+
+    /// A cluster with a scratch dir (owned by the server's user) and a free
+    /// port, but no data dir yet and no server: `initdb` or a base backup
+    /// ([`PgCluster::standby_of`]) fills it.
+    pub(super) fn unstarted() -> anyhow::Result<Self> {
+        sweep_orphans();
+        let bindir = pg_bindir()?;
+        let run_as = if geteuid().is_root() {
+            let user = User::from_name("postgres")
+                .context("looking up the postgres user")?
+                .context("running as root, but there is no `postgres` user to run PostgreSQL as")?;
+            Some((user.uid.as_raw(), user.gid.as_raw()))
+        } else {
+            None
+        };
+        let dir = Scratch::create(PG_PREFIX)?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir.path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {} to postgres", dir.path.display()))?;
+        }
+        Ok(Self {
+            bindir,
+            port: free_port()?,
+            run_as,
+            postmaster: Mutex::new(None),
+            dir,
+        })
     }
 
     /// URL of database `db` (as user `postgres`, over TCP).
@@ -177,7 +184,7 @@ impl PgCluster {
 
     /// A `Command` for program `name` of the bindir, as the server's user,
     /// marked with our owner token.
-    fn command(&self, name: &str) -> Command {
+    pub(super) fn command(&self, name: &str) -> Command {
         let mut command = Command::new(self.bindir.join(name));
         command
             .current_dir(&self.dir.path)
@@ -190,7 +197,7 @@ impl PgCluster {
     }
 
     /// Spawn the postmaster (foreground, our child), logging to `postgres.log`.
-    fn spawn(&self) -> anyhow::Result<()> {
+    pub(super) fn spawn(&self) -> anyhow::Result<()> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -215,7 +222,7 @@ impl PgCluster {
     }
 
     /// Wait until a connection succeeds; fail early if the postmaster exits.
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    pub(super) async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         let url = self.url("postgres");
         loop {

@@ -8,6 +8,7 @@
 //! - `pipeline`, `batch`, `ordering`, `settle`: the data path, message to charge.
 //! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
 //! - `outages`: a database that refuses writes, a replica started during an outage.
+//! - `failover`: a killed primary, a promoted synchronous standby, a multi-host URL.
 //! - `dead_letters`: the quorum delivery limit and the dead-letter drain.
 //! - `salvage`: what lapin refuses, taken by that reader inside a real replica.
 //! - `hostile_body`: oversize and terminal-hostile input, bounded and escaped.
@@ -39,6 +40,7 @@ mod commit_cut;
 mod crash;
 mod dead_letters;
 mod deploy;
+mod failover;
 mod faults;
 mod hostile_body;
 mod hostile_producer;

@@ -1,5 +1,5 @@
 //! A provider that refuses us or cannot answer a lookup, against the real
-//! simulator: refused credentials open the breaker (claiming paused, rows
+//! simulator: refused credentials and sustained throttling open the breaker (claiming paused, rows
 //! keep their attempts, `/readyz` says why) and half-open probes close it; a
 //! failing lookup falls back to the keyed retry; an uncertain row older than
 //! the provider's key lifetime is never re-sent under its key. Each test
@@ -171,6 +171,57 @@ async fn a_window_of_refused_credentials_delays_charges_and_kills_none() {
         counted >= 1.0 && counted <= refused as f64,
         "refusals counted by status: {counted} of {refused}"
     );
+    daemon.stop().await;
+    env.cleanup().await;
+}
+
+/// Invariants: sustained throttling (every call answered `429`) opens the
+/// breaker too (`/readyz` names `429 from POST /v1/charges`), and with an
+/// attempt limit of 2 no row dies of it: once the quota is back, every
+/// charge is made exactly once, none `dead`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_throttling_opens_the_breaker_and_kills_none() {
+    let env = TestEnv::new(Faults {
+        rate_limit: 1.0,
+        ..Faults::default()
+    })
+    .await;
+    let daemon = Daemon::start(
+        &env,
+        &[
+            "--max-attempts",
+            "2",
+            "--provider-breaker-sustained",
+            "5",
+            "--provider-breaker-probe-ms",
+            "100",
+            "--provider-breaker-probe-max-ms",
+            "1000",
+        ],
+    )
+    .await;
+    env.publish(&workload::generate(&spec("throttled", 30)))
+        .await;
+    wait_for("the breaker open on 429", SETTLE, || async {
+        let (status, body) = daemon.get("/readyz").await;
+        status == 503 && body.contains("provider breaker open: 429 from POST /v1/charges")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        max_attempts(&env).await,
+        0,
+        "no throttled call spent an attempt"
+    );
+    env.sim.set_faults(Faults::default());
+    wait_for("30 rows succeeded", SETTLE, || async {
+        env.status().await.outbox_in(OutboxState::Succeeded) == 30
+    })
+    .await;
+    let by_ref = env.charges_by_reference();
+    assert_eq!(by_ref.len(), 30, "every charge made");
+    assert!(by_ref.values().all(|&n| n == 1), "none twice: {by_ref:?}");
+    assert_eq!(env.status().await.outbox_in(OutboxState::Dead), 0);
     daemon.stop().await;
     env.cleanup().await;
 }

@@ -267,8 +267,9 @@ async fn concurrent_batches_skip_each_others_rows() {
 
 /// Invariant: an open charge (`pending`, `in_flight`, `unknown`) is never
 /// deleted, and neither is its inbox key, however old both are — even an
-/// open row with an old `settled_at` (a `dead` row re-queued by an operator);
-/// settled rows of the same age and their keys go.
+/// open row with an old `settled_at` (a `dead` row re-queued by an operator),
+/// and an unresolved `dead` row; settled rows of the same age and their keys
+/// go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_charges_and_their_keys_are_never_deleted() {
     let env = TestEnv::new(Faults::default()).await;
@@ -312,9 +313,10 @@ async fn open_charges_and_their_keys_are_never_deleted() {
     let pass = retention::run_once(&env.pool, &config, &CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(pass.of(Table::Outbox).deleted, 3, "{pass:?}");
-    assert_eq!(pass.of(Table::Inbox).deleted, 3, "{pass:?}");
-    let open = ids[..3].to_vec();
+    // The dead row is unresolved too: it stays, like the open ones.
+    assert_eq!(pass.of(Table::Outbox).deleted, 2, "{pass:?}");
+    assert_eq!(pass.of(Table::Inbox).deleted, 2, "{pass:?}");
+    let open = [&ids[..3], &ids[5..]].concat();
     assert_eq!(ids_in(&env.pool, "outbox").await, open, "open rows stay");
     assert_eq!(ids_in(&env.pool, "inbox").await, open, "their keys stay");
     env.cleanup().await;
@@ -448,4 +450,247 @@ async fn the_job_rides_out_an_unreachable_database() {
         .expect("stops at the shutdown token")
         .unwrap()
         .unwrap();
+}
+
+/// Invariant: what nobody resolved outlives every window. An old `dead` row
+/// (waiting for an operator) and an old `unknown` row (its charge may exist)
+/// stay, with their inbox keys, whatever their age, while succeeded and
+/// declined rows of the same age go; once an operator resolves the dead row
+/// it is settled like any other: its old key goes, the row a window after the
+/// resolution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresolved_dead_and_unknown_rows_outlive_every_window() {
+    let (env, ids) = charged("ret-unres", 4).await;
+    age_keys(&env.pool, &ids, 400).await;
+    age_settled(&env.pool, &ids, 400).await;
+    let states = [
+        "state = 'dead', last_error = 'given up'",
+        "state = 'unknown', settled_at = NULL, uncertain_since = now() - interval '400 days'",
+        "state = 'declined'",
+    ];
+    for (message_id, set) in ids.iter().zip(states) {
+        sqlx::query(&format!("UPDATE outbox SET {set} WHERE message_id = $1"))
+            .bind(message_id)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+    }
+
+    let config = defaults(&env, 100);
+    let pass = retention::run_once(&env.pool, &config, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(pass.of(Table::Outbox).deleted, 2, "{pass:?}");
+    assert_eq!(pass.of(Table::Inbox).deleted, 2, "{pass:?}");
+    let unresolved = ids[..2].to_vec();
+    assert_eq!(ids_in(&env.pool, "outbox").await, unresolved);
+    assert_eq!(
+        ids_in(&env.pool, "inbox").await,
+        unresolved,
+        "their keys stay"
+    );
+
+    // An operator resolves the dead row: settled now, it waits a window more.
+    let dead_id: i64 = sqlx::query_scalar("SELECT id FROM outbox WHERE message_id = $1")
+        .bind(&ids[0])
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let action = idem_store::admin::Action {
+        actor: "test",
+        reason: Some("charged by phone"),
+        force: false,
+    };
+    let mut conn = env.pool.acquire().await.unwrap();
+    idem_store::admin::resolve(
+        &mut conn,
+        dead_id,
+        idem_store::admin::Resolution::Succeeded,
+        Some("ch_by_phone"),
+        &action,
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let pass = retention::run_once(&env.pool, &config, &CancellationToken::new())
+        .await
+        .unwrap();
+    // Its key is old and its row settled: the key goes (the row's reference
+    // id still catches a copy); the row itself was settled just now.
+    assert_eq!(pass.of(Table::Inbox).deleted, 1, "{pass:?}");
+    assert_eq!(
+        pass.of(Table::Outbox).deleted,
+        0,
+        "resolved just now: {pass:?}"
+    );
+    age_settled(&env.pool, &ids[..1], 400).await;
+    let pass = retention::run_once(&env.pool, &config, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(pass.of(Table::Outbox).deleted, 1, "{pass:?}");
+    assert_eq!(ids_in(&env.pool, "outbox").await, ids[1..2].to_vec());
+    assert_eq!(ids_in(&env.pool, "inbox").await, ids[1..2].to_vec());
+    env.cleanup().await;
+}
+
+/// The history the sampler test loads: settled outbox rows, inbox keys and
+/// quarantined messages, `n` each, straight into the tables.
+async fn load_history(pool: &PgPool, n: i64) {
+    let mut conn = pool.acquire().await.unwrap();
+    idem_store::bench::load_backlog(&mut conn, "hist", n, true)
+        .await
+        .unwrap();
+    // A tenth declined, so the estimate has a share to split by.
+    sqlx::query(
+        "UPDATE outbox SET state = 'declined', provider_charge_id = NULL
+         WHERE scope = 'hist' AND id % 10 = 0",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO inbox (scope, message_id, fingerprint)
+         SELECT 'hist', 'hist-' || g, sha256(('hist-' || g)::bytea)
+         FROM generate_series(1, $1::bigint) g",
+    )
+    .bind(n)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO quarantine (reason_code, reason, properties, body)
+         SELECT 'not_json', 'test', '{}', '\\x00' FROM generate_series(1, $1::bigint) g",
+    )
+    .bind(n)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE outbox, inbox, quarantine")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
+/// The relations a plan (`EXPLAIN (FORMAT JSON)`) reads with a sequential scan.
+fn seq_scanned(plan: &serde_json::Value, out: &mut Vec<String>) {
+    match plan {
+        serde_json::Value::Object(node) => {
+            if node.get("Node Type").and_then(|t| t.as_str()) == Some("Seq Scan") {
+                let relation = node.get("Relation Name").and_then(|r| r.as_str());
+                out.push(relation.unwrap_or("?").to_owned());
+            }
+            node.values().for_each(|v| seq_scanned(v, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| seq_scanned(v, out)),
+        _ => {}
+    }
+}
+
+/// Invariant: the table-gauge sampler's cost does not grow with history. On
+/// 50k settled rows, keys and quarantined messages (analyzed, as autovacuum
+/// would), none of its statements scans outbox, inbox or quarantine
+/// sequentially; its open-work counts agree exactly with `idem status`'s
+/// full counts, and its estimates of the history are close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_sampler_reads_open_work_not_history() {
+    let env = TestEnv::new(Faults::default()).await;
+    const HISTORY: i64 = 50_000;
+    load_history(&env.pool, HISTORY).await;
+    // A little open work in every open state, and a dead row.
+    idem_store::bench::load_backlog(&mut env.pool.acquire().await.unwrap(), "open", 9, false)
+        .await
+        .unwrap();
+    for (ids, set) in [
+        (
+            "{open-1,open-2}",
+            "state = 'unknown', uncertain_since = now()",
+        ),
+        (
+            "{open-3}",
+            "state = 'in_flight', lease_token = gen_random_uuid(), lease_owner = 'x',
+             lease_expires_at = now() - interval '1 minute'",
+        ),
+        (
+            "{open-4}",
+            "state = 'in_flight', lease_token = gen_random_uuid(), lease_owner = 'x',
+             lease_expires_at = now() + interval '1 hour'",
+        ),
+        (
+            "{open-5}",
+            "state = 'dead', settled_at = now(), last_error = 'x'",
+        ),
+    ] {
+        sqlx::query(&format!(
+            "UPDATE outbox SET {set} WHERE message_id = ANY($1::text[])"
+        ))
+        .bind(ids)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+
+    let mut conn = env.pool.acquire().await.unwrap();
+    // Under the sampler's own settings (what runs), and under the defaults:
+    // there, a statement that counted a whole table would plan a sequential
+    // scan, which the sampler's `enable_seqscan = off` would turn into a
+    // full index scan this check could not tell from a bounded one.
+    let settings = [true, false];
+    for (statement, bounded) in idem_store::status::SAMPLE_STATEMENTS
+        .iter()
+        .flat_map(|s| settings.map(|b| (s, b)))
+    {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        if bounded {
+            idem_store::status::bound_for_sampling(&mut tx, Duration::from_secs(2))
+                .await
+                .unwrap();
+        }
+        let plan: serde_json::Value =
+            sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {statement}"))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        tx.rollback().await.unwrap();
+        let mut scanned = Vec::new();
+        seq_scanned(&plan, &mut scanned);
+        for table in ["outbox", "inbox", "quarantine"] {
+            assert!(
+                !scanned.iter().any(|r| r == table),
+                "sequential scan of {table} (sampler settings: {bounded}) in {statement}:\n{plan:#}"
+            );
+        }
+    }
+
+    let sample = idem_store::status::sample(&mut conn, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let exact = idem_store::status::read(&mut conn).await.unwrap();
+    for state in OutboxState::ALL {
+        let (got, want) = (sample.outbox_in(state), exact.outbox_in(state));
+        if idem_store::status::is_estimated(state) {
+            assert!(
+                (got - want).abs() <= want / 10,
+                "{state:?}: estimate {got}, exact {want}"
+            );
+        } else {
+            assert_eq!(got, want, "{state:?} is counted exactly");
+        }
+    }
+    assert_eq!(sample.outbox_in(OutboxState::Pending), 4);
+    assert_eq!(sample.outbox_in(OutboxState::Unknown), 2);
+    assert_eq!(sample.outbox_in(OutboxState::InFlight), 2);
+    assert_eq!(sample.outbox_in(OutboxState::Dead), 1);
+    assert_eq!(sample.expired_leases, 1);
+    assert_eq!(sample.expired_leases, exact.expired_leases);
+    for (got, want) in [
+        (sample.inbox_keys, exact.inbox_keys),
+        (sample.quarantined, exact.quarantined),
+    ] {
+        assert!(
+            (got - want).abs() <= want / 10,
+            "estimate {got}, exact {want}"
+        );
+    }
+    drop(conn);
+    env.cleanup().await;
 }

@@ -148,14 +148,18 @@ async fn the_provider_over_https_with_a_private_ca() {
     // A failed handshake sends nothing: the provider is unreachable for
     // us, so the call is refused (the breaker's business), and the row is
     // put back with its attempt given back.
-    wait_for("the untrusted provider tried and refused", SETTLE, || async {
-        let row: Option<(i32, Option<String>)> =
-            sqlx::query_as("SELECT attempts, last_error FROM outbox")
-                .fetch_optional(&env.pool)
-                .await
-                .unwrap();
-        matches!(row, Some((0, Some(error))) if error.contains("not counted"))
-    })
+    wait_for(
+        "the untrusted provider tried and refused",
+        SETTLE,
+        || async {
+            let row: Option<(i32, Option<String>)> =
+                sqlx::query_as("SELECT attempts, last_error FROM outbox")
+                    .fetch_optional(&env.pool)
+                    .await
+                    .unwrap();
+            matches!(row, Some((0, Some(error))) if error.contains("not counted"))
+        },
+    )
     .await;
     let (status, text) = worker.stop().await;
     assert!(status.success(), "{status:?}\n{text}");
