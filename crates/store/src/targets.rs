@@ -224,6 +224,13 @@ pub(crate) fn split_hosts(url: &str) -> Option<(String, String)> {
     Some((template, list.to_owned()))
 }
 
+/// `url` with a host list (`h1:p1,h2:p2`) replaced by one placeholder host,
+/// for checks written for one-host URLs (scheme, host present, no password
+/// in the query); a one-host URL unchanged.
+pub fn one_host_form(url: &str) -> String {
+    split_hosts(url).map_or_else(|| url.to_owned(), |(template, _)| template)
+}
+
 /// Put the host list back into a URL made by [`split_hosts`] (after
 /// redaction, which leaves the placeholder alone).
 pub(crate) fn restore_hosts(template: &str, list: &str) -> String {
@@ -340,5 +347,7 @@ mod tests {
             "postgres://u:pw@h1:1,h2:2/db?x=1"
         );
         assert!(split_hosts("postgres://u@h1:1/db").is_none());
+        assert!(url::Url::parse(&one_host_form("postgres://u@h1:1,h2:2/db")).is_ok());
+        assert_eq!(one_host_form("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

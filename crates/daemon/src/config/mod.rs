@@ -36,7 +36,9 @@ pub use tenants::{ScopeMode, TenantArgs};
 pub struct DatabaseArgs {
     /// PostgreSQL URL; `run`, `migrate` and the changing commands create the
     /// database if missing and apply the schema (read-only commands never do). TLS: add
-    /// `?sslmode=require` (or `verify-full` with `sslrootcert=<PEM file>`).
+    /// `?sslmode=require` (or `verify-full` with `sslrootcert=<PEM file>`). Failover: list
+    /// several hosts (`postgres://user@h1:5432,h2:5432/idem`); idem uses the first that is a
+    /// primary and follows it when it moves (`target_session_attrs=any` accepts a standby).
     #[arg(
         long,
         env = "IDEM_DATABASE_URL",
@@ -365,7 +367,7 @@ impl RunArgs {
         );
         check_url(
             "IDEM_DATABASE_URL",
-            &a.database.database_url,
+            &idem_store::targets::one_host_form(&a.database.database_url),
             &["postgres", "postgresql"],
         )?;
         check_url("IDEM_AMQP_URL", &a.amqp.broker.amqp_url, &["amqp", "amqps"])?;

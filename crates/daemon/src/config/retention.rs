@@ -14,7 +14,8 @@ pub struct RetentionArgs {
     /// (never while its charge is open). Longer than any producer's retry window.
     #[arg(long, env = "IDEM_INBOX_RETENTION_HOURS", default_value_t = 168)]
     pub inbox_retention_hours: u64,
-    /// Hours a settled outbox row (succeeded, declined, dead) is kept after settling.
+    /// Hours a settled outbox row (succeeded, declined) is kept after settling;
+    /// dead rows are kept until an operator retries or resolves them.
     #[arg(long, env = "IDEM_OUTBOX_RETENTION_HOURS", default_value_t = 720)]
     pub outbox_retention_hours: u64,
     /// Hours quarantined messages and key-conflict records are kept.
