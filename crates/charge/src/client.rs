@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::Refusal;
+use crate::hygiene;
 use idem_charge_api::{
     Call, CallKind, Charge, ChargeList, CreateCharge, ErrorBody, IDEMPOTENCY_KEY,
     IDEMPOTENT_REPLAYED, Refund, TRACEPARENT,
@@ -252,10 +253,11 @@ impl ChargeClient {
             .headers()
             .get(IDEMPOTENT_REPLAYED)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let body = match response.bytes().await {
+        let body = match hygiene::read_body(response).await {
             Ok(body) => body,
-            // The status line arrived but the body did not: the provider has
-            // decided, we just do not know what. Uncertain.
+            // The status line arrived but the body did not (or was too long
+            // to read): the provider has decided, we just do not know what.
+            // Uncertain.
             Err(e) => {
                 let attempt = Attempt::Uncertain {
                     reason: format!("{status}: body lost: {e}"),
@@ -286,7 +288,7 @@ impl ChargeClient {
             }
             send_json::<ChargeList>(request, &mut call.http_status)
                 .await
-                .map(|list| list.data)
+                .map(|list| usable(list.data))
         } else {
             Err(ClientError::Unsupported("lookup by reference"))
         };
@@ -321,7 +323,18 @@ impl ChargeClient {
         if let Some(id) = starting_after {
             query.push(("starting_after", id.to_owned()));
         }
-        self.get_json("/v1/charges", &query).await
+        let mut page: ChargeList = self.get_json("/v1/charges", &query).await?;
+        // The listing's cursor is the last id as listed, unusable ones too.
+        let cursor = page.data.last().map(|c| c.id.clone());
+        page.data = usable(page.data);
+        if page.data.is_empty()
+            && page.has_more
+            && let Some(cursor) = cursor
+        {
+            return Box::pin(self.list_charges(created_gte, created_lt, limit, Some(&cursor)))
+                .await;
+        }
+        Ok(page)
     }
 
     /// `POST /v1/charges/{id}/refunds` under its own idempotency key, and the
@@ -332,7 +345,7 @@ impl ChargeClient {
             let request = self
                 .request(
                     reqwest::Method::POST,
-                    &format!("/v1/charges/{charge_id}/refunds"),
+                    &format!("/v1/charges/{}/refunds", hygiene::path_segment(charge_id)),
                 )
                 .header(IDEMPOTENCY_KEY, key);
             send_json::<Refund>(request, &mut call.http_status).await
@@ -375,19 +388,19 @@ async fn decode<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<T, ClientError> {
     let status = response.status();
-    let body = response
-        .bytes()
+    let body = hygiene::read_body(response)
         .await
-        .map_err(|e| ClientError::Transport(e.to_string()))?;
+        .map_err(ClientError::Transport)?;
+    let shown = || hygiene::text(&String::from_utf8_lossy(&body), hygiene::MAX_TEXT);
     if !status.is_success() {
         return Err(ClientError::Status {
             status: status.as_u16(),
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: shown(),
         });
     }
     serde_json::from_slice(&body).map_err(|e| ClientError::Status {
         status: status.as_u16(),
-        body: format!("undecodable body ({e}): {}", String::from_utf8_lossy(&body)),
+        body: format!("undecodable body ({e}): {}", shown()),
     })
 }
 
@@ -413,7 +426,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    hygiene::text(&text, hygiene::MAX_TEXT)
+}
+
+/// The charges of a lookup or listing that are safe to use
+/// ([`hygiene::checked`]); the others are logged and left out, so one
+/// malformed charge can neither be stored nor stop the rest.
+fn usable(charges: Vec<Charge>) -> Vec<Charge> {
+    charges
+        .into_iter()
+        .filter_map(|c| {
+            hygiene::checked(c)
+                .inspect_err(|why| tracing::warn!(%why, "the provider listed a charge idem cannot use; left out"))
+                .ok()
+        })
+        .collect()
 }
 
 /// Map an HTTP answer to what it means for money (`docs/contracts.md`,
@@ -421,18 +448,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn classify_answer(status: StatusCode, replayed: bool, body: &[u8]) -> Attempt {
     let error_kind = || {
         serde_json::from_slice::<ErrorBody>(body)
-            .map(|b| b.error.kind)
+            .map(|b| hygiene::code(&b.error.kind))
             .unwrap_or_else(|_| "unknown".to_owned())
     };
     match status.as_u16() {
         200 | 201 => match serde_json::from_slice::<Charge>(body) {
-            Ok(charge) => Attempt::Succeeded {
-                charge,
-                replayed: replayed || status == StatusCode::OK,
+            Ok(charge) => match hygiene::checked(charge) {
+                Ok(charge) => Attempt::Succeeded {
+                    charge,
+                    replayed: replayed || status == StatusCode::OK,
+                },
+                // A success we cannot use still means money may have moved.
+                Err(why) => Attempt::Uncertain {
+                    reason: format!("{status} with an unusable charge: {why}"),
+                },
             },
             // A success we cannot read still means money may have moved.
             Err(e) => Attempt::Uncertain {
-                reason: format!("{status} with undecodable body: {e}"),
+                reason: hygiene::text(
+                    &format!("{status} with undecodable body: {e}"),
+                    hygiene::MAX_TEXT,
+                ),
             },
         },
         402 => Attempt::Declined { code: error_kind() },

@@ -9,12 +9,15 @@
 //! - `client`: the reqwest client; maps every HTTP answer or transport failure to
 //!   an [`Attempt`] the dispatcher can act on, and knows the provider's
 //!   [`Capabilities`].
+//! - `hygiene`: what the provider sends, bounded and cleaned before it is
+//!   stored, logged or published; ids percent-encoded into paths.
 //! - `refusal`: [`Refusal`], the answers about us rather than the charge
 //!   (credentials, endpoint, rate, connection refused).
 //! - `wire_tests` (tests only): the client sends the golden `CreateCharge` body
 //!   and headers, checked on a captured request.
 
 pub mod client;
+pub mod hygiene;
 pub mod refusal;
 #[cfg(test)]
 mod wire_tests;

@@ -198,3 +198,70 @@ async fn refund_sends_no_body_and_its_own_key() {
     assert_eq!(refund.ok(), Some(golden::refund()));
     assert_eq!(call.provider_id, Some(golden::refund().id));
 }
+
+/// A provider's hostile answers, as the dispatcher and reconciler get them:
+/// a decline code full of terminal controls is `unrecognised`; a success
+/// whose charge id could break out of a path is uncertain (money may have
+/// moved), never stored; a body past the read bound is not read; a lookup
+/// keeps only the charges it can use; a refund's id is one path segment.
+#[tokio::test]
+async fn hostile_answers_are_bounded_before_use() {
+    let (client, server) = client_and_server(
+        "402 Payment Required",
+        "{\"error\":{\"type\":\"\\u001b]0;pwned\\u0007\\u202e\"}}",
+    )
+    .await;
+    let (attempt, _) = client.create_charge(&golden::create_charge(), None).await;
+    server.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        attempt,
+        Attempt::Declined {
+            code: crate::hygiene::UNRECOGNISED.into()
+        }
+    );
+
+    let (client, server) = client_and_server(
+        "201 Created",
+        r#"{"id":"ch/../../v1/admin","reference_id":"r","account_id":"a","amount":1,"currency":"EUR","status":"succeeded","created":1}"#,
+    )
+    .await;
+    let (attempt, _) = client.create_charge(&golden::create_charge(), None).await;
+    server.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(&attempt, Attempt::Uncertain { reason } if reason.contains("unusable charge")),
+        "{attempt:?}"
+    );
+
+    let huge: &'static str = Box::leak(
+        format!("{{\"pad\":\"{}\"}}", "x".repeat(crate::hygiene::MAX_BODY)).into_boxed_str(),
+    );
+    let (client, server) = client_and_server("201 Created", huge).await;
+    let (attempt, _) = client.create_charge(&golden::create_charge(), None).await;
+    let _ = server.await;
+    assert!(
+        matches!(&attempt, Attempt::Uncertain { reason } if reason.contains("not read")),
+        "{attempt:?}"
+    );
+
+    let (client, server) = client_and_server(
+        "200 OK",
+        r#"{"data":[{"id":"ch\u001b[2J","reference_id":"r","account_id":"a","amount":1,"currency":"EUR","status":"succeeded","created":1},{"id":"ch_ok","reference_id":"r","account_id":"a","amount":1,"currency":"EUR","status":"succeeded","created":2}],"has_more":false}"#,
+    )
+    .await;
+    let (found, _) = client.lookup("r", None).await;
+    server.await.unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<String> = found
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, ["ch_ok"]);
+
+    let (client, server) = client_and_server("200 OK", golden::REFUND).await;
+    let _ = client.refund("ch_1/../x?y", REFUND_KEY).await;
+    let sent = server.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        sent.request_line,
+        "POST /v1/charges/ch_1%2F%2E%2E%2Fx%3Fy/refunds HTTP/1.1"
+    );
+}
