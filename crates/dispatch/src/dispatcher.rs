@@ -86,7 +86,7 @@ impl Dispatcher {
     /// call inside a tokio runtime).
     pub fn new(pool: PgPool, client: ChargeClient, config: DispatchConfig) -> Self {
         Self {
-            recorder: Recorder::spawn(pool.clone(), config.owner.clone()),
+            recorder: Recorder::spawn(pool.clone(), config.owner.clone(), config.lease),
             breaker: Breaker::new(config.breaker),
             pool,
             client,

@@ -57,6 +57,10 @@ pub const UNRESOLVED: &str = "idem_dispatch_unresolved_total";
 /// has passed and there is no lookup (`key_expired`).
 pub const UNRESOLVED_REASONS: [&str; 2] = ["lookup_failed", "key_expired"];
 
+/// Counter: writes of a group of results that failed and were made again
+/// (the database away or refusing), within the lease.
+pub const SETTLE_RETRIES: &str = "idem_dispatch_settle_retries_total";
+
 /// Every metric of this crate.
 pub const ALL: &[&str] = &[
     CLAIMED_ROWS,
@@ -74,6 +78,7 @@ pub const ALL: &[&str] = &[
     REFUSALS,
     LOOKUP_FALLBACKS,
     UNRESOLVED,
+    SETTLE_RETRIES,
 ];
 
 /// Every value of the `class` label, as the dispatcher's `response_class`
@@ -113,12 +118,16 @@ pub fn describe() {
         "Results written per statement by the dispatcher's recorder (group commit)"
     );
     describe_counter!(
+        SETTLE_RETRIES,
+        "Writes of a group of attempt results that failed and were made again within the lease (the database away or refusing writes)"
+    );
+    describe_counter!(
         FENCE_REFUSALS,
         "Results refused by the lease fence (the lease expired during the call)"
     );
     describe_counter!(
         ABANDONED,
-        "Attempts whose result could not be written (database error while settling); the rescuer resolves the row"
+        "Attempts whose result could not be written within the lease (the database away or refusing writes the whole time); the rescuer resolves the row"
     );
     describe_counter!(
         OVERRAN,
@@ -171,6 +180,7 @@ pub fn describe() {
         LEASE_RECLAIMS,
         BREAKER_OPENED,
         LOOKUP_FALLBACKS,
+        SETTLE_RETRIES,
     ] {
         counter!(name).increment(0);
     }

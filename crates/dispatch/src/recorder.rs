@@ -5,7 +5,10 @@
 //! alone, at once; under heavy load results share round trips, batched by
 //! the time the previous statement took — no linger, no added latency.
 
+use std::time::{Duration, Instant};
+
 use idem_charge::Call;
+use idem_periodic::Backoff;
 use idem_store::Settlement;
 use idem_store::attempt::NewAttempt;
 use idem_store::settle::{self, Fenced};
@@ -50,9 +53,9 @@ impl std::fmt::Debug for Job {
 impl Recorder {
     /// Start the recorder task on `pool` (inside a tokio runtime); `replica`
     /// names this replica in the attempt history.
-    pub(crate) fn spawn(pool: PgPool, replica: String) -> Self {
+    pub(crate) fn spawn(pool: PgPool, replica: String, retry_for: Duration) -> Self {
         let (jobs, queue) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(pool, replica, queue));
+        tokio::spawn(run(pool, replica, retry_for, queue));
         Self { jobs }
     }
 
@@ -87,7 +90,11 @@ impl Recorder {
 /// Most calls kept for the next write after failed ones (the oldest go first).
 const MAX_CARRIED: usize = 100_000;
 
-async fn run(pool: PgPool, replica: String, mut queue: mpsc::Receiver<Job>) {
+/// The first and the longest wait before writing a failed group again.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+async fn run(pool: PgPool, replica: String, retry_for: Duration, mut queue: mpsc::Receiver<Job>) {
     // Calls of groups whose write failed: their results are left to the lease
     // rescuer, but the calls happened; they go with the next write.
     let mut carried: Vec<NewAttempt> = Vec::new();
@@ -100,7 +107,7 @@ async fn run(pool: PgPool, replica: String, mut queue: mpsc::Receiver<Job>) {
             }
         }
         ::metrics::histogram!(metrics::SETTLE_BATCH_ROWS).record(jobs.len() as f64);
-        let written = write(&pool, &replica, &jobs, &mut carried).await;
+        let written = write(&pool, &replica, &jobs, &mut carried, retry_for).await;
         for job in jobs {
             let answer = match &written {
                 Ok(ids) => Ok(ids.contains(&job.id)),
@@ -112,11 +119,17 @@ async fn run(pool: PgPool, replica: String, mut queue: mpsc::Receiver<Job>) {
     }
 }
 
+/// Write the group, and write it again while the database refuses it, for
+/// up to `retry_for` (the lease): a result the provider gave is never thrown
+/// away for one failed statement. Retrying is safe because the statement is
+/// fenced: once the lease is gone (the rescuer took the row) it accepts
+/// nothing, and the answer says so.
 async fn write(
     pool: &PgPool,
     replica: &str,
     jobs: &[Job],
     carried: &mut Vec<NewAttempt>,
+    retry_for: Duration,
 ) -> Result<Vec<i64>, String> {
     let batch: Vec<Fenced<'_>> = jobs
         .iter()
@@ -131,11 +144,25 @@ async fn write(
         jobs.iter()
             .flat_map(|j| j.calls.iter().map(|c| NewAttempt::of_call(j.id, c))),
     );
-    let written = match pool.acquire().await {
-        Ok(mut conn) => settle::settle_many(&mut conn, &batch, replica, &calls)
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let started = Instant::now();
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let written = loop {
+        let written = match pool.acquire().await {
+            Ok(mut conn) => settle::settle_many(&mut conn, &batch, replica, &calls)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
+            Ok(ids) => break Ok(ids),
+            Err(e) if started.elapsed() < retry_for => {
+                let delay = backoff.next_delay();
+                ::metrics::counter!(metrics::SETTLE_RETRIES).increment(1);
+                tracing::warn!(error = %e, rows = jobs.len(), retry_in = ?delay, "writing results failed; writing them again (fenced by the lease)");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => break Err(e),
+        }
     };
     if written.is_err() {
         if calls.len() > MAX_CARRIED {

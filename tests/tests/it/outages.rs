@@ -175,3 +175,57 @@ async fn a_replica_started_during_an_outage_waits_for_it() {
     assert!(charges.values().all(|n| *n == 1), "{charges:?}");
     env.cleanup().await;
 }
+
+/// Invariant: results that come back from the provider while the database
+/// refuses writes are written once it takes them again, within the lease:
+/// every row is settled `succeeded` by its first attempt (no lookup, no
+/// second call: the result was never thrown away), each charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_that_arrive_during_a_read_only_spell_are_kept() {
+    let env = TestEnv::new(Faults {
+        latency_ms: 700,
+        ..Faults::default()
+    })
+    .await;
+    let mut flags = run_flags_without(&env, &["--charge-timeout-ms"]);
+    flags.extend(["--charge-timeout-ms".to_owned(), "1000".to_owned()]);
+    let replica = Proc::spawn("replica", &mut run(&flags, &[]));
+    env.publish(&workload::generate(&spec("ro-settle", 5)))
+        .await;
+    wait_for("5 calls in flight", SETTLE, || async {
+        env.status().await.outbox_in(OutboxState::InFlight) == 5
+    })
+    .await;
+    set_read_only(&env, true).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    set_read_only(&env, false).await;
+    wait_for("5 succeeded", SETTLE, || async {
+        env.status().await.outbox_in(OutboxState::Succeeded) == 5
+    })
+    .await;
+    let (status, log) = replica.stop().await;
+    assert!(status.success(), "{log}");
+    let kinds: Vec<(String, i64)> =
+        sqlx::query_as("SELECT kind::text, count(*) FROM attempt GROUP BY kind ORDER BY kind")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        kinds,
+        [("charge".to_owned(), 5)],
+        "one call per row: {kinds:?}"
+    );
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM outbox")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
+    assert!(
+        log.contains("writing results failed; writing them again"),
+        "the spell was met: {log}"
+    );
+    let charges = env.charges_by_reference();
+    assert_eq!(charges.len(), 5);
+    assert!(charges.values().all(|n| *n == 1), "{charges:?}");
+    env.cleanup().await;
+}
