@@ -122,10 +122,10 @@ fn parse(url: &str, shown: &str) -> anyhow::Result<Targets> {
 /// order given (or the first host when none answers as one yet: the pool
 /// then waits for it like for a server that is down); with one, that one.
 async fn choose(targets: &Targets) -> PgConnectOptions {
-    if targets.len() > 1 {
-        if let Some((_, conn)) = targets.find(true).await {
-            let _ = conn.close().await;
-        }
+    if targets.len() > 1
+        && let Some((_, conn)) = targets.find(true).await
+    {
+        let _ = conn.close().await;
     }
     targets.current()
 }
@@ -263,8 +263,45 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Invariant: with a host list whose first host is down, the pool lands
+    /// on the one that answers; a pooled connection that turned read-only
+    /// (what SQLSTATE 25006 comes from) is not handed out again, while a
+    /// healthy one is reused.
+    #[tokio::test]
+    async fn a_host_list_connects_and_read_only_connections_are_recycled() {
+        let name = format!("idem_store_t_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("postgres://postgres@127.0.0.1:1,127.0.0.1:5432/{name}");
+        let pool = connect(&url, 1).await.unwrap();
+        let pid = |pool: PgPool| async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            (pid, conn)
+        };
+        let (first, conn) = pid(pool.clone()).await;
+        drop(conn);
+        let (again, mut conn) = pid(pool.clone()).await;
+        assert_eq!(first, again, "a healthy connection is reused");
+        sqlx::query("SET default_transaction_read_only = on")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let (fresh, mut conn) = pid(pool.clone()).await;
+        assert_ne!(fresh, first, "the read-only connection was closed");
+        assert!(writable(&mut conn).await.unwrap());
+        drop(conn);
+        pool.close().await;
+        crate::scratch::drop_database(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn redaction_hides_passwords_only() {

@@ -200,7 +200,10 @@ pub async fn sample(conn: &mut PgConnection, timeout: Duration) -> Result<Sample
         Option<i64>,
         Option<f64>,
     ) = sqlx::query_as(ESTIMATES_SQL).fetch_one(&mut *tx).await?;
-    tx.commit().await?;
+    // Read only: nothing to commit. A rollback also ends the `SET LOCAL`s, and
+    // keeps the sampler's statements apart from every COMMIT idem sends
+    // (the commit-cut suite cuts the first one it sees).
+    tx.rollback().await?;
     let open = pending + in_flight + unknown + dead;
     let (succeeded, declined) = split_settled(outbox.unwrap_or(0) - open, declined_share);
     Ok(Sample {

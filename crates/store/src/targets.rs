@@ -120,7 +120,7 @@ impl Targets {
         for index in order {
             let options = &self.hosts[index];
             let probe = async {
-                let mut conn = PgConnection::connect_with(options).await?;
+                let mut conn = connect_to_server(options).await?;
                 let usable = !self.read_write || !in_recovery(&mut conn).await?;
                 Ok::<_, sqlx::Error>(usable.then_some(conn))
             };
@@ -139,6 +139,18 @@ impl Targets {
             }
         }
         None
+    }
+}
+
+/// A connection to the server of `options`: to its database, or, when that
+/// does not exist yet (3D000: `idem run` creates it on the primary it
+/// picks), to the `postgres` database of the same server.
+async fn connect_to_server(options: &PgConnectOptions) -> Result<PgConnection, sqlx::Error> {
+    match PgConnection::connect_with(options).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+            PgConnection::connect_with(&options.clone().database("postgres")).await
+        }
+        other => other,
     }
 }
 
@@ -267,6 +279,7 @@ fn parse_host_list(list: &str) -> Result<Vec<(String, Option<u16>)>, TargetsErro
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
