@@ -93,3 +93,48 @@ impl TestEnv {
         Worker { shutdown, handle }
     }
 }
+
+/// An in-process daemon started with `idem_daemon::run_with`, and the
+/// address its health listener bound (the env asks for port 0).
+pub struct Daemon {
+    /// The health and metrics listener.
+    pub http: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    /// Start the daemon of `env` with `extra` flags; returns once it listens.
+    pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
+        let config = env.run_args(extra).validate().unwrap();
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(idem_daemon::run_with(
+            config,
+            shutdown.clone(),
+            move |addr| {
+                let _ = tx.send(addr);
+            },
+        ));
+        let http = tokio::time::timeout(std::time::Duration::from_secs(30), rx)
+            .await
+            .expect("the daemon listens within 30 s")
+            .expect("the daemon started");
+        Self {
+            http,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// `http://<listener><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Graceful stop; panics if the daemon failed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}

@@ -25,15 +25,7 @@ pub fn check_headers(headers: &FieldTable, limits: &Limits) -> Result<(), String
         pending.push((value, 1));
     }
     while let Some((value, depth)) = pending.pop() {
-        if entries > limits.max_entries {
-            return Err(format!(
-                "headers hold more than {} entries",
-                limits.max_entries
-            ));
-        }
-        if bytes > limits.max_bytes {
-            return Err(format!("headers are over {} bytes", limits.max_bytes));
-        }
+        within(entries, bytes, limits)?;
         bytes += 1 + scalar_size(value);
         match value {
             AMQPValue::FieldTable(t) => {
@@ -54,6 +46,11 @@ pub fn check_headers(headers: &FieldTable, limits: &Limits) -> Result<(), String
             _ => {}
         }
     }
+    within(entries, bytes, limits)
+}
+
+/// Whether the entries and bytes counted so far are within the bounds.
+fn within(entries: usize, bytes: usize, limits: &Limits) -> Result<(), String> {
     if entries > limits.max_entries {
         return Err(format!(
             "headers hold more than {} entries",

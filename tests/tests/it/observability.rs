@@ -12,54 +12,13 @@ use std::time::Duration;
 
 use idem_simulator::Faults;
 use idem_store::OutboxState;
+use idem_tests::worker::Daemon;
 use idem_tests::{TestEnv, spec, wait_for};
 use idem_workload::{self as workload, Kind};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// A daemon started with `idem_daemon::run_with`, and its health address.
-struct Daemon {
-    http: SocketAddr,
-    shutdown: CancellationToken,
-    handle: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Daemon {
-    async fn start(env: &TestEnv, extra: &[&str]) -> Self {
-        let config = env.run_args(extra).validate().unwrap();
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(idem_daemon::run_with(
-            config,
-            shutdown.clone(),
-            move |addr| {
-                let _ = tx.send(addr);
-            },
-        ));
-        let http = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("the daemon listens within 30 s")
-            .expect("the daemon started");
-        Self {
-            http,
-            shutdown,
-            handle,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap().unwrap();
-    }
-}
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()

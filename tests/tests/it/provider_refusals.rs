@@ -6,73 +6,33 @@
 //! states its invariant and counts at the provider.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use idem_simulator::Faults;
 use idem_store::OutboxState;
+use idem_tests::worker::Daemon;
 use idem_tests::{TestEnv, spec, wait_for};
 use idem_workload as workload;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// A daemon started with `idem_daemon::run_with`, and its health address.
-struct Daemon {
-    http: SocketAddr,
-    shutdown: CancellationToken,
-    handle: JoinHandle<anyhow::Result<()>>,
+/// `GET path` on the daemon: status and body.
+async fn get(daemon: &Daemon, path: &str) -> (u16, String) {
+    let response = reqwest::get(daemon.url(path)).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }
 
-impl Daemon {
-    async fn start(env: &TestEnv, extra: &[&str]) -> Self {
-        let config = env.run_args(extra).validate().unwrap();
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(idem_daemon::run_with(
-            config,
-            shutdown.clone(),
-            move |addr| {
-                let _ = tx.send(addr);
-            },
-        ));
-        let http = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("the daemon listens within 30 s")
-            .expect("the daemon started");
-        Self {
-            http,
-            shutdown,
-            handle,
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let response = reqwest::get(format!("http://{}{path}", self.http))
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.text().await.unwrap())
-    }
-
-    /// The scrape as `series -> value`.
-    async fn metrics(&self) -> BTreeMap<String, f64> {
-        let (_, text) = self.get("/metrics").await;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_owned(), value.parse().ok()?))
-            })
-            .collect()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap().unwrap();
-    }
+/// The scrape as `series -> value`.
+async fn metrics(daemon: &Daemon) -> BTreeMap<String, f64> {
+    let (_, text) = get(daemon, "/metrics").await;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The most attempts any row not claimed right now has spent.
@@ -111,12 +71,12 @@ async fn a_window_of_refused_credentials_delays_charges_and_kills_none() {
         ],
     )
     .await;
-    let before = daemon.metrics().await;
+    let before = metrics(&daemon).await;
     env.publish(&workload::generate(&spec("refused", 200)))
         .await;
 
     wait_for("the breaker open, /readyz saying why", SETTLE, || async {
-        let (status, body) = daemon.get("/readyz").await;
+        let (status, body) = get(&daemon, "/readyz").await;
         status == 503 && body.contains("provider breaker open: 401 from POST /v1/charges")
     })
     .await;
@@ -154,10 +114,10 @@ async fn a_window_of_refused_credentials_delays_charges_and_kills_none() {
         "claiming paused: {refused} refused calls"
     );
     wait_for("ready again", SETTLE, || async {
-        daemon.get("/readyz").await.0 == 200
+        get(&daemon, "/readyz").await.0 == 200
     })
     .await;
-    let after = daemon.metrics().await;
+    let after = metrics(&daemon).await;
     let delta = |series: &str| {
         after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
     };
@@ -203,7 +163,7 @@ async fn sustained_throttling_opens_the_breaker_and_kills_none() {
     env.publish(&workload::generate(&spec("throttled", 30)))
         .await;
     wait_for("the breaker open on 429", SETTLE, || async {
-        let (status, body) = daemon.get("/readyz").await;
+        let (status, body) = get(&daemon, "/readyz").await;
         status == 503 && body.contains("provider breaker open: 429 from POST /v1/charges")
     })
     .await;
