@@ -307,7 +307,11 @@ pub async fn on_duplicates(
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY
                  AS d(reference_id, reply_to, correlation_id, ord)
          ), target AS (
-             SELECT * FROM outbox WHERE reference_id IN (SELECT reference_id FROM dup) FOR SHARE
+             -- In id order, as settles lock them (`settle::settle_many`):
+             -- a batch of duplicates and a group of settles over the same
+             -- rows queue instead of deadlocking.
+             SELECT * FROM outbox WHERE reference_id IN (SELECT reference_id FROM dup)
+             ORDER BY id FOR SHARE
          ), replay AS (
              INSERT INTO result_event (kind, outbox_id, scope, message_id, reference_id,
                                        account_id, amount, currency, state, provider_charge_id,

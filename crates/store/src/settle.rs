@@ -32,6 +32,11 @@ static SETTLE_MANY: LazyLock<String> = LazyLock::new(|| {
              SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::text[], $7::float8[], $8::bool[])
                  AS x(id, token, kind, charge_id, result, error, delay, uncertain)
+         ), locked AS (
+             -- Rows locked in id order, as the inbox's duplicates lock them
+             -- (`batch::on_duplicates`): two transactions over the same rows
+             -- then queue instead of deadlocking.
+             SELECT o.id FROM outbox o WHERE o.id IN (SELECT id FROM x) ORDER BY o.id FOR NO KEY UPDATE
          ), settled AS (
              UPDATE outbox o SET
                  state = (CASE x.kind
@@ -49,7 +54,7 @@ static SETTLE_MANY: LazyLock<String> = LazyLock::new(|| {
                  next_attempt_at = CASE WHEN x.kind = 'retry' THEN now() + make_interval(secs => x.delay)
                                         ELSE o.next_attempt_at END,
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-             FROM x
+             FROM x JOIN locked l ON l.id = x.id
              WHERE o.id = x.id AND o.lease_token = x.token AND o.state = 'in_flight'
              RETURNING o.id
          ), freed AS (
