@@ -100,7 +100,7 @@ fn log_report(report: &Report) {
         refunded = report.refunds_confirmed,
         settled = report.rows_settled,
         requeued = report.rows_requeued,
-        findings = report.findings.len(),
+        findings = report.findings_total(),
         "reconciliation run done"
     );
     for f in &report.findings {

@@ -236,7 +236,7 @@ impl Reconciler {
         match verdict {
             Verdict::Nothing => {}
             Verdict::InFlight => report.skipped_in_flight += 1,
-            Verdict::Report(finding) => report.findings.push(finding),
+            Verdict::Report(finding) => report.note(finding),
             Verdict::Keep(keep) => {
                 let Keep { row, kept, .. } = keep;
                 if keep.settle {
@@ -265,7 +265,7 @@ impl Reconciler {
                 }
             }
             Verdict::RefundDeclined { row, charges } => {
-                report.findings.push(crate::report::Finding {
+                report.note(crate::report::Finding {
                     kind: crate::report::FindingKind::ChargedButDeclined,
                     reference_id: row.reference_id.to_string(),
                     outbox_id: Some(row.id),
@@ -441,9 +441,6 @@ fn record_metrics(report: &Report) {
     ::metrics::counter!(crate::metrics::REFUNDS).increment(report.refunds_confirmed as u64);
     ::metrics::counter!(crate::metrics::ROWS_SETTLED).increment(report.rows_settled as u64);
     ::metrics::counter!(crate::metrics::ROWS_REQUEUED).increment(report.rows_requeued as u64);
-    for finding in &report.findings {
-        ::metrics::counter!(crate::metrics::FINDINGS, "kind" => finding.kind.as_str()).increment(1);
-    }
     ::metrics::gauge!(crate::metrics::LAST_RUN_TIMESTAMP_SECONDS)
         .set(Utc::now().timestamp_millis() as f64 / 1000.0);
 }

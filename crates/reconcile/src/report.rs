@@ -84,14 +84,40 @@ pub struct Report {
     pub rows_requeued: usize,
     /// References skipped because their row is in flight (next run).
     pub skipped_in_flight: usize,
-    /// Mismatches for an operator.
+    /// Mismatches for an operator: the first [`MAX_KEPT_FINDINGS`] (a run
+    /// over a window with millions of them must not hold them all).
     pub findings: Vec<Finding>,
+    /// Every finding of the run, by kind, kept or not.
+    pub findings_by_kind: std::collections::BTreeMap<String, usize>,
 }
 
+/// Most findings one report holds; the counts stay exact.
+pub const MAX_KEPT_FINDINGS: usize = 1000;
+
 impl Report {
-    /// Findings of `kind`.
+    /// Findings of `kind`, all of them (kept or not).
     pub fn count(&self, kind: FindingKind) -> usize {
-        self.findings.iter().filter(|f| f.kind == kind).count()
+        self.findings_by_kind
+            .get(kind.as_str())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Count `finding` (and its metric); keep it while there is room.
+    pub fn note(&mut self, finding: Finding) {
+        *self
+            .findings_by_kind
+            .entry(finding.kind.as_str().to_owned())
+            .or_default() += 1;
+        ::metrics::counter!(crate::metrics::FINDINGS, "kind" => finding.kind.as_str()).increment(1);
+        if self.findings.len() < MAX_KEPT_FINDINGS {
+            self.findings.push(finding);
+        }
+    }
+
+    /// All findings of the run, kept or not.
+    pub fn findings_total(&self) -> usize {
+        self.findings_by_kind.values().sum()
     }
 
     /// The human-readable report.
@@ -126,7 +152,7 @@ impl Report {
             ("rows settled (found)", self.rows_settled.to_string()),
             ("rows re-queued (not found)", self.rows_requeued.to_string()),
             ("skipped (in flight)", self.skipped_in_flight.to_string()),
-            ("findings", self.findings.len().to_string()),
+            ("findings", self.findings_total().to_string()),
         ];
         for (label, value) in rows {
             let _ = writeln!(out, "  {label:<28} {value:>}");

@@ -25,6 +25,7 @@
 //! - `secrets`, `tls`: credentials never printed; TLS to every peer.
 //! - `upgrade`: the schema across releases.
 //! - `infra`, `chaos`: the chaos suite's own infrastructure, and the suite.
+//! - `production_size` (ignored; `--ignored`): the background jobs over ten million rows.
 //! - `bench`: `idem bench` end to end, small.
 //! - `deploy`: the deployment files and docs name only exported metrics.
 
@@ -50,6 +51,7 @@ mod observability;
 mod ordering;
 mod outages;
 mod pipeline;
+mod production_size;
 mod provider_refusals;
 mod raw_reader;
 mod reconcile;
