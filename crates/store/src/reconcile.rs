@@ -64,18 +64,35 @@ pub async fn unlisted_rows(
     limit: i64,
 ) -> Result<Vec<RowView>, sqlx::Error> {
     let (after_at, after_id) = after.unwrap_or((since, 0));
-    sqlx::query_as(&format!(
-        "{ROW_VIEW} o WHERE state IN ('succeeded', 'unknown') AND created_at >= $1
+    sqlx::query_as(&format!("{ROW_VIEW} o {UNLISTED}"))
+        .bind(since)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+/// The walk of [`unlisted_rows`] after `FROM outbox o`.
+const UNLISTED: &str = "WHERE state IN ('succeeded', 'unknown') AND created_at >= $1
            AND (created_at, id) > ($2, $3)
            AND NOT EXISTS (SELECT 1 FROM reconcile_listed l WHERE l.reference_id = o.reference_id::text)
-         ORDER BY created_at, id LIMIT $4"
-    ))
-    .bind(since)
-    .bind(after_at)
-    .bind(after_id)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+         ORDER BY created_at, id LIMIT $4";
+
+/// The plan of [`unlisted_rows`]' first chunk (`EXPLAIN (FORMAT JSON)`), for
+/// the test that it walks the window's index, not the table. Needs
+/// [`begin_listing`] on the same connection.
+pub async fn explain_unlisted_rows(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> Result<serde_json::Value, sqlx::Error> {
+    sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {ROW_VIEW} o {UNLISTED}"))
+        .bind(since)
+        .bind(since)
+        .bind(0i64)
+        .bind(500i64)
+        .fetch_one(conn)
+        .await
 }
 
 /// Start a run's listing on this connection: a session-local table that

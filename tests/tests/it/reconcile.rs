@@ -447,3 +447,63 @@ async fn a_charge_under_a_declined_row_is_refunded() {
     );
     env.cleanup().await;
 }
+
+/// Every `Seq Scan`'s relation in an `EXPLAIN (FORMAT JSON)` plan.
+fn seq_scans(plan: &Value, out: &mut Vec<String>) {
+    match plan {
+        Value::Object(node) => {
+            if node.get("Node Type").and_then(|t| t.as_str()) == Some("Seq Scan") {
+                let relation = node.get("Relation Name").and_then(|r| r.as_str());
+                out.push(relation.unwrap_or("?").to_owned());
+            }
+            node.values().for_each(|v| seq_scans(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| seq_scans(v, out)),
+        _ => {}
+    }
+}
+
+/// Invariant: reconciliation's walk of our rows in its window costs the
+/// window, not the history: over 50k settled rows of the last 30 days and
+/// 200 of today (analyzed), the plan of a chunk for a one-day window reads
+/// `outbox_claims_charge` and scans no table sequentially.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_walk_reads_the_window_not_the_history() {
+    let env = TestEnv::new(Faults::default()).await;
+    let mut conn = env.pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
+                             state, attempts, provider_charge_id, settled_at, created_at, updated_at)
+         SELECT 'history', 'h-' || g, md5('history-' || g)::uuid, 'acc_' || (g % 100), 100, 'EUR',
+                'succeeded', 1, 'ch_h_' || g, t, t, t
+         FROM generate_series(1, 50000) g,
+              LATERAL (SELECT now() - interval '30 days' + g * interval '40 seconds') AS w(t)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    idem_store::bench::load_backlog(&mut conn, "today", 200, true)
+        .await
+        .unwrap();
+    idem_store::bench::vacuum_outbox(&mut conn).await.unwrap();
+    idem_store::reconcile::begin_listing(&mut conn)
+        .await
+        .unwrap();
+    let since = chrono::Utc::now() - chrono::Duration::hours(24);
+    let plan = idem_store::reconcile::explain_unlisted_rows(&mut conn, since)
+        .await
+        .unwrap();
+    let mut scanned = Vec::new();
+    seq_scans(&plan, &mut scanned);
+    assert!(
+        !scanned.iter().any(|r| r == "outbox"),
+        "sequential scan of outbox:\n{plan:#}"
+    );
+    assert!(
+        plan.to_string().contains("outbox_claims_charge"),
+        "the window's index:\n{plan:#}"
+    );
+    idem_store::reconcile::end_listing(&mut conn).await.unwrap();
+    drop(conn);
+    env.cleanup().await;
+}
