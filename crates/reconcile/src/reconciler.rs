@@ -236,7 +236,7 @@ impl Reconciler {
         match verdict {
             Verdict::Nothing => {}
             Verdict::InFlight => report.skipped_in_flight += 1,
-            Verdict::Report(finding) => report.note(finding),
+            Verdict::Report(finding) => note(report, finding),
             Verdict::Keep(keep) => {
                 let Keep { row, kept, .. } = keep;
                 if keep.settle {
@@ -265,7 +265,7 @@ impl Reconciler {
                 }
             }
             Verdict::RefundDeclined { row, charges } => {
-                report.note(crate::report::Finding {
+                note(report, crate::report::Finding {
                     kind: crate::report::FindingKind::ChargedButDeclined,
                     reference_id: row.reference_id.to_string(),
                     outbox_id: Some(row.id),
@@ -433,6 +433,12 @@ pub fn refund_key(charge_id: &str) -> Uuid {
         &idem_message::REFERENCE_NAMESPACE,
         format!("refund:{charge_id}").as_bytes(),
     )
+}
+
+/// Count `finding` in the report and in its metric.
+fn note(report: &mut Report, finding: crate::report::Finding) {
+    ::metrics::counter!(crate::metrics::FINDINGS, "kind" => finding.kind.as_str()).increment(1);
+    report.note(finding);
 }
 
 fn record_metrics(report: &Report) {
