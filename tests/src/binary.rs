@@ -207,3 +207,13 @@ pub fn run(flags: &[String], envs: &[(&str, &str)]) -> Command {
     cmd.args(flags).envs(envs.iter().copied());
     cmd
 }
+
+/// [`run_against`], its output as text: (success, stdout, stderr).
+pub fn run_against_text(database_url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = run_against(database_url, args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

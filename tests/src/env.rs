@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use idem_simulator::{Faults, Simulator};
 use idem_store::status::Status;
 use idem_workload::{self as workload, Outgoing};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -61,13 +60,8 @@ impl TestEnv {
         let queue = name.replace('_', ".");
         let sim = Simulator::new(faults);
         let (sim_url, sim_stop) = sim::serve(&sim).await.unwrap();
-        let connection = idem_inbox::connect_amqp(AMQP_URL).await.unwrap();
-        let channel = connection.create_channel().await.unwrap();
+        let (connection, channel) = rabbit::confirming_channel(AMQP_URL).await;
         idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&queue))
-            .await
-            .unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
         Self {
@@ -92,21 +86,7 @@ impl TestEnv {
 
     /// Publish one raw message (confirmed).
     pub async fn publish_raw(&self, properties: BasicProperties, body: &[u8]) {
-        let confirm = self
-            .amqp
-            .1
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
+        rabbit::publish_confirmed(&self.amqp.1, &self.queue, properties, body).await;
     }
 
     /// Counts of this env's tables.

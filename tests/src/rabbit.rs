@@ -6,8 +6,8 @@ mod node;
 pub mod raw_publish;
 
 use anyhow::{Context, bail};
-use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::{BasicProperties, Channel, Connection};
 
 pub use node::RabbitNode;
 
@@ -41,4 +41,38 @@ pub async fn queue_depth(url: &str, queue: &str) -> anyhow::Result<u32> {
         Ok(n) => Ok(n),
         Err(e) => bail!("{e:#}"),
     }
+}
+
+/// A connection to `url` and a channel on it with publisher confirms on.
+pub async fn confirming_channel(url: &str) -> (Connection, Channel) {
+    let connection = idem_inbox::connect_amqp(url).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (connection, channel)
+}
+
+/// Publish `body` with `properties` to `queue` (default exchange) on a
+/// confirming `channel`; panics unless the broker acks it.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    properties: BasicProperties,
+    body: &[u8],
+) {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack(), "the broker acked the publish to {queue}");
 }

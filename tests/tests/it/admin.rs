@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use idem_simulator::Faults;
 use idem_store::OutboxState;
-use idem_tests::binary::{idem as idem_command, output, run_against};
+use idem_tests::binary::{idem as idem_command, output, run_against_text};
 use idem_tests::{AMQP_URL, TestEnv, gate, pg, spec, wait_for};
 use idem_workload::{self as workload, Outgoing};
 use lapin::BasicProperties;
@@ -17,12 +17,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// Run `idem <args> --database-url <env>`; (success, stdout, stderr).
 fn idem(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
-    let out = run_against(&env.database_url, args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_against_text(&env.database_url, args)
 }
 
 /// `idem <args> --json`, which must succeed; its JSON.

@@ -45,7 +45,7 @@ use idem_tests::binary::{run, run_flags_without};
 use idem_tests::{AMQP_URL, TestEnv, rabbit, spec, wait_for};
 use idem_workload as workload;
 use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Child;
@@ -171,12 +171,7 @@ impl Queue {
             }
         };
         flags.extend(["--prefetch-bytes".to_owned(), budget.to_string()]);
-        let connection = idem_inbox::connect_amqp(AMQP_URL).await.unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let (connection, channel) = rabbit::confirming_channel(AMQP_URL).await;
         Self {
             name,
             flags,
@@ -188,20 +183,7 @@ impl Queue {
     /// Publish big message `i` (confirmed).
     async fn publish_big(&self, i: usize, body: &[u8]) {
         let properties = BasicProperties::default().with_message_id(format!("big-{i}").into());
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.name.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack(), "big-{i} confirmed");
+        rabbit::publish_confirmed(&self.channel, &self.name, properties, body).await;
     }
 
     /// Messages ready (not counting those pushed to the consumer).

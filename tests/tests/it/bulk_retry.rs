@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use idem_simulator::Faults;
 use idem_store::OutboxState;
 use idem_store::admin::{self, Action, RetryFilter};
-use idem_tests::binary::run_against;
+use idem_tests::binary::run_against_text;
 use idem_tests::{TestEnv, spec, wait_for};
 use idem_workload as workload;
 use serde_json::Value;
@@ -19,12 +19,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// Run `idem <args> --database-url <env>`; (success, stdout, stderr).
 fn idem(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
-    let out = run_against(&env.database_url, args);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_against_text(&env.database_url, args)
 }
 
 /// `idem <args> --json`, which must succeed; its JSON and its stderr.

@@ -20,7 +20,6 @@ use idem_tests::binary::{run, run_flags_without};
 use idem_tests::hostile::{self, Class, Outcome, Published, RawPublisher, Replica};
 use idem_tests::{AMQP_URL, TestEnv, rabbit, spec};
 use idem_workload::{self as workload, Outgoing};
-use lapin::options::ConfirmSelectOptions;
 
 mod checks;
 mod classes;
@@ -131,12 +130,7 @@ async fn start_replicas(target: &Target) -> Vec<Replica> {
 /// confirmed), in class order.
 async fn publish(target: &Target, classes: Vec<Class>) -> Vec<Run> {
     let mut raw = RawPublisher::new(AMQP_URL, &target.queue);
-    let connection = idem_inbox::connect_amqp(AMQP_URL).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (connection, channel) = rabbit::confirming_channel(AMQP_URL).await;
     let mut runs = Vec::new();
     for class in classes {
         let mut published = Vec::new();
