@@ -230,7 +230,7 @@ fn broker_waiting_helps(error: &anyhow::Error) -> bool {
             return false;
         };
         match e.kind() {
-            lapin::ErrorKind::IOError(io) => io_waiting_helps(io),
+            lapin::ErrorKind::IOError(io) => idem_store::outage::io_waiting_helps(io),
             lapin::ErrorKind::InvalidConnectionState(_)
             | lapin::ErrorKind::InvalidChannelState(..)
             | lapin::ErrorKind::MissingHeartbeatError => true,
@@ -243,23 +243,6 @@ fn broker_waiting_helps(error: &anyhow::Error) -> bool {
             _ => false,
         }
     })
-}
-
-fn io_waiting_helps(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind as K;
-    matches!(
-        e.kind(),
-        K::ConnectionRefused
-            | K::ConnectionReset
-            | K::ConnectionAborted
-            | K::NotConnected
-            | K::BrokenPipe
-            | K::TimedOut
-            | K::UnexpectedEof
-            | K::HostUnreachable
-            | K::NetworkUnreachable
-            | K::NetworkDown
-    )
 }
 
 /// The broker did not finish the AMQP handshake in time.

@@ -60,7 +60,9 @@ pub fn server_unavailable(code: &str) -> bool {
         )
 }
 
-fn io_waiting_helps(e: &std::io::Error) -> bool {
+/// Whether an I/O error is one waiting can fix (the peer away, refusing,
+/// resetting, unreachable); also the broker's, for the inbox consumer.
+pub fn io_waiting_helps(e: &std::io::Error) -> bool {
     match e.kind() {
         ErrorKind::ConnectionRefused
         | ErrorKind::ConnectionReset

@@ -42,6 +42,14 @@ async fn delete_queue(queue: &str) {
     let _ = connection.close(200, "done".into()).await;
 }
 
+/// Close `reader` cleanly (its acks accepted), check the acks emptied
+/// `queue`, and delete it.
+async fn close_emptied(reader: Connection, queue: &str) {
+    reader.close().await.unwrap();
+    assert_eq!(rabbit::queue_depth(AMQP_URL, queue).await.unwrap(), 0);
+    delete_queue(queue).await;
+}
+
 async fn take(reader: &mut Connection, queue: &str) -> RawDelivery {
     let delivery = reader
         .basic_get(queue)
@@ -124,9 +132,7 @@ async fn raw_reader_takes_what_lapin_refuses_and_acks_it_away() {
     assert!(!c.body_truncated());
 
     assert!(reader.basic_get(&queue).await.unwrap().is_none());
-    reader.close().await.unwrap();
-    assert_eq!(rabbit::queue_depth(AMQP_URL, &queue).await.unwrap(), 0);
-    delete_queue(&queue).await;
+    close_emptied(reader, &queue).await;
 }
 
 /// Invariant (the bug the raw reader exists for): lapin cannot take a
@@ -179,9 +185,7 @@ async fn lapin_cannot_take_a_non_utf8_message_id() {
         Some(&b"\xff\xfe"[..])
     );
     reader.ack(delivery.delivery_tag).await.unwrap();
-    reader.close().await.unwrap();
-    assert_eq!(rabbit::queue_depth(AMQP_URL, &queue).await.unwrap(), 0);
-    delete_queue(&queue).await;
+    close_emptied(reader, &queue).await;
 }
 
 /// Invariant: a body larger than the reader's bound is kept as a prefix of
