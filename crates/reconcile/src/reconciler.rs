@@ -130,7 +130,7 @@ impl Reconciler {
         report: &mut Report,
     ) -> anyhow::Result<()> {
         report.charges_listed = self.list(conn, window.from, to).await?;
-        report.references = usize::try_from(store::listed_references(conn).await?)?;
+        report.references = usize::try_from(store::finish_listing(conn).await?)?;
         let mut after = String::new();
         loop {
             let chunk = store::listed_after(conn, &after, CHUNK).await?;

@@ -1,16 +1,20 @@
 //! The dispatcher's group commit: many results in one fenced statement have
-//! exactly the effects the single-row settle has, and the fence refuses a
-//! result whose lease is gone without touching the others.
+//! exactly the effects the single-row settle has, the fence refuses a result
+//! whose lease is gone without touching the others, and a settle queues
+//! behind (never deadlocks with) the inbox recording duplicates of its rows.
 
 use std::time::Duration;
 
+use idem_inbox::{Admission, Decision, Incoming, record_batch};
 use idem_simulator::Faults;
 use idem_store::attempt::{self, NewAttempt};
 use idem_store::settle::{Fenced, settle_many};
 use idem_store::{OutboxState, Settlement, outbox};
 use idem_tests::{TestEnv, spec, wait_for};
 use idem_workload as workload;
+use lapin::BasicProperties;
 use serde_json::json;
+use sqlx::PgConnection;
 
 /// Invariant: one `settle_many` of five leased rows — succeeded, declined, an
 /// uncertain retry, a certain retry, dead — writes each as the single-row
@@ -186,5 +190,179 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
         .unwrap();
     assert_eq!(orphans, 0);
     drop(conn);
+    env.cleanup().await;
+}
+
+/// Rows per round, and rounds.
+const ROWS: usize = 8;
+const ROUNDS: usize = 24;
+
+/// Round `round`'s charges, one account each (so one claim takes them all);
+/// `reply_to` set, so each copy is owed a result.
+fn round_of(round: usize, reply_to: Option<&str>) -> Vec<(BasicProperties, Vec<u8>)> {
+    (0..ROWS)
+        .map(|i| {
+            let props = BasicProperties::default().with_message_id(format!("r{round}-{i}").into());
+            let props = match reply_to {
+                Some(queue) => props.with_reply_to(queue.into()),
+                None => props,
+            };
+            let body =
+                format!(r#"{{"account_id":"acc_{round}_{i}","amount":100,"currency":"EUR"}}"#);
+            (props, body.into_bytes())
+        })
+        .collect()
+}
+
+/// Record `msgs`, in that order, as the consumer does: one batch in one
+/// transaction.
+async fn record(
+    conn: &mut PgConnection,
+    msgs: &[(BasicProperties, Vec<u8>)],
+) -> Result<Vec<Decision>, sqlx::Error> {
+    let items: Vec<Incoming<'_>> = msgs
+        .iter()
+        .map(|(properties, body)| Incoming {
+            properties,
+            body,
+            redelivered: false,
+        })
+        .collect();
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let decisions = record_batch(&mut tx, &items, &Admission::open(64 * 1024)).await?;
+    tx.commit().await?;
+    Ok(decisions)
+}
+
+/// Wait until both backends wait for a row lock (each has reached a row
+/// another transaction holds); `false` after 5 s.
+async fn both_waiting(pool: &sqlx::PgPool, pids: [i32; 2]) -> bool {
+    for _ in 0..1000 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1) AND wait_event_type = 'Lock'",
+        )
+        .bind(&pids[..])
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting == 2 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// Invariant: a group settle and an inbox batch of duplicates of the same
+/// rows, arriving in opposite orders, never deadlock (`40P01`): both lock the
+/// rows in id order, so one queues behind the other. Each round a third
+/// transaction holds the middle row until both statements are stuck on it or
+/// on each other — the interleaving in which locking in arrival order
+/// deadlocks every time — then lets go: every settle lands, and every
+/// duplicate is owed exactly one result (replayed if the settle went first,
+/// a reply on settling if the duplicates did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settle_and_duplicates_of_its_rows_do_not_deadlock() {
+    let env = TestEnv::new(Faults::default()).await;
+    // History, so that both statements find their rows through indexes, in
+    // the order of their input, as on a production table (over a few rows
+    // the planner scans the table, in the order the rows were written).
+    sqlx::query(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
+                             state, attempts, provider_charge_id, settled_at)
+         SELECT 'history', 'h-' || g, md5('history-' || g)::uuid, 'acc_h', 100, 'EUR',
+                'succeeded', 1, 'ch_h_' || g, now()
+         FROM generate_series(1, 20000) g",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE outbox")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let mut settler = env.pool.acquire().await.unwrap();
+    let mut inbox = env.pool.acquire().await.unwrap();
+    let mut blocker = env.pool.acquire().await.unwrap();
+    let mut pids = [0; 2];
+    for (pid, conn) in pids.iter_mut().zip([&mut settler, &mut inbox]) {
+        *pid = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+    }
+    let settlement = Settlement::Succeeded {
+        charge_id: "ch".into(),
+        result: json!({"id": "ch"}),
+    };
+    for round in 0..ROUNDS {
+        let first = record(&mut inbox, &round_of(round, None)).await.unwrap();
+        assert!(first.iter().all(|d| matches!(d, Decision::New { .. })));
+        let mut rows = outbox::claim(&mut settler, "test", Duration::from_secs(30), 64, false)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), ROWS, "round {round}: all claimed");
+        rows.sort_by_key(|r| r.id);
+        let middle = rows[ROWS / 2].id;
+        // Opposite orders, swapped every round: the settle ascending and the
+        // duplicates descending, then the other way round.
+        let mut copies = round_of(round, Some("replies.dup"));
+        if round % 2 == 0 {
+            copies.reverse();
+        } else {
+            rows.reverse();
+        }
+        let batch: Vec<Fenced<'_>> = rows
+            .iter()
+            .map(|r| Fenced {
+                id: r.id,
+                token: r.lease_token,
+                settlement: &settlement,
+            })
+            .collect();
+        let mut hold = sqlx::Connection::begin(&mut *blocker).await.unwrap();
+        sqlx::query("SELECT id FROM outbox WHERE id = $1 FOR UPDATE")
+            .bind(middle)
+            .execute(&mut *hold)
+            .await
+            .unwrap();
+        let (settled, duplicates, waited) = tokio::join!(
+            settle_many(&mut settler, &batch, "replica-a", &[]),
+            record(&mut inbox, &copies),
+            async {
+                let waited = both_waiting(&env.pool, pids).await;
+                hold.commit().await.unwrap();
+                waited
+            }
+        );
+        let deadlocked = |e: &sqlx::Error| {
+            e.as_database_error()
+                .is_some_and(|d| d.code().as_deref() == Some("40P01"))
+        };
+        let mut settled = match settled {
+            Err(e) if deadlocked(&e) => panic!("round {round}: the settle deadlocked: {e}"),
+            other => other.unwrap(),
+        };
+        let duplicates = match duplicates {
+            Err(e) if deadlocked(&e) => panic!("round {round}: the duplicates deadlocked: {e}"),
+            other => other.unwrap(),
+        };
+        assert!(waited, "round {round}: both statements reached a held row");
+        settled.sort_unstable();
+        let mut ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        assert_eq!(settled, ids, "round {round}: every settle landed");
+        assert!(duplicates.iter().all(|d| *d == Decision::Duplicate));
+        let owed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM result_event
+             WHERE outbox_id = ANY($1) AND kind IN ('replayed', 'reply') AND reply_to = 'replies.dup'",
+        )
+        .bind(&ids)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert_eq!(owed, ROWS as i64, "round {round}: one result per duplicate");
+    }
+    drop((settler, inbox, blocker));
     env.cleanup().await;
 }
