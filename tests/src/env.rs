@@ -1,6 +1,7 @@
 //! [`TestEnv`]: the isolated world of one test — its own database on the
-//! shared PostgreSQL, its own queue on the shared RabbitMQ, its own provider
-//! simulator — and what a test does with it (publish, wait, count).
+//! shared PostgreSQL, its own queue on the shared RabbitMQ (or on the servers
+//! a test started for itself, [`Servers`]), its own provider simulator — and
+//! what a test does with it (publish, wait, count).
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,27 @@ use crate::gate::{self, Ticket};
 use crate::rabbit::{self, AMQP_URL};
 use crate::{init, pg, sim};
 
+/// The PostgreSQL server and RabbitMQ broker a [`TestEnv`] lives on: the
+/// shared ones, or a test's own ([`crate::private::Private`]).
+#[derive(Debug, Clone)]
+pub struct Servers {
+    /// A superuser URL of the server's `postgres` database; the env's
+    /// database is made beside it.
+    pub pg_admin_url: String,
+    /// The broker (guest, default vhost).
+    pub amqp_url: String,
+}
+
+impl Servers {
+    /// The shared PostgreSQL (5432) and RabbitMQ (5672).
+    pub fn shared() -> Self {
+        Self {
+            pg_admin_url: pg::PG_ADMIN_URL.to_owned(),
+            amqp_url: AMQP_URL.to_owned(),
+        }
+    }
+}
+
 /// One test's isolated world.
 pub struct TestEnv {
     /// Unique name of this test's database and queue.
@@ -26,6 +48,8 @@ pub struct TestEnv {
     pub pool: PgPool,
     /// This test's queue.
     pub queue: String,
+    /// The broker this test's queue is on.
+    pub amqp_url: String,
     /// The provider simulator.
     pub sim: Simulator,
     /// Its base URL.
@@ -42,25 +66,31 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh database, queue and simulator with `faults`, beside other tests.
     pub async fn new(faults: Faults) -> Self {
-        Self::with_ticket(faults, gate::shared().await).await
+        Self::with_ticket(faults, gate::shared().await, Servers::shared()).await
+    }
+
+    /// [`TestEnv::new`] on `servers` (a test's own cluster and node) rather
+    /// than the shared ones.
+    pub async fn on(faults: Faults, servers: &Servers) -> Self {
+        Self::with_ticket(faults, gate::shared().await, servers.clone()).await
     }
 
     /// [`TestEnv::new`] for a test that must have the process to itself
     /// (it reads the process-wide metrics registry): waits until no other
     /// env or in-process worker is left, and keeps new ones waiting.
     pub async fn alone(faults: Faults) -> Self {
-        Self::with_ticket(faults, gate::alone().await).await
+        Self::with_ticket(faults, gate::alone().await, Servers::shared()).await
     }
 
-    async fn with_ticket(faults: Faults, ticket: Ticket) -> Self {
+    async fn with_ticket(faults: Faults, ticket: Ticket, servers: Servers) -> Self {
         init();
         let name = format!("idem_t_{}", Uuid::new_v4().simple());
-        let database_url = pg::url(&name);
-        let pool = pg::scratch_database(&name, 8).await.unwrap();
+        let database_url = pg::url_on(&servers.pg_admin_url, &name);
+        let pool = pg::scratch_database_at(&database_url, 8).await.unwrap();
         let queue = name.replace('_', ".");
         let sim = Simulator::new(faults);
         let (sim_url, sim_stop) = sim::serve(&sim).await.unwrap();
-        let (connection, channel) = rabbit::confirming_channel(AMQP_URL).await;
+        let (connection, channel) = rabbit::confirming_channel(&servers.amqp_url).await;
         idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&queue))
             .await
             .unwrap();
@@ -69,6 +99,7 @@ impl TestEnv {
             database_url,
             pool,
             queue,
+            amqp_url: servers.amqp_url,
             sim,
             sim_url,
             sim_stop,
@@ -111,9 +142,9 @@ impl TestEnv {
         self.sim_stop.cancel();
         let _ = self.amqp.0.close(200, "done".into()).await;
         // Best effort, like the database: the names are unique to this test.
-        let _ = idem_workload::scratch::delete_queue(AMQP_URL, &self.queue).await;
+        let _ = idem_workload::scratch::delete_queue(&self.amqp_url, &self.queue).await;
         self.pool.close().await;
-        if let Err(e) = pg::drop_database(&self.name).await {
+        if let Err(e) = idem_store::scratch::drop_database(&self.database_url).await {
             tracing::warn!(database = %self.name, "dropping the test database: {e:#}");
         }
     }

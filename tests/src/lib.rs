@@ -15,6 +15,8 @@
 //! - [`binary`]: the built `idem` binary and its child processes.
 //! - [`hostile`]: the frames hostile producers send, and `idem run`
 //!   replicas watched for death, reconnect loops and peak RSS.
+//! - [`private`]: a test's own cluster and node, the unprivileged role
+//!   replicas connect as there, and `idem run` replicas on them.
 //! - [`pg`]: scratch databases (and their one teardown), private clusters
 //!   ([`pg::PgCluster`]).
 //! - [`rabbit`]: queues on the shared broker, private nodes
@@ -35,6 +37,7 @@ pub mod env;
 pub mod gate;
 pub mod hostile;
 pub mod pg;
+pub mod private;
 pub mod proxy;
 pub mod rabbit;
 mod scratch;
@@ -45,7 +48,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use binary::idem_binary;
-pub use env::{TestEnv, spec};
+pub use env::{Servers, TestEnv, spec};
 pub use pg::PG_ADMIN_URL;
 pub use rabbit::AMQP_URL;
 pub use worker::Worker;

@@ -14,13 +14,27 @@ pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// URL of database `name` on the shared server.
 pub fn url(name: &str) -> String {
-    format!("postgres://postgres@127.0.0.1:5432/{name}")
+    url_on(PG_ADMIN_URL, name)
+}
+
+/// URL of database `name` on the server of `admin_url` (same user, host and
+/// port; the database part replaced).
+pub fn url_on(admin_url: &str, name: &str) -> String {
+    let (server, _) = admin_url
+        .rsplit_once('/')
+        .expect("an admin URL ends in /<database>");
+    format!("{server}/{name}")
 }
 
 /// Create database `name` on the shared server and apply the schema; a pool
 /// of at most `max_connections` on it.
 pub async fn scratch_database(name: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let pool = idem_store::connect(&url(name), max_connections).await?;
+    scratch_database_at(&url(name), max_connections).await
+}
+
+/// [`scratch_database`] for the database that `url` names, on any server.
+pub async fn scratch_database_at(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool = idem_store::connect(url, max_connections).await?;
     idem_store::migrate(&pool).await?;
     Ok(pool)
 }

@@ -7,7 +7,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::TestEnv;
-use crate::rabbit::AMQP_URL;
 
 #[derive(Parser)]
 #[command(args_override_self = true)]
@@ -51,7 +50,7 @@ impl TestEnv {
             "--database-url",
             &self.database_url,
             "--amqp-url",
-            AMQP_URL,
+            &self.amqp_url,
             "--queue",
             &self.queue,
             "--charge-api-url",

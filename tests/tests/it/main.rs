@@ -9,6 +9,9 @@
 //! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
 //! - `outages`: a database that refuses writes, a replica started during an outage.
 //! - `failover`: a killed primary, a promoted synchronous standby, a multi-host URL.
+//! - `hostile_infra`: a cluster and a node of the test's own made hostile (the
+//!   server read-only, both stopped, locks, timeouts, privileges, connection
+//!   limits, ended sessions, a renamed table), every charge once.
 //! - `dead_letters`: the quorum delivery limit and the dead-letter drain.
 //! - `salvage`: what lapin refuses, taken by that reader inside a real replica.
 //! - `hostile_body`: oversize and terminal-hostile input, bounded and escaped.
@@ -44,6 +47,7 @@ mod deploy;
 mod failover;
 mod faults;
 mod hostile_body;
+mod hostile_infra;
 mod hostile_producer;
 mod infra;
 mod layout;

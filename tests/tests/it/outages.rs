@@ -9,26 +9,12 @@ use std::time::Duration;
 use idem_simulator::Faults;
 use idem_store::OutboxState;
 use idem_tests::binary::{Proc, run, run_flags_without};
+use idem_tests::private::{free_addr, readyz};
 use idem_tests::proxy::TcpProxy;
 use idem_tests::{AMQP_URL, TestEnv, spec, wait_for};
 use idem_workload as workload;
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// A free port on 127.0.0.1 for a replica's health listener.
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// `/readyz`: (status, body).
-async fn readyz(addr: &str) -> (u16, String) {
-    let url = format!("http://{addr}/readyz");
-    match reqwest::get(&url).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
 
 /// Make `database` refuse writes (`default_transaction_read_only`) or take
 /// them again, and drop its sessions so that pooled connections pick it up,
