@@ -127,6 +127,13 @@ impl Proc {
         }
     }
 
+    /// Send `signal` to the child (SIGKILL, SIGSTOP, SIGCONT…).
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.child.id() {
+            kill(Pid::from_raw(pid as i32), signal).expect("the child can be signalled");
+        }
+    }
+
     /// Whether the child has not exited (nor been killed) yet.
     pub fn still_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

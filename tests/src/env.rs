@@ -159,6 +159,7 @@ pub fn spec(prefix: &str, distinct: usize) -> workload::Spec {
         duplicates: 0,
         conflicts: 0,
         malformed: 0,
+        accounts: workload::DEFAULT_ACCOUNTS,
         seed: 1,
     }
 }

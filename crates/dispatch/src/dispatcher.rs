@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use idem_charge::{Call, ChargeClient};
 use idem_store::attempt::NewAttempt;
+use idem_store::claim::{self, AccountCursor};
 use idem_store::{Claimed, Settlement, outbox};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 
 use crate::breaker::{Admit, Breaker, BreakerConfig};
+use crate::liveness::Liveness;
 use crate::metrics;
 use crate::recorder::Recorder;
 use crate::rescue::LeaseRescue;
@@ -79,6 +81,12 @@ pub struct Dispatcher {
     recorder: Recorder,
     /// Pauses claiming while the provider refuses us (shared by the clones).
     breaker: Breaker,
+    /// Where the per-account claim's walk over the accounts resumes (shared
+    /// by the clones, so the replica goes round its accounts once).
+    cursor: Arc<std::sync::Mutex<AccountCursor>>,
+    /// The liveness lock whose key claims store (shared by the clones; held
+    /// while `run` runs).
+    liveness: Liveness,
 }
 
 impl Dispatcher {
@@ -88,6 +96,8 @@ impl Dispatcher {
         Self {
             recorder: Recorder::spawn(pool.clone(), config.owner.clone(), config.lease),
             breaker: Breaker::new(config.breaker),
+            cursor: Arc::default(),
+            liveness: Liveness::new(),
             pool,
             client,
             config: Arc::new(config),
@@ -126,20 +136,35 @@ impl Dispatcher {
     pub async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
         let started = std::time::Instant::now();
         let mut conn = self.pool.acquire().await?;
-        let rows = outbox::claim(
-            &mut conn,
-            &self.config.owner,
-            self.config.lease,
-            limit,
-            self.config.per_account_ordering,
-        )
-        .await?;
+        let holder = claim::Holder {
+            owner: &self.config.owner,
+            lease: self.config.lease,
+            lock: self.liveness.key(),
+        };
+        let rows = if self.config.per_account_ordering {
+            // A claim's walk is short: the cursor is copied out and back
+            // rather than held locked across the await.
+            let mut cursor = self.lock_cursor().clone();
+            let rows = claim::claim_as(&mut conn, &holder, limit, Some(&mut cursor)).await;
+            *self.lock_cursor() = cursor;
+            rows?
+        } else {
+            claim::claim_as(&mut conn, &holder, limit, None).await?
+        };
         ::metrics::histogram!(metrics::CLAIM_SECONDS).record(started.elapsed().as_secs_f64());
         ::metrics::counter!(metrics::CLAIMED_ROWS).increment(rows.len() as u64);
         if !rows.is_empty() {
             idem_crash::point("dispatch.after_claim");
         }
         Ok(rows)
+    }
+
+    fn lock_cursor(&self) -> std::sync::MutexGuard<'_, AccountCursor> {
+        // The cursor is only a place to resume; one a panicking holder left
+        // is as good as any.
+        self.cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Claim the breaker's probe: one row (or none, and the next claim
@@ -154,7 +179,8 @@ impl Dispatcher {
 
     /// Put rows with expired leases back in play; returns how many.
     pub async fn rescue(&self) -> Result<u64, sqlx::Error> {
-        self.rescuer().rescue().await
+        let mut rescuer = self.rescuer();
+        rescuer.rescue().await
     }
 
     fn rescuer(&self) -> LeaseRescue {

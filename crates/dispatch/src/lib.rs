@@ -12,9 +12,11 @@
 //!   settlements — what tests drive step by step) and `run`, the bounded
 //!   concurrent loop beside the lease rescuer, with graceful shutdown (its
 //!   child module `run_loop`).
-//! - `rescue`: the lease rescue (rows whose lease expired back in play), an
-//!   `idem_periodic::Job` beside the dispatch loop: at once on start, then
-//!   every quarter lease (jittered).
+//! - `liveness`: the replica's liveness lock, a session advisory lock whose
+//!   key claims store, released by PostgreSQL the moment the replica dies.
+//! - `rescue`: the lease rescue (rows whose lease expired, or whose holder's
+//!   liveness lock is gone, back in play), an `idem_periodic::Job` beside the
+//!   dispatch loop: at once on start, then every 750 ms (jittered).
 //! - `trace`: the attempt span's parent (the row's stored `traceparent`) and
 //!   the child `traceparent` sent on the provider call.
 //! - `breaker`: the provider-wide circuit breaker ([`Breaker`]): refusals
@@ -27,6 +29,7 @@
 
 pub mod breaker;
 pub mod dispatcher;
+mod liveness;
 pub mod metrics;
 mod recorder;
 mod rescue;

@@ -28,9 +28,13 @@ pub const ABANDONED: &str = "idem_dispatch_abandoned_total";
 /// Counter: attempts cut off at 90% of the lease, recorded as uncertain
 /// through the fence.
 pub const OVERRAN: &str = "idem_dispatch_overran_total";
-/// Counter: in-flight rows whose lease expired, returned to play by this
-/// replica's rescuer.
+/// Counter: in-flight rows returned to play by this replica's rescuer, by
+/// `cause`: `expired` (the lease ran out) or `holder_gone` (the holder's
+/// liveness lock was released: its session ended).
 pub const LEASE_RECLAIMS: &str = "idem_lease_reclaims_total";
+/// Gauge: 1 while this replica holds its liveness lock (claims carry its
+/// key, so its rows are rescued at once if it dies), else 0.
+pub const LIVENESS_HELD: &str = "idem_dispatch_liveness_held";
 /// Gauge: provider calls in flight in this replica (at most the configured
 /// concurrency).
 pub const IN_FLIGHT: &str = "idem_dispatch_in_flight";
@@ -72,6 +76,7 @@ pub const ALL: &[&str] = &[
     ABANDONED,
     OVERRAN,
     LEASE_RECLAIMS,
+    LIVENESS_HELD,
     IN_FLIGHT,
     BREAKER_OPEN,
     BREAKER_OPENED,
@@ -135,7 +140,11 @@ pub fn describe() {
     );
     describe_counter!(
         LEASE_RECLAIMS,
-        "In-flight rows whose lease expired, returned to play by this replica's rescuer"
+        "In-flight rows returned to play by this replica's rescuer, by cause (expired lease, or holder gone)"
+    );
+    describe_gauge!(
+        LIVENESS_HELD,
+        "1 while this replica holds its liveness lock (its rows are rescued at once if it dies)"
     );
     describe_gauge!(
         IN_FLIGHT,
@@ -172,12 +181,15 @@ pub fn describe() {
         counter!(UNRESOLVED, "reason" => reason).increment(0);
     }
     gauge!(BREAKER_OPEN).set(0.0);
+    gauge!(LIVENESS_HELD).set(0.0);
+    for cause in ["expired", "holder_gone"] {
+        counter!(LEASE_RECLAIMS, "cause" => cause).increment(0);
+    }
     for name in [
         CLAIMED_ROWS,
         FENCE_REFUSALS,
         ABANDONED,
         OVERRAN,
-        LEASE_RECLAIMS,
         BREAKER_OPENED,
         LOOKUP_FALLBACKS,
         SETTLE_RETRIES,

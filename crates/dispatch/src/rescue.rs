@@ -1,10 +1,16 @@
-//! The lease rescue: put rows whose lease expired (their holder crashed or
-//! stalled) back in play; a periodic job beside the dispatch loop.
+//! The lease rescue: put rows back in play whose lease expired (their holder
+//! crashed or stalled) or whose holder is gone (its liveness lock released,
+//! see `crate::liveness`); a periodic job beside the dispatch loop.
+//!
+//! A row is taken from a gone holder only when two passes in a row saw it
+//! so: after a failover the new primary holds no locks until the replicas
+//! take theirs again (within a pass), and rescuing every row in flight then
+//! would only repeat calls.
 
 use std::time::Duration;
 
 use idem_charge::ChargeClient;
-use idem_store::outbox;
+use idem_store::rescue;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +28,13 @@ pub(crate) struct LeaseRescue {
     /// without idempotency keys, this is long enough for a stalled holder's
     /// late call to land before anyone looks the charge up.
     delay: Duration,
+    /// Rows the previous pass found without a living holder.
+    suspects: Vec<i64>,
 }
+
+/// How often the rescuer looks for rows of gone holders (and expired
+/// leases): a dead replica's rows are back in play within two of these.
+pub(crate) const PASS_EVERY: Duration = Duration::from_millis(750);
 
 impl LeaseRescue {
     /// A rescuer for rows charged through `client` with calls bounded by
@@ -35,21 +47,43 @@ impl LeaseRescue {
         } else {
             charge_timeout.saturating_mul(2)
         };
-        Self { pool, delay }
+        Self {
+            pool,
+            delay,
+            suspects: Vec::new(),
+        }
     }
 
-    /// Put rows with expired leases back in play; returns how many.
-    pub(crate) async fn rescue(&self) -> Result<u64, sqlx::Error> {
+    /// Put rows with expired leases, and rows a gone holder held for two
+    /// passes, back in play; returns how many.
+    pub(crate) async fn rescue(&mut self) -> Result<u64, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        let rescued = outbox::rescue_expired(&mut conn, RESCUE_BATCH, self.delay).await?;
-        ::metrics::counter!(metrics::LEASE_RECLAIMS).increment(rescued);
-        if rescued > 0 {
+        let expired = rescue::rescue_expired(&mut conn, RESCUE_BATCH, self.delay).await?;
+        ::metrics::counter!(metrics::LEASE_RECLAIMS, "cause" => "expired").increment(expired);
+        if expired > 0 {
             tracing::warn!(
-                rescued,
+                rescued = expired,
                 "reclaimed rows whose lease expired (a replica crashed or stalled)"
             );
         }
-        Ok(rescued)
+        let orphaned = rescue::orphaned(&mut conn, RESCUE_BATCH).await?;
+        let (confirmed, fresh): (Vec<i64>, Vec<i64>) = orphaned
+            .into_iter()
+            .partition(|id| self.suspects.contains(id));
+        self.suspects = fresh;
+        let gone = if confirmed.is_empty() {
+            0
+        } else {
+            rescue::rescue_orphaned(&mut conn, &confirmed, self.delay).await?
+        };
+        ::metrics::counter!(metrics::LEASE_RECLAIMS, "cause" => "holder_gone").increment(gone);
+        if gone > 0 {
+            tracing::warn!(
+                rescued = gone,
+                "reclaimed rows whose holder is gone (its database session ended: killed, crashed or cut off)"
+            );
+        }
+        Ok(expired + gone)
     }
 }
 

@@ -14,11 +14,13 @@ use tokio_util::sync::CancellationToken;
 use super::{Dispatched, Dispatcher};
 use crate::breaker::Admit;
 use crate::metrics;
+use crate::rescue::PASS_EVERY;
 
 impl Dispatcher {
     /// Dispatch until `shutdown`: keep up to `concurrency` calls in flight,
     /// claim only as many rows as there are free slots (so no claimed row waits
-    /// on its lease), rescue expired leases every quarter lease (at once on
+    /// on its lease), hold the liveness lock, rescue expired leases and rows
+    /// of gone holders every 750 ms or quarter lease if shorter (at once on
     /// start, then jittered), ride out database outages with backoff. On
     /// shutdown, stop claiming and rescuing, and let calls in flight finish
     /// within the grace period.
@@ -26,14 +28,19 @@ impl Dispatcher {
         // A child token, so that a dispatch loop that fails also stops the
         // rescuer beside it (and `run` returns the failure).
         let rescue_stop = shutdown.child_token();
-        let every = Every::new(self.config.lease / 4).starting(Start::Now);
+        let every = Every::new((self.config.lease / 4).min(PASS_EVERY)).starting(Start::Now);
         let rescuer = idem_periodic::run(self.rescuer(), every, rescue_stop.clone());
+        // The liveness lock outlives the dispatch loop's drain: released
+        // earlier, other replicas would take rows this one is finishing.
+        let live_stop = CancellationToken::new();
+        let live = self.liveness.hold(self.pool.clone(), live_stop.clone());
         let dispatching = async {
             let outcome = self.dispatch_until(&shutdown).await;
             rescue_stop.cancel();
+            live_stop.cancel();
             outcome
         };
-        let ((), outcome) = tokio::join!(rescuer, dispatching);
+        let ((), (), outcome) = tokio::join!(rescuer, live, dispatching);
         outcome
     }
 

@@ -42,6 +42,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         duplicates,
         conflicts: 0,
         malformed: 0,
+        accounts: idem_workload::DEFAULT_ACCOUNTS,
         seed: 7,
     };
     let messages = idem_workload::generate(&spec);

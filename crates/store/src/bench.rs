@@ -1,6 +1,6 @@
 //! `idem bench`'s own statements: a backlog loaded straight into the outbox
 //! (one `INSERT ... SELECT generate_series`, not through the pipeline), when
-//! each benchmark message was recorded, and the claim's plan.
+//! each benchmark message was recorded, and the claim's plans.
 //!
 //! Only the benchmark calls these, always against a database it created for
 //! the run and drops after.
@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::outbox;
+use crate::claim;
 
 /// Insert `rows` outbox rows under `scope`, spread over 1,000 accounts:
 /// `succeeded` (history: settled rows that the claim must not pay for) when
@@ -97,9 +97,10 @@ pub async fn settled_times(
         .await
 }
 
-/// `EXPLAIN (ANALYZE, BUFFERS)` of the claim ([`outbox::claim_sql`]) with
-/// these parameters, one line per row of the plan. The claim really runs, so
-/// the caller runs this in a transaction it rolls back.
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the claim's statements
+/// ([`claim::claim_sql`]) with these parameters, one line per row of the
+/// plans (each statement's plan after a `-- statement N` line). The claim
+/// really runs, so the caller runs this in a transaction it rolls back.
 pub async fn explain_claim(
     conn: &mut PgConnection,
     owner: &str,
@@ -107,15 +108,55 @@ pub async fn explain_claim(
     limit: i64,
     per_account_ordering: bool,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let sql = format!(
-        "EXPLAIN (ANALYZE, BUFFERS) {}",
-        outbox::claim_sql(per_account_ordering)
+    let explain = |sql: &str| format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
+    let token = Uuid::new_v4();
+    let mut lines = Vec::new();
+    if !per_account_ordering {
+        let [sql] = claim::claim_sql(false) else {
+            unreachable!("the unordered claim is one statement")
+        };
+        lines.push("-- statement 1: claim".to_owned());
+        lines.extend(
+            sqlx::query_scalar::<_, String>(&explain(sql))
+                .bind(owner)
+                .bind(lease.as_secs_f64())
+                .bind(limit)
+                .bind(token)
+                .bind(None::<i64>)
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+        return Ok(lines);
+    }
+    let [walk, lease_heads] = claim::claim_sql(true) else {
+        unreachable!("the per-account claim is two statements")
+    };
+    let bound = claim::walk_bound(limit);
+    lines.push("-- statement 1: walk the accounts".to_owned());
+    lines.extend(
+        sqlx::query_scalar::<_, String>(&explain(walk))
+            .bind("")
+            .bind(bound)
+            .fetch_all(&mut *conn)
+            .await?,
     );
-    sqlx::query_scalar(&sql)
-        .bind(owner)
-        .bind(lease.as_secs_f64())
-        .bind(limit)
-        .bind(Uuid::new_v4())
-        .fetch_all(conn)
-        .await
+    let ids: Vec<i64> = claim::heads(conn, "", bound)
+        .await?
+        .into_iter()
+        .filter(|h| h.eligible)
+        .map(|h| h.id)
+        .take(usize::try_from(limit).unwrap_or(0))
+        .collect();
+    lines.push("-- statement 2: lease the heads".to_owned());
+    lines.extend(
+        sqlx::query_scalar::<_, String>(&explain(lease_heads))
+            .bind(owner)
+            .bind(lease.as_secs_f64())
+            .bind(ids)
+            .bind(token)
+            .bind(None::<i64>)
+            .fetch_all(conn)
+            .await?,
+    );
+    Ok(lines)
 }

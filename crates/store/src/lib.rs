@@ -12,6 +12,8 @@
 //! - `batch`: a whole inbox batch set-based, one statement per kind of row
 //!   over arrays (keys, outbox rows, recalls, counters, conflicts,
 //!   quarantine, duplicates' result events).
+//! - `claim`: due rows leased, oldest first, or per account: a bounded walk
+//!   over the accounts with open work, each account's oldest row.
 //! - `bench`: `idem bench`'s own statements: a backlog loaded straight into
 //!   the outbox, when each message was recorded, the claim's plan.
 //! - `db`: connecting (creating the database if missing, or only to an
@@ -22,11 +24,12 @@
 //!   back off.
 //! - `inbox`: record a message's key once; tell new, duplicate and conflict apart.
 //! - `outage`: which database errors waiting fixes (start-up, held batches).
-//! - `outbox`: enqueue, claim with a lease, settle fenced by the lease, rescue
-//!   expired leases.
+//! - `outbox`: enqueue, settle fenced by the lease.
 //! - `quarantine`: keep bad input, bounded (a long body as prefix, size, SHA-256), with its reason.
 //! - `reconcile`: our rows for the provider's listed references, settling
 //!   and re-queuing found/missing charges, compensations (refunds).
+//! - `rescue`: in-flight rows back in play when the lease expired or the
+//!   holder's session ended (its liveness lock released).
 //! - `retention`: delete keys, settled outbox rows, quarantine and conflict
 //!   records past their windows, in bounded `SKIP LOCKED` batches.
 //! - `schema`: the embedded migrator, applying it, and checking a database's
@@ -42,6 +45,7 @@ pub mod admin;
 pub mod attempt;
 pub mod batch;
 pub mod bench;
+pub mod claim;
 pub mod db;
 pub mod event;
 pub mod inbox;
@@ -49,6 +53,7 @@ pub mod outage;
 pub mod outbox;
 pub mod quarantine;
 pub mod reconcile;
+pub mod rescue;
 pub mod retention;
 pub mod schema;
 pub mod scratch;

@@ -82,6 +82,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         duplicates,
         conflicts: args.conflicts,
         malformed: args.malformed,
+        accounts: crate::traffic::DEFAULT_ACCOUNTS,
         seed: 42,
     };
     let messages = traffic::generate(&spec);

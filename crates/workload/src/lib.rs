@@ -17,4 +17,7 @@ pub mod demo;
 pub mod scratch;
 pub mod traffic;
 
-pub use traffic::{Kind, Outgoing, Spec, generate, original_body, publish, publish_observed};
+pub use traffic::{
+    DEFAULT_ACCOUNTS, Kind, Outgoing, Spec, generate, original_body, original_body_over, publish,
+    publish_observed,
+};

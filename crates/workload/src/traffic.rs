@@ -27,6 +27,9 @@ pub struct Spec {
     pub conflicts: usize,
     /// Malformed messages, cycling through every kind of bad input.
     pub malformed: usize,
+    /// Accounts the originals are spread over (`acc_<i % accounts>`; at
+    /// least 1): few accounts make a skewed workload.
+    pub accounts: usize,
     /// Shuffle seed; the same spec and seed give the same messages in the same order.
     pub seed: u64,
 }
@@ -73,9 +76,17 @@ impl Outgoing {
     }
 }
 
-/// The body of the `i`-th original.
+/// Accounts a workload's originals are spread over unless it says otherwise.
+pub const DEFAULT_ACCOUNTS: usize = 1000;
+
+/// The body of the `i`-th original of a workload over [`DEFAULT_ACCOUNTS`].
 pub fn original_body(i: usize) -> serde_json::Value {
-    json!({"account_id": format!("acc_{}", i % 1000), "amount": 100 + (i % 9_900) as i64, "currency": "EUR"})
+    original_body_over(i, DEFAULT_ACCOUNTS)
+}
+
+/// The body of the `i`-th original of a workload over `accounts` accounts.
+pub fn original_body_over(i: usize, accounts: usize) -> serde_json::Value {
+    json!({"account_id": format!("acc_{}", i % accounts.max(1)), "amount": 100 + (i % 9_900) as i64, "currency": "EUR"})
 }
 
 const MALFORMED: [&str; 5] = [
@@ -101,7 +112,9 @@ pub fn generate(spec: &Spec) -> Vec<Outgoing> {
     for i in 0..spec.distinct {
         out.push(msg(
             Some(id(i)),
-            original_body(i).to_string().into_bytes(),
+            original_body_over(i, spec.accounts)
+                .to_string()
+                .into_bytes(),
             Kind::Original,
         ));
     }
@@ -110,13 +123,15 @@ pub fn generate(spec: &Spec) -> Vec<Outgoing> {
             let i = rng.random_range(0..spec.distinct);
             out.push(msg(
                 Some(id(i)),
-                original_body(i).to_string().into_bytes(),
+                original_body_over(i, spec.accounts)
+                    .to_string()
+                    .into_bytes(),
                 Kind::Duplicate,
             ));
         }
         for _ in 0..spec.conflicts {
             let i = rng.random_range(0..spec.distinct);
-            let mut body = original_body(i);
+            let mut body = original_body_over(i, spec.accounts);
             body["amount"] = json!(1_000_000 + i);
             out.push(msg(
                 Some(id(i)),

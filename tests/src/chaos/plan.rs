@@ -37,6 +37,7 @@ impl Plan {
             duplicates: p.duplicates,
             conflicts: 0,
             malformed: p.malformed,
+            accounts: workload::DEFAULT_ACCOUNTS,
             seed: 99,
         };
         let mut first = workload::generate(&spec);

@@ -190,13 +190,13 @@ async fn stale_lease_holder_is_fenced_off() {
     consumer.stop().await.unwrap();
 
     let mut conn = env.pool.acquire().await.unwrap();
-    let stale = idem_store::outbox::claim(&mut conn, "stale", Duration::from_millis(1), 1, true)
+    let stale = idem_store::claim::claim(&mut conn, "stale", Duration::from_millis(1), 1, true)
         .await
         .unwrap();
     assert_eq!(stale.len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
-        idem_store::outbox::rescue_expired(&mut conn, 10, Duration::ZERO)
+        idem_store::rescue::rescue_expired(&mut conn, 10, Duration::ZERO)
             .await
             .unwrap(),
         1

@@ -289,10 +289,13 @@ fn the_cycle_finder_finds_a_cycle() {
 }
 
 /// `cargo metadata`'s dependency edges between the workspace's own crates,
-/// and each crate's full dependency closure.
+/// and each crate's full dependency closure, on this machine's platform:
+/// offline, metadata for every platform would need crates no build here
+/// downloads (chrono's Android dependencies).
 fn dependencies() -> serde_json::Value {
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", &host_triple()])
         .current_dir(workspace())
         .output()
         .expect("cargo metadata runs");
@@ -302,6 +305,19 @@ fn dependencies() -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("metadata is JSON")
+}
+
+/// The host's target triple, as `rustc -vV` prints it.
+fn host_triple() -> String {
+    let out = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()))
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_owned()
 }
 
 /// Every package `name` depends on, transitively (normal dependencies only).

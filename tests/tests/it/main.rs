@@ -6,6 +6,7 @@
 //!
 //! ## Layout
 //! - `pipeline`, `batch`, `ordering`, `settle`: the data path, message to charge.
+//! - `skew`: the per-account claim over backlogs on few accounts: cost, plans, fairness.
 //! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
 //! - `outages`: a database that refuses writes, a replica started during an outage.
 //! - `failover`: a killed primary, a promoted synchronous standby, a multi-host URL.
@@ -17,6 +18,7 @@
 //! - `hostile_body`: oversize and terminal-hostile input, bounded and escaped.
 //! - `big_bodies`: a replica's peak RSS within its byte budget while huge bodies arrive.
 //! - `hostile_producer`: raw frames of every hostile class, 3 replicas, the table.
+//! - `recovery`: a killed replica's rows back in seconds (its liveness lock), a paused one's not.
 //! - `faults`, `crash`, `commit_cut`: lost answers, killed workers, cut commits.
 //! - `provider_refusals`: refused credentials (the breaker), failing lookups, expired keys.
 //! - `results`: result events out.
@@ -59,11 +61,13 @@ mod production_size;
 mod provider_refusals;
 mod raw_reader;
 mod reconcile;
+mod recovery;
 mod results;
 mod retention;
 mod salvage;
 mod secrets;
 mod settle;
+mod skew;
 mod tenants;
 mod tls;
 mod tracing;

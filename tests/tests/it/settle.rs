@@ -9,7 +9,7 @@ use idem_inbox::{Admission, Decision, Incoming, record_batch};
 use idem_simulator::Faults;
 use idem_store::attempt::{self, NewAttempt};
 use idem_store::settle::{Fenced, settle_many};
-use idem_store::{OutboxState, Settlement, outbox};
+use idem_store::{OutboxState, Settlement, claim};
 use idem_tests::{TestEnv, spec, wait_for};
 use idem_workload as workload;
 use lapin::BasicProperties;
@@ -33,7 +33,7 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
     .await;
     consumer.stop().await.unwrap();
     let mut conn = env.pool.acquire().await.unwrap();
-    let mut rows = outbox::claim(&mut conn, "test", Duration::from_secs(30), 6, true)
+    let mut rows = claim::claim(&mut conn, "test", Duration::from_secs(30), 6, true)
         .await
         .unwrap();
     rows.sort_by_key(|r| r.id);
@@ -298,7 +298,7 @@ async fn a_settle_and_duplicates_of_its_rows_do_not_deadlock() {
     for round in 0..ROUNDS {
         let first = record(&mut inbox, &round_of(round, None)).await.unwrap();
         assert!(first.iter().all(|d| matches!(d, Decision::New { .. })));
-        let mut rows = outbox::claim(&mut settler, "test", Duration::from_secs(30), 64, false)
+        let mut rows = claim::claim(&mut settler, "test", Duration::from_secs(30), 64, false)
             .await
             .unwrap();
         assert_eq!(rows.len(), ROWS, "round {round}: all claimed");

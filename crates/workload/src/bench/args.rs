@@ -8,9 +8,10 @@ use crate::traffic::Spec;
 /// Scope (`app_id`) of the bench's messages.
 pub(super) const SCOPE: &str = "bench";
 
-/// The bench's workload: `messages` distinct originals in [`SCOPE`], ids
-/// starting with `prefix`, nothing malformed or duplicated.
-pub(super) fn workload_spec(prefix: &str, messages: usize) -> Spec {
+/// The bench's workload: `messages` distinct originals over `accounts`
+/// accounts in [`SCOPE`], ids starting with `prefix`, nothing malformed or
+/// duplicated.
+pub(super) fn workload_spec(prefix: &str, messages: usize, accounts: usize) -> Spec {
     Spec {
         prefix: prefix.to_owned(),
         scope: Some(SCOPE.to_owned()),
@@ -18,6 +19,7 @@ pub(super) fn workload_spec(prefix: &str, messages: usize) -> Spec {
         duplicates: 0,
         conflicts: 0,
         malformed: 0,
+        accounts,
         seed: 11,
     }
 }
@@ -43,6 +45,23 @@ pub struct BenchArgs {
     /// Provider (simulator) latency per call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub provider_latency_ms: u64,
+    /// Accounts the messages of baseline, tuned, latency and ceiling are
+    /// spread over.
+    #[arg(long, default_value_t = crate::traffic::DEFAULT_ACCOUNTS)]
+    pub accounts: usize,
+    /// skew: messages, published at once, with the daemon's default settings.
+    #[arg(long, default_value_t = 20_000)]
+    pub skew_messages: usize,
+    /// skew: the few accounts they are spread over (one merchant's bulk run).
+    #[arg(long, default_value_t = 5)]
+    pub skew_accounts: usize,
+    /// skew: the accounts of the same backlog spread wide, the comparison.
+    #[arg(long, default_value_t = 2_000)]
+    pub spread_accounts: usize,
+    /// skew: provider latency per call, in milliseconds (per-account
+    /// ordering allows accounts / latency charges per second at most).
+    #[arg(long, default_value_t = 20)]
+    pub skew_latency_ms: u64,
     /// Settled outbox rows pre-loaded into every end-to-end and ceiling
     /// database (history the claim must not pay for).
     #[arg(long, default_value_t = 0)]
@@ -118,6 +137,9 @@ pub enum Part {
     Ceiling,
     /// Claims/s against a small and a large backlog.
     ClaimRate,
+    /// A backlog on few accounts against the same spread wide, default
+    /// settings: the rate against what per-account ordering allows.
+    Skew,
 }
 
 impl BenchArgs {
@@ -130,6 +152,14 @@ impl BenchArgs {
         anyhow::ensure!(self.messages >= 1, "--messages must be at least 1");
         anyhow::ensure!(self.replicas >= 1, "--replicas must be at least 1");
         anyhow::ensure!(self.backlog >= 0, "--backlog must not be negative");
+        anyhow::ensure!(
+            self.accounts >= 1 && self.skew_accounts >= 1 && self.spread_accounts >= 1,
+            "--accounts, --skew-accounts and --spread-accounts must be at least 1"
+        );
+        anyhow::ensure!(
+            self.skew_messages >= 1 && self.skew_latency_ms >= 1,
+            "--skew-messages and --skew-latency-ms must be at least 1"
+        );
         anyhow::ensure!(
             self.claim_rows >= 1 && self.claim_backlog_small >= 0 && self.claim_backlog_large >= 0,
             "--claim-rows must be at least 1 and the claim backlogs not negative"

@@ -7,7 +7,7 @@
 //! - inbox: `record_batch` of `--inbox-batch-size` messages in one
 //!   transaction (the consumer's [`idem_inbox::record_batch`], whichever
 //!   version is there);
-//! - dispatch: `outbox::claim` of up to `--claim-batch` rows, then
+//! - dispatch: `claim::claim` of up to `--claim-batch` rows, then
 //!   `settle::settle_many` of them as succeeded, with a charge like the
 //!   provider's, in one statement (the dispatcher's recorder groups the
 //!   results that queue up the same way);
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use idem_inbox::Incoming;
 use idem_store::attempt::NewAttempt;
 use idem_store::settle::{self, Fenced};
-use idem_store::{Claimed, Settlement, event, outbox};
+use idem_store::{Claimed, Settlement, claim, event};
 use lapin::BasicProperties;
 use serde::Serialize;
 use serde_json::json;
@@ -88,7 +88,11 @@ async fn measure(
     pool: &PgPool,
     watch: &Watch,
 ) -> anyhow::Result<CeilingReport> {
-    let spec = workload_spec(&format!("ceiling-{}", scratch.id), args.messages);
+    let spec = workload_spec(
+        &format!("ceiling-{}", scratch.id),
+        args.messages,
+        args.accounts,
+    );
     let messages = traffic::generate(&spec);
     let total = messages.len();
     // The deliveries as the consumer would see them.
@@ -185,7 +189,7 @@ async fn dispatch_loop(
     while settled.load(Ordering::Relaxed) < total {
         let rows = {
             let mut conn = pool.acquire().await?;
-            outbox::claim(
+            claim::claim(
                 &mut conn,
                 &owner,
                 d.lease,

@@ -279,7 +279,7 @@ async fn claim_loop(
     while settled.load(Ordering::Relaxed) < total {
         let rows = {
             let mut conn = pool.acquire().await?;
-            idem_store::outbox::claim(
+            idem_store::claim::claim(
                 &mut conn,
                 &owner,
                 d.lease,

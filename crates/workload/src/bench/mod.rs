@@ -11,6 +11,8 @@
 //! - `ceiling`: the same SQL per message in a tight loop, no broker, no HTTP.
 //! - `claim-rate`: claims/s against a small and a large backlog, and the
 //!   claim's plan.
+//! - `skew`: a backlog on few accounts against the same spread wide, with
+//!   the daemon's defaults: the rate against what per-account ordering allows.
 //!
 //! Every part runs in a database of its own (`idem_bench_<random>`, dropped
 //! after) and a queue of its own. Speed is measured here, never asserted by
@@ -22,6 +24,7 @@
 //! - `pipeline`: one end-to-end configuration, its latency and throughput.
 //! - `ceiling`: the SQL alone.
 //! - `claim_rate`: the claim against backlogs, with `EXPLAIN`.
+//! - `skew`: few accounts against many.
 //! - `cpu`: CPU seconds per process from `/proc`.
 //! - `progress`: the progress bar (or plain lines off a terminal).
 //! - `report`: the tables, the ratios, `--json`.
@@ -34,6 +37,7 @@ mod pipeline;
 mod progress;
 mod report;
 mod scratch;
+mod skew;
 
 use std::time::Instant;
 
@@ -46,20 +50,13 @@ pub use claim_rate::{ClaimRateReport, Measurement, Ratio, Shape};
 pub use cpu::PerMessage;
 pub use pipeline::{Latency, PipelineReport, Settings};
 pub use report::{BenchReport, Ratios};
+pub use skew::SkewReport;
 
 use pipeline::Configuration;
 
 /// The tuned configuration under `name`, publishing at `rate`.
 fn tuned(args: &BenchArgs, name: &str, rate: u32) -> Configuration {
-    Configuration {
-        name: name.to_owned(),
-        flags: split(&args.tuned_flags),
-        rate,
-    }
-}
-
-fn split(flags: &str) -> Vec<String> {
-    flags.split_whitespace().map(str::to_owned).collect()
+    Configuration::new(args, name, &args.tuned_flags, rate)
 }
 
 /// Run the chosen parts and print the report (a table, or `--json`).
@@ -105,11 +102,7 @@ pub async fn measure(
     let mut report = BenchReport::new(args);
     report.server_autovacuum = server_setting(&args.database_url, "autovacuum").await?;
     if args.runs(Part::Baseline) {
-        let cfg = Configuration {
-            name: "baseline".into(),
-            flags: split(&args.baseline_flags),
-            rate: args.rate,
-        };
+        let cfg = Configuration::new(args, "baseline", &args.baseline_flags, args.rate);
         report
             .configurations
             .push(pipeline::run(args, &cfg, &watch, shutdown).await?);
@@ -138,6 +131,9 @@ pub async fn measure(
     if args.runs(Part::ClaimRate) {
         let cfg = tuned(args, "tuned", 0);
         report.claim_rate = Some(claim_rate::run(args, &cfg, &watch).await?);
+    }
+    if args.runs(Part::Skew) {
+        report.skew = Some(skew::run(args, &watch, shutdown).await?);
     }
     report.finish(started.elapsed());
     Ok(report)

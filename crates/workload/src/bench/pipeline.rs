@@ -37,6 +37,27 @@ pub struct Configuration {
     pub flags: Vec<String>,
     /// Publish rate cap in messages/s (0: as fast as confirms allow).
     pub rate: u32,
+    /// Messages to publish.
+    pub messages: usize,
+    /// Accounts they are spread over.
+    pub accounts: usize,
+    /// Provider (simulator) latency per call, in milliseconds.
+    pub provider_latency_ms: u64,
+}
+
+impl Configuration {
+    /// `name` with `flags` at `rate`, over the bench's messages, accounts and
+    /// provider latency.
+    pub fn new(args: &BenchArgs, name: &str, flags: &str, rate: u32) -> Self {
+        Self {
+            name: name.to_owned(),
+            flags: flags.split_whitespace().map(str::to_owned).collect(),
+            rate,
+            messages: args.messages,
+            accounts: args.accounts,
+            provider_latency_ms: args.provider_latency_ms,
+        }
+    }
 }
 
 /// What one configuration reached.
@@ -194,7 +215,7 @@ pub async fn run(
     let scratch = Scratch::create(&args.database_url, &args.broker.amqp_url, true).await?;
     let outcome = async {
         scratch.preload(args.backlog).await?;
-        let provider = Provider::start(args.provider_latency_ms)?;
+        let provider = Provider::start(cfg.provider_latency_ms)?;
         let vacuum = scratch.vacuum_every(Duration::from_millis(args.vacuum_ms));
         let outcome = drive(args, cfg, watch, &scratch, &provider, shutdown).await;
         vacuum.cancel();
@@ -240,7 +261,6 @@ async fn drive(
     }
     let (publish_secs, stamps, elapsed, cpu) = measured?;
     report(
-        args,
         cfg,
         settings,
         scratch,
@@ -269,7 +289,7 @@ async fn measure(
     daemons: &mut [Daemon],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Measured> {
-    let spec = workload_spec(&format!("bench-{}", scratch.id), args.messages);
+    let spec = workload_spec(&format!("bench-{}", scratch.id), cfg.messages, cfg.accounts);
     let messages = Arc::new(traffic::generate(&spec));
     let total = messages.len();
     let published = Arc::new(AtomicUsize::new(0));
@@ -410,7 +430,6 @@ async fn wait_for_consumers(
 
 #[allow(clippy::too_many_arguments)]
 async fn report(
-    args: &BenchArgs,
     cfg: &Configuration,
     settings: Settings,
     scratch: &Scratch,
@@ -446,7 +465,7 @@ async fn report(
             }
         }
     }
-    let messages = args.messages;
+    let messages = cfg.messages;
     tracing::debug!(?elapsed, "configuration measured");
     Ok(PipelineReport {
         name: cfg.name.clone(),

@@ -9,6 +9,7 @@ use super::args::BenchArgs;
 use super::ceiling::CeilingReport;
 use super::claim_rate::ClaimRateReport;
 use super::pipeline::PipelineReport;
+use super::skew::SkewReport;
 
 /// Everything one `idem bench` measured.
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +32,8 @@ pub struct BenchReport {
     pub ceiling: Option<CeilingReport>,
     /// Claims against backlogs.
     pub claim_rate: Option<ClaimRateReport>,
+    /// Few accounts against many.
+    pub skew: Option<SkewReport>,
     /// Ratios between the parts.
     pub ratios: Ratios,
     /// Wall time of the whole bench, s.
@@ -59,6 +62,7 @@ impl BenchReport {
             configurations: Vec::new(),
             ceiling: None,
             claim_rate: None,
+            skew: None,
             ratios: Ratios::default(),
             elapsed_s: 0.0,
         }
@@ -97,7 +101,10 @@ impl BenchReport {
             }
         );
         if !self.configurations.is_empty() {
-            out.push_str(&self.pipeline_table());
+            out.push_str("\nend to end: publish -> charge recorded\n");
+            out.push_str(&pipeline_table(
+                &self.configurations.iter().collect::<Vec<_>>(),
+            ));
         }
         if let Some(c) = &self.ceiling {
             let _ = writeln!(
@@ -124,83 +131,117 @@ impl BenchReport {
         if let Some(c) = &self.claim_rate {
             out.push_str(&claim_table(c));
         }
+        if let Some(s) = &self.skew {
+            out.push_str(&skew_table(s));
+        }
         let _ = writeln!(out, "\n(bench took {:.0} s)", self.elapsed_s);
         out
     }
+}
 
-    fn pipeline_table(&self) -> String {
-        let configs = &self.configurations;
-        let mut out = String::from("\nend to end: publish -> charge recorded\n");
-        let mut row = |label: &str, cell: &dyn Fn(&PipelineReport) -> String| {
-            let _ = write!(out, "  {label:<38}");
-            for c in configs {
-                let _ = write!(out, "{:>14}", cell(c));
-            }
-            out.push('\n');
-        };
-        row("", &|c| c.name.clone());
-        row("prefetch / inbox batch", &|c| {
-            format!("{} / {}", c.settings.prefetch, c.settings.inbox_batch_size)
-        });
-        row("claim batch / dispatch concurrency", &|c| {
-            format!(
-                "{} / {}",
-                c.settings.claim_batch, c.settings.dispatch_concurrency
-            )
-        });
-        row("db connections / idle poll ms", &|c| {
-            format!(
-                "{} / {}",
-                c.settings.db_max_connections, c.settings.idle_poll_ms
-            )
-        });
-        row("results batch", &|c| c.settings.results_batch.to_string());
-        row("per-account ordering", &|c| {
-            on_off(c.settings.per_account_ordering).into()
-        });
-        row("publish rate cap (msg/s)", &|c| match c.rate_cap {
-            0 => "none".into(),
-            r => r.to_string(),
-        });
-        row("charged once / double / missing", &|c| {
-            format!(
-                "{}/{}/{}",
-                c.charged - c.double_charges,
-                c.double_charges,
-                c.missing_charges
-            )
-        });
-        row("elapsed (s)", &|c| format!("{:.2}", c.elapsed_s));
-        row("publish msg/s (confirmed)", &|c| {
-            format!("{:.0}", c.publish_msg_per_s)
-        });
-        row("END-TO-END msg/s", &|c| {
-            format!("{:.0}", c.end_to_end_msg_per_s)
-        });
-        row("latency p50 (ms)", &|c| format!("{:.1}", c.latency_ms.p50));
-        row("latency p90 (ms)", &|c| format!("{:.1}", c.latency_ms.p90));
-        row("latency p99 (ms)", &|c| format!("{:.1}", c.latency_ms.p99));
-        row("latency max (ms)", &|c| format!("{:.1}", c.latency_ms.max));
-        row("CPU µs/msg idem (daemon)", &|c| {
-            format!("{:.1}", c.cpu.idem_us)
-        });
-        row("CPU µs/msg PostgreSQL", &|c| opt(c.cpu.postgres_us));
-        row("CPU µs/msg RabbitMQ", &|c| opt(c.cpu.rabbitmq_us));
-        row("CPU µs/msg idem+PostgreSQL+RabbitMQ", &|c| {
-            format!("{:.1}", c.cpu.pipeline_us)
-        });
-        row("CPU µs/msg simulator (not counted)", &|c| {
-            format!("{:.1}", c.cpu.simulator_us)
-        });
-        row("CPU µs/msg publisher (not counted)", &|c| {
-            format!("{:.1}", c.cpu.publisher_us)
-        });
-        let flagged: Vec<_> = configs.iter().filter(|c| !c.flags.is_empty()).collect();
-        for c in flagged {
-            let _ = writeln!(out, "  {} flags: {}", c.name, c.flags);
+/// One column per configuration.
+fn pipeline_table(configs: &[&PipelineReport]) -> String {
+    let mut out = String::new();
+    let mut row = |label: &str, cell: &dyn Fn(&PipelineReport) -> String| {
+        let _ = write!(out, "  {label:<38}");
+        for c in configs {
+            let _ = write!(out, "{:>14}", cell(c));
         }
-        out
+        out.push('\n');
+    };
+    row("", &|c| c.name.clone());
+    row("prefetch / inbox batch", &|c| {
+        format!("{} / {}", c.settings.prefetch, c.settings.inbox_batch_size)
+    });
+    row("claim batch / dispatch concurrency", &|c| {
+        format!(
+            "{} / {}",
+            c.settings.claim_batch, c.settings.dispatch_concurrency
+        )
+    });
+    row("db connections / idle poll ms", &|c| {
+        format!(
+            "{} / {}",
+            c.settings.db_max_connections, c.settings.idle_poll_ms
+        )
+    });
+    row("results batch", &|c| c.settings.results_batch.to_string());
+    row("per-account ordering", &|c| {
+        on_off(c.settings.per_account_ordering).into()
+    });
+    row("publish rate cap (msg/s)", &|c| match c.rate_cap {
+        0 => "none".into(),
+        r => r.to_string(),
+    });
+    row("charged once / double / missing", &|c| {
+        format!(
+            "{}/{}/{}",
+            c.charged - c.double_charges,
+            c.double_charges,
+            c.missing_charges
+        )
+    });
+    row("elapsed (s)", &|c| format!("{:.2}", c.elapsed_s));
+    row("publish msg/s (confirmed)", &|c| {
+        format!("{:.0}", c.publish_msg_per_s)
+    });
+    row("END-TO-END msg/s", &|c| {
+        format!("{:.0}", c.end_to_end_msg_per_s)
+    });
+    row("latency p50 (ms)", &|c| format!("{:.1}", c.latency_ms.p50));
+    row("latency p90 (ms)", &|c| format!("{:.1}", c.latency_ms.p90));
+    row("latency p99 (ms)", &|c| format!("{:.1}", c.latency_ms.p99));
+    row("latency max (ms)", &|c| format!("{:.1}", c.latency_ms.max));
+    row("CPU µs/msg idem (daemon)", &|c| {
+        format!("{:.1}", c.cpu.idem_us)
+    });
+    row("CPU µs/msg PostgreSQL", &|c| opt(c.cpu.postgres_us));
+    row("CPU µs/msg RabbitMQ", &|c| opt(c.cpu.rabbitmq_us));
+    row("CPU µs/msg idem+PostgreSQL+RabbitMQ", &|c| {
+        format!("{:.1}", c.cpu.pipeline_us)
+    });
+    row("CPU µs/msg simulator (not counted)", &|c| {
+        format!("{:.1}", c.cpu.simulator_us)
+    });
+    row("CPU µs/msg publisher (not counted)", &|c| {
+        format!("{:.1}", c.cpu.publisher_us)
+    });
+    let flagged: Vec<_> = configs.iter().filter(|c| !c.flags.is_empty()).collect();
+    for c in flagged {
+        let _ = writeln!(out, "  {} flags: {}", c.name, c.flags);
     }
+    out
+}
+
+fn skew_table(s: &SkewReport) -> String {
+    let mut out = format!(
+        "\nskew: {} messages on {} accounts against the same on {}, default settings, provider {} ms per call\n",
+        s.messages, s.accounts, s.spread_accounts, s.provider_latency_ms
+    );
+    out.push_str(&pipeline_table(&[&s.skewed, &s.spread]));
+    let _ = writeln!(
+        out,
+        "  ordering allows {} accounts / {} ms = {:.0} charges/s; skewed reached {:.0} = {:.2} of it",
+        s.accounts,
+        s.provider_latency_ms,
+        s.allowed_msg_per_s,
+        s.skewed.end_to_end_msg_per_s,
+        s.skewed_over_allowed
+    );
+    let _ = writeln!(
+        out,
+        "  one account's charge, claim to next claim: {:.1} ms ({} ms at the provider, {:.1} ms of round trips)",
+        s.account_cycle_ms,
+        s.provider_latency_ms,
+        s.account_cycle_ms - s.provider_latency_ms as f64
+    );
+    let _ = writeln!(
+        out,
+        "  PostgreSQL CPU per charge, skewed / spread: {}",
+        s.postgres_skewed_over_spread
+            .map_or_else(|| "n/a".into(), |x| format!("{x:.2}"))
+    );
+    out
 }
 
 fn claim_table(c: &ClaimRateReport) -> String {

@@ -1,0 +1,337 @@
+//! Claiming due outbox rows with a lease, in two shapes.
+//!
+//! - **Unordered** (`--per-account-ordering` off): the oldest due rows
+//!   through the partial index `outbox_due`, `FOR UPDATE SKIP LOCKED`. It reads
+//!   `limit` rows plus those other claimers hold: O(batch).
+//! - **Per-account ordering**: only an account's oldest open row (its *head*)
+//!   may be claimed, and only while no other row of the account is in flight
+//!   (`account_slot`). Walking the due rows and asking each "is there an older
+//!   open row?" costs O(backlog) when the backlog sits on few accounts: 20,000
+//!   due rows on 5 busy accounts meant 20,000 probes for a claim that finds
+//!   nothing. So the claim walks **accounts**, not rows: a bounded skip scan of
+//!   `outbox_open_by_account` yields the next accounts with open work after a
+//!   cursor, and one probe per account finds its head. A claim reads
+//!   O(accounts walked) = O(batch + accounts in flight), whatever the backlog
+//!   and its shape (docs/performance.md, "Claims under skew").
+//!
+//! The cursor goes round the accounts (it wraps at the end), so every account
+//! with work is reached within a few claims, and a busy account cannot starve
+//! the others: accounts are served round-robin, each in outbox order.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::outbox::Claimed;
+
+/// Where a replica's walk over the accounts resumes: after the last account
+/// it passed. A fresh cursor starts at the first account.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AccountCursor {
+    after: String,
+}
+
+impl AccountCursor {
+    /// The account the next walk starts after (`""`: the first).
+    pub fn after(&self) -> &str {
+        &self.after
+    }
+}
+
+/// Accounts a walk visits at most for a claim of `limit` rows: the batch,
+/// plus room for accounts whose head is in flight or backing off (each costs
+/// two index probes), so a claim fills in one walk while few heads are busy.
+pub fn walk_bound(limit: i64) -> i64 {
+    limit.max(1) * 2 + 64
+}
+
+/// Who takes a lease: the replica's name (for operators), how long, and the
+/// key of the advisory lock its database session holds (see
+/// `crate::liveness`), stored on the rows so that other replicas can tell
+/// when it is gone; `None` leaves the rows to the lease expiry alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder<'a> {
+    /// Stored as `lease_owner`.
+    pub owner: &'a str,
+    /// How long the lease lasts.
+    pub lease: Duration,
+    /// Stored as `lease_lock`.
+    pub lock: Option<i64>,
+}
+
+/// Claim up to `limit` due rows (`pending`, or `unknown` whose backoff passed)
+/// for `owner`, for `lease`. Rows locked by another claimer are skipped, not
+/// waited for.
+///
+/// With `per_account_ordering`, only the oldest open row of an account is
+/// eligible, and the claim must also win the account's slot (`account_slot`):
+/// at most one charge per account is in flight, in outbox order. The walk
+/// starts at the first account and no liveness lock is stored: a dispatcher
+/// keeps an [`AccountCursor`] and a lock, and calls [`claim_as`] instead.
+pub async fn claim(
+    conn: &mut PgConnection,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+    per_account_ordering: bool,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let holder = Holder {
+        owner,
+        lease,
+        lock: None,
+    };
+    let mut cursor = AccountCursor::default();
+    claim_as(
+        conn,
+        &holder,
+        limit,
+        per_account_ordering.then_some(&mut cursor),
+    )
+    .await
+}
+
+/// [`claim`] per account from `cursor`, with no liveness lock.
+pub async fn claim_ordered(
+    conn: &mut PgConnection,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+    cursor: &mut AccountCursor,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let holder = Holder {
+        owner,
+        lease,
+        lock: None,
+    };
+    claim_as(conn, &holder, limit, Some(cursor)).await
+}
+
+/// Claim up to `limit` due rows for `holder`: the oldest due rows, or with a
+/// `cursor` (per-account ordering) the heads of the accounts after it.
+///
+/// The per-account claim walks the accounts after the cursor for their heads
+/// ([`heads`]), leases the eligible ones, and moves the cursor on. Two
+/// statements, neither in a transaction: the lease re-checks under the row
+/// lock that each row is still due and still its account's oldest open row,
+/// and the slot's primary key keeps a second charge of an account out of
+/// flight, so a change between them costs a row its turn, never the order.
+pub async fn claim_as(
+    conn: &mut PgConnection,
+    holder: &Holder<'_>,
+    limit: i64,
+    cursor: Option<&mut AccountCursor>,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let Some(cursor) = cursor else {
+        return sqlx::query_as(CLAIM)
+            .bind(holder.owner)
+            .bind(holder.lease.as_secs_f64())
+            .bind(limit)
+            .bind(Uuid::new_v4())
+            .bind(holder.lock)
+            .fetch_all(conn)
+            .await;
+    };
+    let bound = walk_bound(limit);
+    let mut candidates = Vec::new();
+    let started_at_first = cursor.after.is_empty();
+    let walk = heads(conn, &cursor.after, bound).await?;
+    let end_reached = (walk.len() as i64) < bound;
+    cursor.after = advance(&walk, limit, end_reached, &mut candidates);
+    // The walk ran off the end before the batch filled: go round once more
+    // from the first account, for what is left.
+    if end_reached && !started_at_first && (candidates.len() as i64) < limit {
+        let rest = limit - candidates.len() as i64;
+        let walk = heads(conn, "", bound).await?;
+        let end_reached = (walk.len() as i64) < bound;
+        let mut more = Vec::new();
+        cursor.after = advance(&walk, rest, end_reached, &mut more);
+        more.retain(|id| !candidates.contains(id));
+        candidates.extend(more);
+    }
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(LEASE_HEADS)
+        .bind(holder.owner)
+        .bind(holder.lease.as_secs_f64())
+        .bind(&candidates)
+        .bind(Uuid::new_v4())
+        .bind(holder.lock)
+        .fetch_all(conn)
+        .await
+}
+
+/// Take eligible heads in account order into `candidates`, up to `limit`;
+/// the cursor after this walk: the last account taken once the batch is
+/// full, else the last account walked, else (the end reached) the start.
+fn advance(walk: &[Head], limit: i64, end_reached: bool, candidates: &mut Vec<i64>) -> String {
+    for head in walk {
+        if head.eligible {
+            candidates.push(head.id);
+            if candidates.len() as i64 >= limit {
+                return head.account_id.clone();
+            }
+        }
+    }
+    match walk.last() {
+        Some(last) if !end_reached => last.account_id.clone(),
+        _ => String::new(),
+    }
+}
+
+/// An account with open work and its oldest open row.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Head {
+    /// The account.
+    pub account_id: String,
+    /// Its oldest open (`pending`, `in_flight`, `unknown`) row.
+    pub id: i64,
+    /// Whether that row may be claimed now: not in flight, and due.
+    pub eligible: bool,
+}
+
+/// Up to `bound` accounts with open work after `after`, in account order,
+/// each with its head. A recursive skip scan: each step is one descent of
+/// `outbox_open_by_account` to the next account, then one to its head.
+pub async fn heads(
+    conn: &mut PgConnection,
+    after: &str,
+    bound: i64,
+) -> Result<Vec<Head>, sqlx::Error> {
+    sqlx::query_as(HEADS)
+        .bind(after)
+        .bind(bound)
+        .fetch_all(conn)
+        .await
+}
+
+/// The statements a claim runs, for `idem bench` to show their plans: the
+/// unordered claim (`$1` owner, `$2` lease in seconds, `$3` limit, `$4`
+/// lease token, `$5` liveness lock), or, per account, the walk (`$1` cursor,
+/// `$2` bound) and the lease (`$3` the heads' ids).
+pub fn claim_sql(per_account_ordering: bool) -> &'static [&'static str] {
+    if per_account_ordering {
+        &[HEADS, LEASE_HEADS]
+    } else {
+        &[CLAIM]
+    }
+}
+
+/// `UPDATE ... FROM <chosen>` that turns the chosen rows into leased ones.
+macro_rules! lease_rows {
+    ($chosen:literal) => {
+        concat!(
+            "UPDATE outbox o SET
+                 state = 'in_flight', attempts = o.attempts + 1,
+                 lease_owner = $1, lease_token = $4, lease_lock = $5,
+                 lease_expires_at = now() + make_interval(secs => $2),
+                 updated_at = now()
+             FROM ",
+            $chosen,
+            " chosen WHERE o.id = chosen.id
+             RETURNING o.id, o.lease_token, o.scope, o.message_id, o.reference_id, o.account_id,
+                       o.amount, o.currency, o.attempts, o.uncertain_since, o.traceparent"
+        )
+    };
+}
+
+const CLAIM: &str = concat!(
+    "WITH due AS (
+         SELECT id FROM outbox
+         WHERE state IN ('pending', 'unknown') AND next_attempt_at <= now()
+         ORDER BY next_attempt_at, id
+         LIMIT $3
+         FOR UPDATE SKIP LOCKED
+     ) ",
+    lease_rows!("due")
+);
+
+/// The walk. `walk` holds one row per account reached (and a last row with
+/// a NULL account when it ran off the end); the lateral probe finds each
+/// account's head. Both read only `outbox_open_by_account`, whose entries are
+/// the open rows: settled history is not in it.
+const HEADS: &str = "WITH RECURSIVE walk(account_id, n) AS (
+         (SELECT o.account_id, 1 FROM outbox o
+          WHERE o.state IN ('pending', 'in_flight', 'unknown') AND o.account_id > $1
+          ORDER BY o.account_id LIMIT 1)
+       UNION ALL
+         SELECT (SELECT o.account_id FROM outbox o
+                 WHERE o.state IN ('pending', 'in_flight', 'unknown')
+                   AND o.account_id > w.account_id
+                 ORDER BY o.account_id LIMIT 1), w.n + 1
+         FROM walk w WHERE w.account_id IS NOT NULL AND w.n < $2
+     )
+     SELECT w.account_id, h.id,
+            h.state IN ('pending', 'unknown') AND h.next_attempt_at <= now() AS eligible
+     FROM walk w CROSS JOIN LATERAL (
+         SELECT o.id, o.state, o.next_attempt_at FROM outbox o
+         WHERE o.account_id = w.account_id AND o.state IN ('pending', 'in_flight', 'unknown')
+         ORDER BY o.id LIMIT 1) h
+     ORDER BY w.account_id";
+
+/// The lease of walked heads. Under the row lock the row is checked again:
+/// still due, and no older open row of its account (one appears when an
+/// operator retries an older `dead` row, or an older insert commits late).
+/// The slot's primary key is the guarantee that an account has one row in
+/// flight, even when two claimers' snapshots disagree.
+const LEASE_HEADS: &str = concat!(
+    "WITH due AS (
+         SELECT o.id, o.account_id FROM outbox o
+         WHERE o.id = ANY($3) AND o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now()
+           AND NOT EXISTS (
+               SELECT 1 FROM outbox older
+               WHERE older.account_id = o.account_id AND older.id < o.id
+                 AND older.state IN ('pending', 'in_flight', 'unknown'))
+         ORDER BY o.id
+         FOR UPDATE OF o SKIP LOCKED
+     ), slot AS (
+         INSERT INTO account_slot (account_id, outbox_id)
+         SELECT account_id, id FROM due
+         ON CONFLICT (account_id) DO NOTHING
+         RETURNING outbox_id AS id
+     ) ",
+    lease_rows!("slot")
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(account: &str, id: i64, eligible: bool) -> Head {
+        Head {
+            account_id: account.to_owned(),
+            id,
+            eligible,
+        }
+    }
+
+    #[test]
+    fn a_full_batch_leaves_the_cursor_at_the_last_account_taken() {
+        let walk = [
+            head("a", 1, true),
+            head("b", 2, false),
+            head("c", 3, true),
+            head("d", 4, true),
+        ];
+        let mut taken = Vec::new();
+        assert_eq!(advance(&walk, 2, false, &mut taken), "c");
+        assert_eq!(taken, [1, 3]);
+    }
+
+    #[test]
+    fn a_short_batch_moves_the_cursor_past_everything_walked() {
+        let walk = [head("a", 1, false), head("b", 2, true)];
+        let mut taken = Vec::new();
+        assert_eq!(advance(&walk, 5, false, &mut taken), "b");
+        assert_eq!(taken, [2]);
+    }
+
+    #[test]
+    fn the_end_of_the_accounts_wraps_the_cursor() {
+        let walk = [head("a", 1, false), head("b", 2, true)];
+        let mut taken = Vec::new();
+        assert_eq!(advance(&walk, 5, true, &mut taken), "");
+        assert_eq!(advance(&[], 5, true, &mut taken), "");
+    }
+}

@@ -1,0 +1,128 @@
+//! Putting in-flight rows back in play when their holder can no longer
+//! settle them: its lease expired (crashed, paused, cut off, or simply
+//! slow), or its database session ended, which PostgreSQL shows at once by
+//! releasing the session's advisory lock (the *liveness lock*, see
+//! [`hold_liveness`]).
+//!
+//! A rescued row becomes `unknown`: its holder may have called the provider,
+//! so the next claimer resolves it (lookup, keyed retry) before charging. The
+//! fence does the rest: the holder's lease token no longer matches, so
+//! nothing it writes later is accepted.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+
+/// The keys of the advisory locks (single-`bigint` form: high half in
+/// `classid`, low half in `objid`, `objsubid` 1) that sessions of this
+/// database hold.
+macro_rules! held_locks {
+    () => {
+        "SELECT (l.classid::bigint << 32) | l.objid::bigint AS key FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    };
+}
+
+/// The rescue itself, over the rows the subquery `$rows` selects (locked,
+/// `SKIP LOCKED`), after the CTEs `$with` (empty, or ending in a comma):
+/// `unknown`, uncertain, the lease cleared and the account's slot freed, due
+/// after `$2` seconds; `$reason` is the SQL of `last_error`.
+macro_rules! rescue {
+    ($with:expr, $rows:literal, $reason:literal) => {
+        concat!(
+            "WITH ", $with, " rescued AS (
+                 UPDATE outbox SET state = 'unknown', uncertain_since = coalesce(uncertain_since, now()),
+                     last_error = ", $reason, ",
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, lease_lock = NULL,
+                     next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
+                 WHERE id IN (", $rows, ")
+                 RETURNING id
+             ), freed AS (
+                 DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM rescued)
+             )
+             SELECT count(*) FROM rescued"
+        )
+    };
+}
+
+/// Put up to `limit` rows whose lease expired (their holder crashed, paused or
+/// lost its connection) back in play as `unknown`: the holder may have called
+/// the provider, so the next claimer resolves before charging.
+/// `delay` postpones their next attempt (without idempotency keys, long enough
+/// for a call the stalled holder may still make to land first).
+pub async fn rescue_expired(
+    conn: &mut PgConnection,
+    limit: i64,
+    delay: Duration,
+) -> Result<u64, sqlx::Error> {
+    let rescued: i64 = sqlx::query_scalar(rescue!(
+        "",
+        "SELECT id FROM outbox WHERE state = 'in_flight' AND lease_expires_at < now()
+         ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "'lease of ' || coalesce(lease_owner, '?') || ' expired'"
+    ))
+    .bind(limit)
+    .bind(delay.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await?;
+    // Safety net: a slot whose row is no longer in flight (ordering switched
+    // off and on, or a manual change) would block its account for good.
+    sqlx::query(
+        "DELETE FROM account_slot s WHERE NOT EXISTS (
+             SELECT 1 FROM outbox o WHERE o.id = s.outbox_id AND o.state = 'in_flight')
+           AND s.claimed_at < now() - interval '1 minute'",
+    )
+    .execute(conn)
+    .await?;
+    Ok(u64::try_from(rescued).unwrap_or(0))
+}
+
+/// Take the session-level advisory lock `key` on this connection, which must
+/// then stay open (and out of any pool) for as long as the replica claims
+/// under it. `false` if another session holds it.
+pub async fn hold_liveness(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}
+
+/// In-flight rows (up to `limit`) whose holder's liveness lock no session of
+/// this database holds: the holder is gone. Reads the in-flight rows through
+/// `outbox_lease` and the lock table once: O(rows in flight), never the
+/// table's history.
+pub async fn orphaned(conn: &mut PgConnection, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(concat!(
+        "SELECT id FROM outbox WHERE state = 'in_flight' AND lease_expires_at IS NOT NULL
+           AND lease_lock IS NOT NULL AND lease_lock NOT IN (",
+        held_locks!(),
+        ") ORDER BY id LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Rescue the rows `ids` (from two [`orphaned`] passes) that are still in
+/// flight under a liveness lock nobody holds; the rest (settled meanwhile,
+/// claimed again, or whose holder took its lock back) are left alone.
+/// `delay` as for [`rescue_expired`].
+pub async fn rescue_orphaned(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    delay: Duration,
+) -> Result<u64, sqlx::Error> {
+    let rescued: i64 = sqlx::query_scalar(rescue!(
+        concat!("held AS MATERIALIZED (", held_locks!(), "),"),
+        "SELECT id FROM outbox WHERE id = ANY($1) AND state = 'in_flight'
+           AND lease_lock IS NOT NULL AND lease_lock NOT IN (SELECT key FROM held)
+         FOR UPDATE SKIP LOCKED",
+        "'holder ' || coalesce(lease_owner, '?') || ' is gone (its database session ended)'"
+    ))
+    .bind(ids)
+    .bind(delay.as_secs_f64())
+    .fetch_one(conn)
+    .await?;
+    Ok(u64::try_from(rescued).unwrap_or(0))
+}

@@ -1,0 +1,12 @@
+-- The liveness of a lease's holder (issue 14): each dispatcher replica holds
+-- a session-level advisory lock under a random key for as long as its
+-- database session lives, and a claim stores that key on the rows it leases.
+-- PostgreSQL releases the lock the moment the holder's session ends (a
+-- SIGKILL, a crash, a cut connection), so another replica's rescuer can see
+-- that an in-flight row's holder is gone without waiting out the lease
+-- (crates/store/src/liveness.rs). Meaningful only while the row is
+-- in_flight; NULL (a row claimed by an older release, or while the holder had
+-- no lock) leaves the row to the lease expiry alone.
+-- Expand only (docs/upgrades.md): a nullable column without a default is
+-- added without rewriting the table, and older releases never read it.
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS lease_lock bigint;

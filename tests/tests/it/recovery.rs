@@ -1,0 +1,156 @@
+//! A dead replica's rows come back in seconds, not after the lease; a paused
+//! one's do not. Real binaries, SIGKILL and SIGSTOP, a provider slow enough
+//! that the rows are in flight when the signal lands; the simulator honours
+//! idempotency keys, as a real provider does.
+
+use std::time::{Duration, Instant};
+
+use idem_simulator::Faults;
+use idem_store::OutboxState;
+use idem_tests::binary::{Proc, run, run_flags_without};
+use idem_tests::{TestEnv, spec, wait_for};
+use idem_workload as workload;
+use nix::sys::signal::Signal;
+
+const ROWS: usize = 10;
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// `idem run` for `env` as replica `id` with `role`, a lease of
+/// `lease_secs` and calls allowed a quarter of it (the lease must cover a
+/// lookup and a charge).
+fn replica(env: &TestEnv, id: &str, role: &str, lease_secs: u64) -> Proc {
+    let mut flags = run_flags_without(env, &["--lease-secs", "--charge-timeout-ms"]);
+    let timeout_ms = (lease_secs * 1000 / 4).to_string();
+    flags.extend(
+        [
+            "--lease-secs",
+            &lease_secs.to_string(),
+            "--charge-timeout-ms",
+            &timeout_ms,
+            "--replica-id",
+            id,
+            "--role",
+            role,
+        ]
+        .map(str::to_owned),
+    );
+    Proc::spawn(id, &mut run(&flags, &[("RUST_LOG", "info")]))
+}
+
+/// Rows in flight under `owner`.
+async fn in_flight_of(env: &TestEnv, owner: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE state = 'in_flight' AND lease_owner = $1")
+        .bind(owner)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// Publish [`ROWS`] charges (each on its own account) and wait until replica
+/// `a` holds every one of them in flight.
+async fn all_in_flight_at(env: &TestEnv, a: &Proc, prefix: &str) {
+    env.publish(&workload::generate(&spec(prefix, ROWS))).await;
+    let deadline = Instant::now() + SETTLE;
+    while in_flight_of(env, "a").await < ROWS as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "rows never in flight at a:\n{}",
+            a.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Invariant: with a 30 s lease, the rows a SIGKILLed replica held in flight
+/// are rescued by the survivor because the dead replica's liveness lock is
+/// gone ("holder … is gone"), and every one is charged within 8 s of the
+/// kill (a rescue within 1.5 s, then a lookup and a charge of 1 s each) —
+/// not after the lease — exactly once at the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_rows_are_charged_in_seconds_not_a_lease() {
+    let env = TestEnv::new(Faults {
+        latency_ms: 1_000,
+        ..Faults::default()
+    })
+    .await;
+    let a = replica(&env, "a", "all", 30);
+    all_in_flight_at(&env, &a, "kill").await;
+    // Frozen first, so that its rows are still in flight when the survivor
+    // is up and the kill lands.
+    a.signal(Signal::SIGSTOP);
+    let b = replica(&env, "b", "dispatcher", 30);
+    b.wait_for_line(SETTLE, |l| l.contains("dispatcher running").then_some(()))
+        .await;
+    a.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    wait_for("every row charged after the kill", SETTLE, || async {
+        env.status().await.outbox_in(OutboxState::Succeeded) == ROWS as i64
+    })
+    .await;
+    let recovered = killed.elapsed();
+    let (status, log) = b.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(
+        recovered < Duration::from_secs(8),
+        "charged {recovered:?} after the kill (lease 30 s):\n{log}"
+    );
+    assert!(
+        log.contains("reclaimed rows whose holder is gone"),
+        "rescued as gone, not expired:\n{log}"
+    );
+    let charges = env.charges_by_reference();
+    assert_eq!(charges.len(), ROWS, "{charges:?}");
+    assert!(charges.values().all(|n| *n == 1), "each once: {charges:?}");
+    println!("rows of the killed replica charged {recovered:?} after SIGKILL (lease 30 s)");
+    env.cleanup().await;
+}
+
+/// Invariant: a replica paused with SIGSTOP keeps its session, so its
+/// liveness lock holds: the survivor leaves its rows alone while the 10 s
+/// lease runs (still in flight under it 4 s after the pause), rescues them
+/// only once the lease expired, and after SIGCONT the paused replica's late
+/// results are refused by the fence — every charge exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_keeps_its_rows_until_its_lease_expires() {
+    let env = TestEnv::new(Faults {
+        latency_ms: 1_000,
+        ..Faults::default()
+    })
+    .await;
+    let a = replica(&env, "a", "all", 10);
+    all_in_flight_at(&env, &a, "pause").await;
+    a.signal(Signal::SIGSTOP);
+    let paused = Instant::now();
+    let b = replica(&env, "b", "dispatcher", 10);
+    b.wait_for_line(SETTLE, |l| l.contains("dispatcher running").then_some(()))
+        .await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(paused.elapsed())).await;
+    let still = in_flight_of(&env, "a").await;
+    assert_eq!(
+        still,
+        ROWS as i64,
+        "a paused holder's rows were taken early:\n{}",
+        b.text()
+    );
+    wait_for("every row charged by the survivor", SETTLE, || async {
+        env.status().await.outbox_in(OutboxState::Succeeded) == ROWS as i64
+    })
+    .await;
+    a.signal(Signal::SIGCONT);
+    let (status, log) = b.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("reclaimed rows whose lease expired"),
+        "rescued after the lease:\n{log}"
+    );
+    assert!(
+        !log.contains("reclaimed rows whose holder is gone"),
+        "a paused holder is not gone:\n{log}"
+    );
+    let (status, log_a) = a.stop().await;
+    assert!(status.success(), "{log_a}");
+    let charges = env.charges_by_reference();
+    assert_eq!(charges.len(), ROWS, "{charges:?}");
+    assert!(charges.values().all(|n| *n == 1), "each once: {charges:?}");
+    env.cleanup().await;
+}
