@@ -327,7 +327,7 @@ fn retry_causes(metrics: &str) -> BTreeSet<String> {
 /// quarantined, no row is open or dead, the replica never exits, and its
 /// `/readyz` (unready while each lasts, but for ended sessions, which the
 /// pool replaces), its log and `idem_inbox_batch_retries_total{cause}` name
-/// what it met.
+/// what it met — the dispatcher's claims meeting the lock and the rename too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_other_refusal_class_holds_and_loses_nothing() {
     let private = Private::start().await;
@@ -370,6 +370,13 @@ async fn every_other_refusal_class_holds_and_loses_nothing() {
     let log = assert_each_charged_once(&env, expected, replica).await;
     for cause in ["lock_timeout", "statement_timeout", "schema_or_privilege"] {
         assert!(causes.contains(cause), "{cause} counted: {causes:?}\n{log}");
+    }
+    for met in ["lock timeout", "relation \\\"outbox\\\" does not exist"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("claim failed") && l.contains(met)),
+            "the dispatcher met {met} too: {log}"
+        );
     }
     for condition in CONDITIONS {
         if let Some(says) = condition.log {
