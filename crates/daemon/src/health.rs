@@ -57,17 +57,39 @@ pub async fn serve(
     Ok(())
 }
 
+/// Why the pool cannot hand out a connection: the pool retries refused
+/// connections silently until its timeout and then says only that it timed
+/// out, so one connection is opened here, with the pool's own options, to
+/// hear the server's answer (too many connections, a refused password, a
+/// server starting up…). `None` if that connection works or hangs.
+async fn why_no_connection(pool: &sqlx::PgPool) -> Option<String> {
+    let options = pool.connect_options();
+    let attempt = sqlx::ConnectOptions::connect(&*options);
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Err(e)) => Some(e.to_string().chars().take(300).collect()),
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 async fn ready(State(health): State<Health>) -> (StatusCode, String) {
     let mut down: Vec<String> = Vec::new();
     match health.pool.get() {
         None => down.push("database: waiting for it at start".to_owned()),
         Some(pool) => {
             let ping = sqlx::query("SELECT 1").execute(pool);
-            if !matches!(
-                tokio::time::timeout(Duration::from_secs(2), ping).await,
-                Ok(Ok(_))
-            ) {
-                down.push("database unreachable".to_owned());
+            match tokio::time::timeout(Duration::from_secs(2), ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if !matches!(e, sqlx::Error::PoolTimedOut) => {
+                    down.push(format!("database unreachable: {e}"));
+                }
+                _ => down.push(match why_no_connection(pool).await {
+                    Some(why) => format!("database unreachable: {why}"),
+                    None => "database unreachable".to_owned(),
+                }),
             }
         }
     }

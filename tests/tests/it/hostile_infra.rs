@@ -236,13 +236,16 @@ const CONDITIONS: &[Condition] = &[
     },
     Condition {
         // The pool retries a refused connect (53300) quietly until its
-        // acquire timeout; meanwhile the replica is unready.
+        // acquire timeout; `/readyz` opens one connection itself to name
+        // the server's answer.
         name: "connection-limit",
         apply: &["ALTER ROLE idem_app CONNECTION LIMIT 0"],
         undo: &["ALTER ROLE idem_app CONNECTION LIMIT -1"],
         terminate: true,
         keep_terminating: false,
-        readyz: Some("database unreachable"),
+        readyz: Some(
+            "database unreachable: error returned from database: too many connections for role",
+        ),
         log: None,
     },
     Condition {
