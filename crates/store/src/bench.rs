@@ -160,3 +160,54 @@ pub async fn explain_claim(
     );
     Ok(lines)
 }
+
+/// The server's current WAL insert position, in bytes from the start.
+pub async fn wal_position(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+        .fetch_one(conn)
+        .await
+}
+
+/// One table's write counters (`pg_stat_user_tables`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TableWrites {
+    /// The table.
+    pub table: String,
+    /// Rows inserted.
+    pub inserted: i64,
+    /// Rows updated (HOT ones included).
+    pub updated: i64,
+    /// HOT updates.
+    pub hot_updated: i64,
+    /// Rows deleted.
+    pub deleted: i64,
+}
+
+/// The write counters of every table of this database, as far as its
+/// sessions have flushed them (a session flushes at most once a second while
+/// busy, and when it ends).
+pub async fn table_writes(conn: &mut PgConnection) -> Result<Vec<TableWrites>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT relname::text AS table, n_tup_ins AS inserted, n_tup_upd AS updated,
+                n_tup_hot_upd AS hot_updated, n_tup_del AS deleted
+         FROM pg_stat_user_tables ORDER BY relname",
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// The rows in flight under `owner`.
+pub async fn in_flight_of(conn: &mut PgConnection, owner: &str) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM outbox WHERE state = 'in_flight' AND lease_owner = $1")
+        .bind(owner)
+        .fetch_all(conn)
+        .await
+}
+
+/// Which of the rows `ids` have not settled yet.
+pub async fn unsettled_of(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM outbox WHERE id = ANY($1) AND settled_at IS NULL")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+}

@@ -20,7 +20,21 @@ fn a_small_bench_reports_every_part_and_charges_each_message_once() {
             "--messages",
             &MESSAGES.to_string(),
             "--only",
-            "baseline,tuned,latency,ceiling,claim-rate",
+            "baseline,tuned,latency,ceiling,claim-rate,skew,recovery",
+            "--recovery-messages",
+            "80",
+            "--recovery-rate",
+            "40",
+            "--recovery-kill-every-secs",
+            "1",
+            "--skew-messages",
+            "120",
+            "--skew-accounts",
+            "2",
+            "--spread-accounts",
+            "60",
+            "--skew-latency-ms",
+            "5",
             "--claim-backlog-small",
             "100",
             "--claim-backlog-large",
@@ -57,6 +71,7 @@ fn a_small_bench_reports_every_part_and_charges_each_message_once() {
         for k in ["idem_us", "pipeline_us", "simulator_us", "publisher_us"] {
             assert!(c["cpu"][k].as_f64().is_some(), "{name} cpu {k}");
         }
+        assert_writes_and_trace(c);
     }
     assert_eq!(configs[0]["settings"]["inbox_batch_size"], 1);
     assert_eq!(configs[0]["settings"]["claim_batch"], 1);
@@ -92,13 +107,76 @@ fn a_small_bench_reports_every_part_and_charges_each_message_once() {
         // sequential scan; the index scan at 1,000,000 rows is shown in
         // docs/performance.md. Here: the plan of the claim was captured.
         let text: Vec<&str> = plan.iter().map(|l| l.as_str().unwrap()).collect();
-        assert!(text[0].starts_with("Update on outbox"), "{text:?}");
+        assert!(text[0].starts_with("-- statement 1"), "{text:?}");
+        assert!(
+            text.iter().any(|l| l.starts_with("Update on outbox")),
+            "{text:?}"
+        );
         assert!(
             text.iter().any(|l| l.starts_with("Execution Time")),
             "{text:?}"
         );
     }
     assert_eq!(claim["ratios"].as_array().unwrap().len(), 2);
+
+    let skew = &report["skew"];
+    for run in ["skewed", "spread"] {
+        assert_eq!(skew[run]["messages"], 120, "{run}");
+        assert_eq!(skew[run]["charged"], 120, "{run}: charged at the provider");
+        assert_eq!(skew[run]["double_charges"], 0, "{run}");
+        assert_writes_and_trace(&skew[run]);
+    }
+    // 2 accounts at 5 ms a call allow 400 charges/s.
+    assert_eq!(skew["allowed_msg_per_s"].as_f64(), Some(400.0));
+    assert!(skew["skewed_over_allowed"].as_f64().unwrap() > 0.0);
+
+    let recovery = &report["recovery"];
+    for run in ["steady", "killed"] {
+        let r = &recovery[run];
+        assert_eq!(r["charged_once"], 80, "{run}: {r}");
+        assert_eq!(r["double_charges"], 0, "{run}");
+        assert_eq!(r["missing_charges"], 0, "{run}");
+    }
+    assert!(recovery["steady"]["kills"].as_array().unwrap().is_empty());
+    assert!(
+        !recovery["killed"]["kills"].as_array().unwrap().is_empty(),
+        "a replica was killed: {recovery}"
+    );
+    assert!(recovery["killed_over_steady"].as_f64().unwrap() > 0.0);
+}
+
+/// A configuration's writes: WAL per message, and one outbox row inserted
+/// per message (each message is one charge); its per-second trace.
+fn assert_writes_and_trace(c: &Value) {
+    let name = &c["name"];
+    let writes = &c["writes"];
+    assert!(
+        writes["wal_bytes_per_msg"].as_f64().unwrap() > 0.0,
+        "{name}"
+    );
+    let outbox = writes["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "outbox")
+        .unwrap_or_else(|| panic!("{name}: no outbox writes in {writes}"));
+    let inserted = outbox["inserted"].as_f64().unwrap();
+    assert!(
+        (inserted - 1.0).abs() < 1e-9,
+        "{name}: {inserted} outbox rows per message"
+    );
+    let trace = &c["trace"];
+    let counted: u64 = trace["per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(
+        counted <= c["messages"].as_u64().unwrap(),
+        "{name}: {trace}"
+    );
+    assert!(trace["longest_stall_s"].as_u64().is_some(), "{name}");
 }
 
 #[test]

@@ -62,6 +62,19 @@ pub struct BenchArgs {
     /// ordering allows accounts / latency charges per second at most).
     #[arg(long, default_value_t = 20)]
     pub skew_latency_ms: u64,
+    /// recovery: messages per run (two replicas as child processes, a
+    /// provider that loses 3% of answers and fails 3% of calls).
+    #[arg(long, default_value_t = 1_500)]
+    pub recovery_messages: usize,
+    /// recovery: publish rate, msg/s.
+    #[arg(long, default_value_t = 100)]
+    pub recovery_rate: u32,
+    /// recovery: seconds between two SIGKILLs in the killed run.
+    #[arg(long, default_value_t = 4)]
+    pub recovery_kill_every_secs: u64,
+    /// recovery: provider latency per call, ms (and as much jitter).
+    #[arg(long, default_value_t = 20)]
+    pub recovery_latency_ms: u64,
     /// Settled outbox rows pre-loaded into every end-to-end and ceiling
     /// database (history the claim must not pay for).
     #[arg(long, default_value_t = 0)]
@@ -140,6 +153,9 @@ pub enum Part {
     /// A backlog on few accounts against the same spread wide, default
     /// settings: the rate against what per-account ordering allows.
     Skew,
+    /// Replicas SIGKILLed mid-run: how soon their rows are charged, and the
+    /// run's length against an undisturbed one.
+    Recovery,
 }
 
 impl BenchArgs {
@@ -155,6 +171,12 @@ impl BenchArgs {
         anyhow::ensure!(
             self.accounts >= 1 && self.skew_accounts >= 1 && self.spread_accounts >= 1,
             "--accounts, --skew-accounts and --spread-accounts must be at least 1"
+        );
+        anyhow::ensure!(
+            self.recovery_messages >= 1
+                && self.recovery_rate >= 1
+                && self.recovery_kill_every_secs >= 1,
+            "--recovery-messages, --recovery-rate and --recovery-kill-every-secs must be at least 1"
         );
         anyhow::ensure!(
             self.skew_messages >= 1 && self.skew_latency_ms >= 1,

@@ -11,6 +11,9 @@
 //! - `ceiling`: the same SQL per message in a tight loop, no broker, no HTTP.
 //! - `claim-rate`: claims/s against a small and a large backlog, and the
 //!   claim's plan.
+//! - `recovery`: two replicas as child processes, one SIGKILLed every few
+//!   seconds: each kill's rows charged how soon, the run against an
+//!   undisturbed one.
 //! - `skew`: a backlog on few accounts against the same spread wide, with
 //!   the daemon's defaults: the rate against what per-account ordering allows.
 //!
@@ -24,7 +27,10 @@
 //! - `pipeline`: one end-to-end configuration, its latency and throughput.
 //! - `ceiling`: the SQL alone.
 //! - `claim_rate`: the claim against backlogs, with `EXPLAIN`.
+//! - `recovery`: kills, and the time until the killed replica's rows settle.
 //! - `skew`: few accounts against many.
+//! - `trace`: charges per second, the median, the longest stall.
+//! - `writes`: WAL bytes and row writes per message, per table.
 //! - `cpu`: CPU seconds per process from `/proc`.
 //! - `progress`: the progress bar (or plain lines off a terminal).
 //! - `report`: the tables, the ratios, `--json`.
@@ -35,9 +41,12 @@ mod claim_rate;
 mod cpu;
 mod pipeline;
 mod progress;
+mod recovery;
 mod report;
 mod scratch;
 mod skew;
+mod trace;
+mod writes;
 
 use std::time::Instant;
 
@@ -49,8 +58,11 @@ pub use ceiling::CeilingReport;
 pub use claim_rate::{ClaimRateReport, Measurement, Ratio, Shape};
 pub use cpu::PerMessage;
 pub use pipeline::{Latency, PipelineReport, Settings};
+pub use recovery::{Kill, RecoveryReport, RunReport};
 pub use report::{BenchReport, Ratios};
 pub use skew::SkewReport;
+pub use trace::Trace;
+pub use writes::{TablePerMessage, Writes};
 
 use pipeline::Configuration;
 
@@ -134,6 +146,9 @@ pub async fn measure(
     }
     if args.runs(Part::Skew) {
         report.skew = Some(skew::run(args, &watch, shutdown).await?);
+    }
+    if args.runs(Part::Recovery) {
+        report.recovery = Some(recovery::run(args, shutdown).await?);
     }
     report.finish(started.elapsed());
     Ok(report)

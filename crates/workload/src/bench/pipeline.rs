@@ -25,6 +25,8 @@ use super::args::{BenchArgs, SCOPE, workload_spec};
 use super::cpu::{PUBLISHER_THREADS, PerMessage, Watch};
 use super::progress::Progress;
 use super::scratch::{Provider, Scratch};
+use super::trace::Trace;
+use super::writes::{self, Writes};
 use crate::traffic::{self, Outgoing};
 use idem_daemon::{Config, RunArgs};
 
@@ -89,6 +91,10 @@ pub struct PipelineReport {
     pub latency_ms: Latency,
     /// CPU per message, per process.
     pub cpu: PerMessage,
+    /// WAL and row writes per message.
+    pub writes: Writes,
+    /// Charges recorded per second, and the longest stall.
+    pub trace: Trace,
 }
 
 /// The settings that matter for speed.
@@ -171,9 +177,19 @@ pub fn daemon_config(
     sim_url: &str,
     n: usize,
 ) -> anyhow::Result<Config> {
-    let replica = format!("bench-{}-{n}", cfg.name);
-    let mut argv: Vec<String> = [
-        "idem",
+    let mut argv = vec!["idem".to_owned()];
+    argv.extend(run_flags(cfg, scratch, sim_url, n));
+    let args = RunCli::try_parse_from(argv)
+        .with_context(|| format!("bad flags for the {} configuration", cfg.name))?
+        .run;
+    args.validate()
+}
+
+/// The `idem run` flags of replica `n` of `cfg` in `scratch` (see
+/// [`daemon_config`]), also for a replica run as a child process.
+pub fn run_flags(cfg: &Configuration, scratch: &Scratch, sim_url: &str, n: usize) -> Vec<String> {
+    let replica = replica_id(cfg, n);
+    let mut flags: Vec<String> = [
         "--database-url",
         &scratch.database_url,
         "--amqp-url",
@@ -198,11 +214,13 @@ pub fn daemon_config(
     .iter()
     .map(|s| s.to_string())
     .collect();
-    argv.extend(cfg.flags.iter().cloned());
-    let args = RunCli::try_parse_from(argv)
-        .with_context(|| format!("bad flags for the {} configuration", cfg.name))?
-        .run;
-    args.validate()
+    flags.extend(cfg.flags.iter().cloned());
+    flags
+}
+
+/// The name (lease owner) of replica `n` of `cfg`.
+pub fn replica_id(cfg: &Configuration, n: usize) -> String {
+    format!("bench-{}-{n}", cfg.name)
 }
 
 /// Measure `cfg` in a fresh database and queue, dropped after.
@@ -246,7 +264,9 @@ async fn drive(
     }
     let measured = async {
         wait_for_consumers(scratch, args.replicas, &mut daemons).await?;
-        measure(args, cfg, watch, scratch, provider, &mut daemons, shutdown).await
+        let before = writes::sample(&scratch.pool).await?;
+        let measured = measure(args, cfg, watch, scratch, provider, &mut daemons, shutdown).await?;
+        anyhow::Ok((measured, before))
     }
     .await;
     for (stop, _) in &daemons {
@@ -259,9 +279,15 @@ async fn drive(
             Err(e) => tracing::warn!(error = %e, "a bench replica panicked"),
         }
     }
-    let (publish_secs, stamps, elapsed, cpu) = measured?;
+    let ((publish_secs, stamps, elapsed, cpu), before) = measured?;
+    // A session flushes its counters when it ends or within a second of
+    // going idle (PostgreSQL 15): the replicas have stopped; give any
+    // session still open that second.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let writes = Writes::between(&before, &writes::sample(&scratch.pool).await?, cfg.messages);
     report(
         cfg,
+        writes,
         settings,
         scratch,
         provider,
@@ -367,7 +393,7 @@ async fn measure(
 
 /// Publish every message with confirms; returns how long that took and
 /// each message's publish time (wall clock, µs since the epoch).
-async fn publish_all(
+pub(super) async fn publish_all(
     amqp_url: String,
     queue: String,
     messages: Arc<Vec<Outgoing>>,
@@ -431,6 +457,7 @@ async fn wait_for_consumers(
 #[allow(clippy::too_many_arguments)]
 async fn report(
     cfg: &Configuration,
+    writes: Writes,
     settings: Settings,
     scratch: &Scratch,
     provider: &Provider,
@@ -452,6 +479,12 @@ async fn report(
         histogram.saturating_record((settled - at).max(1) as u64);
     }
     let span = Duration::from_micros((last_settled - first_publish).max(1) as u64);
+    let trace = Trace::of(
+        first_publish,
+        rows.iter()
+            .filter(|(id, _)| stamps.contains_key(id))
+            .filter_map(|(_, at)| at.map(|t| t.timestamp_micros())),
+    );
     let by_reference = provider.sim.ledger().gross_by_reference();
     let (mut charged, mut double) = (0, 0);
     for id in stamps.keys() {
@@ -481,5 +514,7 @@ async fn report(
         end_to_end_msg_per_s: messages as f64 / span.as_secs_f64(),
         latency_ms: Latency::of(&histogram),
         cpu,
+        writes,
+        trace,
     })
 }

@@ -9,6 +9,7 @@ use super::args::BenchArgs;
 use super::ceiling::CeilingReport;
 use super::claim_rate::ClaimRateReport;
 use super::pipeline::PipelineReport;
+use super::recovery::RecoveryReport;
 use super::skew::SkewReport;
 
 /// Everything one `idem bench` measured.
@@ -34,6 +35,8 @@ pub struct BenchReport {
     pub claim_rate: Option<ClaimRateReport>,
     /// Few accounts against many.
     pub skew: Option<SkewReport>,
+    /// Replicas killed mid-run.
+    pub recovery: Option<RecoveryReport>,
     /// Ratios between the parts.
     pub ratios: Ratios,
     /// Wall time of the whole bench, s.
@@ -63,6 +66,7 @@ impl BenchReport {
             ceiling: None,
             claim_rate: None,
             skew: None,
+            recovery: None,
             ratios: Ratios::default(),
             elapsed_s: 0.0,
         }
@@ -133,6 +137,9 @@ impl BenchReport {
         }
         if let Some(s) = &self.skew {
             out.push_str(&skew_table(s));
+        }
+        if let Some(r) = &self.recovery {
+            out.push_str(&recovery_table(r));
         }
         let _ = writeln!(out, "\n(bench took {:.0} s)", self.elapsed_s);
         out
@@ -210,6 +217,46 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
     for c in flagged {
         let _ = writeln!(out, "  {} flags: {}", c.name, c.flags);
     }
+    out
+}
+
+fn recovery_table(r: &RecoveryReport) -> String {
+    let mut out = format!(
+        "\nrecovery: {} messages at {} msg/s, 2 replicas (child processes), provider losing 3% of answers and failing 3%, lease {} s\n",
+        r.messages, r.rate, r.lease_s
+    );
+    for (name, run) in [
+        ("undisturbed", &r.steady),
+        (&*format!("SIGKILL every {} s", r.kill_every_s), &r.killed),
+    ] {
+        let _ = writeln!(
+            out,
+            "  {name:<20} {:>7.1} s, charged once/double/missing {}/{}/{}",
+            run.elapsed_s, run.charged_once, run.double_charges, run.missing_charges
+        );
+    }
+    let mut recovered: Vec<f64> = r
+        .killed
+        .kills
+        .iter()
+        .filter(|k| k.held > 0)
+        .map(|k| k.recovered_s)
+        .collect();
+    recovered.sort_by(f64::total_cmp);
+    let held: usize = r.killed.kills.iter().map(|k| k.held).sum();
+    let _ = writeln!(
+        out,
+        "  {} kills, {} rows in flight at them; killed rows settled after: median {}, max {}",
+        r.killed.kills.len(),
+        held,
+        recovered
+            .get(recovered.len() / 2)
+            .map_or_else(|| "n/a".into(), |s| format!("{s:.2} s")),
+        recovered
+            .last()
+            .map_or_else(|| "n/a".into(), |s| format!("{s:.2} s")),
+    );
+    let _ = writeln!(out, "  killed / undisturbed: {:.2}", r.killed_over_steady);
     out
 }
 

@@ -142,10 +142,15 @@ pub struct Provider {
 impl Provider {
     /// Start a simulator with `latency_ms` and no other fault.
     pub fn start(latency_ms: u64) -> anyhow::Result<Self> {
-        let sim = Simulator::new(Faults {
+        Self::with_faults(Faults {
             latency_ms,
             ..Faults::default()
-        });
+        })
+    }
+
+    /// Start a simulator with `faults`.
+    pub fn with_faults(faults: Faults) -> anyhow::Result<Self> {
+        let sim = Simulator::new(faults);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(SIMULATOR_THREADS)
