@@ -195,6 +195,16 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
     row("END-TO-END msg/s", &|c| {
         format!("{:.0}", c.end_to_end_msg_per_s)
     });
+    row("median msg/s (per-second trace)", &|c| {
+        format!("{:.0}", c.trace.median_per_s)
+    });
+    row(
+        "longest stall (s < median / 2)",
+        &|c| match c.trace.stall_began_at_s {
+            Some(at) => format!("{} @{at}s", c.trace.longest_stall_s),
+            None => "0".to_owned(),
+        },
+    );
     row("latency p50 (ms)", &|c| format!("{:.1}", c.latency_ms.p50));
     row("latency p90 (ms)", &|c| format!("{:.1}", c.latency_ms.p90));
     row("latency p99 (ms)", &|c| format!("{:.1}", c.latency_ms.p99));
@@ -213,6 +223,39 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
     row("CPU µs/msg publisher (not counted)", &|c| {
         format!("{:.1}", c.cpu.publisher_us)
     });
+    row("WAL bytes/msg", &|c| {
+        format!("{:.0}", c.writes.wal_bytes_per_msg)
+    });
+    row("row writes/msg (ins+upd+del)", &|c| {
+        format!("{:.2}", c.writes.rows_per_msg)
+    });
+    let mut tables: Vec<&str> = configs
+        .iter()
+        .flat_map(|c| c.writes.tables.iter().map(|t| t.table.as_str()))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    for table in tables {
+        row(&format!("  {table} ins/upd(HOT)/del"), &|c| {
+            c.writes
+                .tables
+                .iter()
+                .find(|t| t.table == table)
+                .map_or_else(
+                    || "-".to_owned(),
+                    |t| {
+                        let n = short_number;
+                        format!(
+                            "{}/{}({})/{}",
+                            n(t.inserted),
+                            n(t.updated),
+                            n(t.hot),
+                            n(t.deleted)
+                        )
+                    },
+                )
+        });
+    }
     let flagged: Vec<_> = configs.iter().filter(|c| !c.flags.is_empty()).collect();
     for c in flagged {
         let _ = writeln!(out, "  {} flags: {}", c.name, c.flags);
@@ -342,6 +385,15 @@ fn claim_table(c: &ClaimRateReport) -> String {
 
 fn short(shape: &str) -> &str {
     shape.split(' ').next().unwrap_or(shape)
+}
+
+/// A count per message: whole when it is, else to two places.
+fn short_number(v: f64) -> String {
+    if (v - v.round()).abs() < 0.005 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 fn opt(v: Option<f64>) -> String {
