@@ -137,10 +137,11 @@ pub async fn explain_claim(
         sqlx::query_scalar::<_, String>(&explain(walk))
             .bind("")
             .bind(bound)
+            .bind(limit)
             .fetch_all(&mut *conn)
             .await?,
     );
-    let ids: Vec<i64> = claim::heads(conn, "", bound)
+    let ids: Vec<i64> = claim::heads(conn, "", bound, limit)
         .await?
         .into_iter()
         .filter(|h| h.eligible)

@@ -135,15 +135,15 @@ pub async fn claim_as(
     let bound = walk_bound(limit);
     let mut candidates = Vec::new();
     let started_at_first = cursor.after.is_empty();
-    let walk = heads(conn, &cursor.after, bound).await?;
-    let end_reached = (walk.len() as i64) < bound;
+    let walk = heads(conn, &cursor.after, bound, limit).await?;
+    let end_reached = ran_off_the_end(&walk, bound, limit);
     cursor.after = advance(&walk, limit, end_reached, &mut candidates);
     // The walk ran off the end before the batch filled: go round once more
     // from the first account, for what is left.
     if end_reached && !started_at_first && (candidates.len() as i64) < limit {
         let rest = limit - candidates.len() as i64;
-        let walk = heads(conn, "", bound).await?;
-        let end_reached = (walk.len() as i64) < bound;
+        let walk = heads(conn, "", bound, rest).await?;
+        let end_reached = ran_off_the_end(&walk, bound, rest);
         let mut more = Vec::new();
         cursor.after = advance(&walk, rest, end_reached, &mut more);
         more.retain(|id| !candidates.contains(id));
@@ -191,25 +191,36 @@ pub struct Head {
     pub eligible: bool,
 }
 
-/// Up to `bound` accounts with open work after `after`, in account order,
-/// each with its head. A recursive skip scan: each step is one descent of
+/// Accounts with open work after `after`, in account order, each with its
+/// head: up to `bound` accounts, or fewer once `limit` heads are claimable.
+/// A recursive skip scan: each step is one descent of
 /// `outbox_open_by_account` to the next account, then one to its head.
 pub async fn heads(
     conn: &mut PgConnection,
     after: &str,
     bound: i64,
+    limit: i64,
 ) -> Result<Vec<Head>, sqlx::Error> {
     sqlx::query_as(HEADS)
         .bind(after)
         .bind(bound)
+        .bind(limit)
         .fetch_all(conn)
         .await
+}
+
+/// Whether a walk of `walk` (bounded by `bound` accounts and `limit` heads)
+/// stopped because there were no more accounts.
+fn ran_off_the_end(walk: &[Head], bound: i64, limit: i64) -> bool {
+    let claimable = walk.iter().filter(|h| h.eligible).count() as i64;
+    (walk.len() as i64) < bound && claimable < limit
 }
 
 /// The statements a claim runs, for `idem bench` to show their plans: the
 /// unordered claim (`$1` owner, `$2` lease in seconds, `$3` limit, `$4`
 /// lease token, `$5` liveness lock), or, per account, the walk (`$1` cursor,
-/// `$2` bound) and the lease (`$3` the heads' ids).
+/// `$2` most accounts, `$3` most claimable heads) and the lease (`$3` the
+/// heads' ids).
 pub fn claim_sql(per_account_ordering: bool) -> &'static [&'static str] {
     if per_account_ordering {
         &[HEADS, LEASE_HEADS]
@@ -247,28 +258,36 @@ const CLAIM: &str = concat!(
     lease_rows!("due")
 );
 
-/// The walk. `walk` holds one row per account reached (and a last row with
-/// a NULL account when it ran off the end); the lateral probe finds each
-/// account's head. Both read only `outbox_open_by_account`, whose entries are
-/// the open rows: settled history is not in it.
-const HEADS: &str = "WITH RECURSIVE walk(account_id, n) AS (
-         (SELECT o.account_id, 1 FROM outbox o
-          WHERE o.state IN ('pending', 'in_flight', 'unknown') AND o.account_id > $1
-          ORDER BY o.account_id LIMIT 1)
+/// The walk: each step descends `outbox_open_by_account` to the next
+/// account with open work, then to that account's head (oldest open row),
+/// and stops after `$2` accounts or `$3` claimable heads, whichever comes
+/// first (or at the last account). Both descents read only that index, whose
+/// entries are the open rows: settled history is not in it.
+const HEADS: &str = "WITH RECURSIVE walk(account_id, id, eligible, n, taken) AS (
+         (SELECT a.account_id, h.id, h.eligible, 1::bigint, h.eligible::int::bigint
+          FROM (SELECT o.account_id FROM outbox o
+                WHERE o.state IN ('pending', 'in_flight', 'unknown') AND o.account_id > $1
+                ORDER BY o.account_id LIMIT 1) a
+          CROSS JOIN LATERAL (
+              SELECT o.id, o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now() AS eligible
+              FROM outbox o
+              WHERE o.account_id = a.account_id AND o.state IN ('pending', 'in_flight', 'unknown')
+              ORDER BY o.id LIMIT 1) h)
        UNION ALL
-         SELECT (SELECT o.account_id FROM outbox o
-                 WHERE o.state IN ('pending', 'in_flight', 'unknown')
-                   AND o.account_id > w.account_id
-                 ORDER BY o.account_id LIMIT 1), w.n + 1
-         FROM walk w WHERE w.account_id IS NOT NULL AND w.n < $2
+         SELECT a.account_id, h.id, h.eligible, w.n + 1, w.taken + h.eligible::int
+         FROM walk w
+         CROSS JOIN LATERAL (
+             SELECT o.account_id FROM outbox o
+             WHERE o.state IN ('pending', 'in_flight', 'unknown') AND o.account_id > w.account_id
+             ORDER BY o.account_id LIMIT 1) a
+         CROSS JOIN LATERAL (
+             SELECT o.id, o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now() AS eligible
+             FROM outbox o
+             WHERE o.account_id = a.account_id AND o.state IN ('pending', 'in_flight', 'unknown')
+             ORDER BY o.id LIMIT 1) h
+         WHERE w.n < $2 AND w.taken < $3
      )
-     SELECT w.account_id, h.id,
-            h.state IN ('pending', 'unknown') AND h.next_attempt_at <= now() AS eligible
-     FROM walk w CROSS JOIN LATERAL (
-         SELECT o.id, o.state, o.next_attempt_at FROM outbox o
-         WHERE o.account_id = w.account_id AND o.state IN ('pending', 'in_flight', 'unknown')
-         ORDER BY o.id LIMIT 1) h
-     ORDER BY w.account_id";
+     SELECT account_id, id, eligible FROM walk ORDER BY account_id";
 
 /// The lease of walked heads. Under the row lock the row is checked again:
 /// still due, and no older open row of its account (one appears when an
@@ -325,6 +344,17 @@ mod tests {
         let mut taken = Vec::new();
         assert_eq!(advance(&walk, 5, false, &mut taken), "b");
         assert_eq!(taken, [2]);
+    }
+
+    #[test]
+    fn a_walk_that_stopped_at_its_bound_or_a_full_batch_did_not_reach_the_end() {
+        let walk = [head("a", 1, true), head("b", 2, false)];
+        assert!(ran_off_the_end(&walk, 3, 2), "short of both bounds");
+        assert!(
+            !ran_off_the_end(&walk, 2, 5),
+            "stopped at the account bound"
+        );
+        assert!(!ran_off_the_end(&walk, 5, 1), "stopped at a full batch");
     }
 
     #[test]
