@@ -46,7 +46,8 @@ pub struct DatabaseArgs {
         hide_env_values = true
     )]
     pub database_url: SecretUrl,
-    /// Most connections this process opens to PostgreSQL.
+    /// Most connections in this process's pool to PostgreSQL (a dispatcher
+    /// keeps one more, out of the pool, for its liveness lock).
     #[arg(long, env = "IDEM_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 }
