@@ -3,11 +3,13 @@
 //! `crate::breaker`) puts its row back with the attempt given back.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use idem_charge::{Call, ChargeClient};
 use idem_store::attempt::NewAttempt;
 use idem_store::claim::{self, AccountCursor};
+use idem_store::settle::Chain;
 use idem_store::{Claimed, Settlement, outbox};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -15,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::breaker::{Admit, Breaker, BreakerConfig};
 use crate::liveness::Liveness;
 use crate::metrics;
-use crate::recorder::Recorder;
+use crate::recorder::{Recorded, Recorder};
 use crate::rescue::LeaseRescue;
 use crate::strategy::{self, Backoff, CallLog, Policy, Step};
 
@@ -66,6 +68,9 @@ pub struct Dispatched {
     /// The provider refused the call because of us (the row went back with
     /// its attempt given back; `settlement` is the retry it amounts to).
     pub refused: bool,
+    /// The account's next row, leased to this replica by the settle
+    /// (chaining, in the dispatch loop only): the caller attempts it next.
+    pub next: Option<Claimed>,
 }
 
 /// A dispatcher replica. Cheap to clone (shares the pool and HTTP client).
@@ -87,6 +92,8 @@ pub struct Dispatcher {
     /// The liveness lock whose key claims store (shared by the clones; held
     /// while `run` runs).
     liveness: Liveness,
+    /// Set when the dispatch loop stops claiming: settles stop chaining.
+    draining: Arc<AtomicBool>,
 }
 
 impl Dispatcher {
@@ -98,6 +105,7 @@ impl Dispatcher {
             breaker: Breaker::new(config.breaker),
             cursor: Arc::default(),
             liveness: Liveness::new(),
+            draining: Arc::default(),
             pool,
             client,
             config: Arc::new(config),
@@ -159,6 +167,12 @@ impl Dispatcher {
         Ok(rows)
     }
 
+    /// Whether the last per-account claim stopped at its bound on accounts
+    /// with accounts left to walk: claim again at once instead of idling.
+    pub(crate) fn more_accounts(&self) -> bool {
+        self.config.per_account_ordering && self.lock_cursor().cut_short()
+    }
+
     fn lock_cursor(&self) -> std::sync::MutexGuard<'_, AccountCursor> {
         // The cursor is only a place to resume; one a panicking holder left
         // is as good as any.
@@ -194,6 +208,36 @@ impl Dispatcher {
     /// fenced write whatever happened meanwhile: if the lease was lost (this
     /// process was frozen, or the database was away), the fence refuses it.
     pub async fn process(&self, row: Claimed) -> anyhow::Result<Dispatched> {
+        self.attempt(row, false).await
+    }
+
+    /// [`Dispatcher::process`], then, while the settle leases the account's
+    /// next row to this replica (per-account ordering, breaker closed, not
+    /// draining), that row too: an account's charges follow one another
+    /// without a claim in between. Returns the last row's outcome.
+    pub(crate) async fn process_chain(&self, row: Claimed) -> anyhow::Result<Dispatched> {
+        let mut row = row;
+        loop {
+            let chain = self.config.per_account_ordering
+                && self.breaker.status().is_none()
+                && !self.draining.load(Ordering::Acquire);
+            let done = self.attempt(row, chain).await?;
+            match done.next.clone() {
+                Some(next) => {
+                    ::metrics::counter!(metrics::CLAIMED_ROWS).increment(1);
+                    row = next;
+                }
+                None => return Ok(done),
+            }
+        }
+    }
+
+    /// Stop chaining: the loop stopped claiming (shutdown).
+    pub(crate) fn drain_chains(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    async fn attempt(&self, row: Claimed, chain: bool) -> anyhow::Result<Dispatched> {
         let started = std::time::Instant::now();
         let bound = self.config.lease.mul_f64(0.9);
         let policy = self.policy();
@@ -225,7 +269,7 @@ impl Dispatcher {
         ::metrics::counter!(metrics::PROVIDER_RESPONSES, "class" => class).increment(1);
         idem_crash::point("dispatch.after_answer");
         let (id, reference) = (row.id, row.reference_id);
-        match self.settle(row, settlement, calls).await {
+        match self.settle(row, settlement, calls, chain).await {
             Ok(done) => {
                 ::metrics::histogram!(metrics::ATTEMPT_SECONDS, "class" => class)
                     .record(started.elapsed().as_secs_f64());
@@ -280,6 +324,7 @@ impl Dispatcher {
             },
             recorded,
             refused: true,
+            next: None,
         })
     }
 
@@ -291,10 +336,18 @@ impl Dispatcher {
         row: Claimed,
         settlement: Settlement,
         calls: Vec<Call>,
+        chain: bool,
     ) -> anyhow::Result<Dispatched> {
-        let recorded = self
+        let chain = chain.then(|| Chain {
+            lease: self.config.lease,
+            lock: self.liveness.key(),
+        });
+        let Recorded {
+            written: recorded,
+            next,
+        } = self
             .recorder
-            .record(row.id, row.lease_token, settlement.clone(), calls)
+            .record(row.id, row.lease_token, settlement.clone(), calls, chain)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if !recorded {
@@ -313,6 +366,7 @@ impl Dispatcher {
             settlement,
             recorded,
             refused: false,
+            next,
         })
     }
 

@@ -74,9 +74,14 @@ impl Liveness {
 
     /// One session: a pool connection taken out of the pool (so it is never
     /// recycled while it holds the lock), the lock, then a check every
-    /// [`CHECK_EVERY`] until shutdown (`Ok`) or the connection fails (`Err`).
+    /// [`CHECK_EVERY`] until shutdown (`Ok`) or the connection fails, answers
+    /// too slowly, or is no longer on a primary (`Err`: after a failover the
+    /// lock must be held where the claims are made).
     async fn hold_once(&self, pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let mut conn = pool.acquire().await?.detach();
+        let mut conn = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            conn = pool.acquire() => conn?.detach(),
+        };
         if !idem_store::rescue::hold_liveness(&mut conn, self.key).await? {
             anyhow::bail!("another session holds liveness key {}", self.key);
         }
@@ -91,9 +96,22 @@ impl Liveness {
                     let _ = sqlx::Connection::close(conn).await;
                     return Ok(());
                 }
-                _ = tokio::time::sleep(CHECK_EVERY) => {
-                    sqlx::query("SELECT 1").execute(&mut conn).await?;
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+            let check = idem_store::targets::in_recovery(&mut conn);
+            let recovering = tokio::select! {
+                _ = shutdown.cancelled() => continue,
+                checked = tokio::time::timeout(CHECK_EVERY, check) => checked,
+            };
+            match recovering {
+                Ok(Ok(false)) => {}
+                Ok(Ok(true)) => {
+                    anyhow::bail!("the liveness lock's server is no longer the primary")
                 }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => anyhow::bail!(
+                    "the liveness lock's connection did not answer within {CHECK_EVERY:?}"
+                ),
             }
         }
     }

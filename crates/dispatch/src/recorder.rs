@@ -3,15 +3,19 @@
 //! fenced statement ([`idem_store::settle::settle_many`]) and tells each
 //! attempt whether its lease still held. Under light load a result is written
 //! alone, at once; under heavy load results share round trips, batched by
-//! the time the previous statement took — no linger, no added latency.
+//! the time the previous statement took — no linger, no added latency. With
+//! per-account ordering, a result that ends its row also leases the account's
+//! next head to this replica in the same statement (chaining), handed back to
+//! the attempt that settled it.
 
 use std::time::{Duration, Instant};
 
 use idem_charge::Call;
 use idem_periodic::Backoff;
+use idem_store::Claimed;
 use idem_store::Settlement;
 use idem_store::attempt::NewAttempt;
-use idem_store::settle::{self, Fenced};
+use idem_store::settle::{self, Chain, Fenced, Settled};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -31,8 +35,20 @@ struct Job {
     settlement: Settlement,
     /// The provider calls the attempt made, for the history.
     calls: Vec<Call>,
-    /// Where to say whether the fence accepted it (or why it was not written).
-    done: oneshot::Sender<Result<bool, String>>,
+    /// Lease the account's next head to this replica if the row ends final.
+    chain: Option<Chain>,
+    /// Where to say whether the fence accepted it, and the next row leased
+    /// (or why it was not written).
+    done: oneshot::Sender<Result<Recorded, String>>,
+}
+
+/// What the recorder did with one result.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    /// The fence accepted it.
+    pub(crate) written: bool,
+    /// The account's next head, leased to this replica (chaining).
+    pub(crate) next: Option<Claimed>,
 }
 
 /// A handle on the recorder task; the task ends when every handle is gone.
@@ -60,21 +76,24 @@ impl Recorder {
     }
 
     /// Record `settlement` for row `id` if its lease `token` still holds:
-    /// `Ok(true)` written, `Ok(false)` refused by the fence, `Err` not written
-    /// (database error: the lease rescuer resolves the row).
+    /// `written` or refused by the fence, and with `chain`, the account's
+    /// next head leased to this replica; `Err` not written (database error:
+    /// the lease rescuer resolves the row).
     pub(crate) async fn record(
         &self,
         id: i64,
         token: Uuid,
         settlement: Settlement,
         calls: Vec<Call>,
-    ) -> Result<bool, String> {
+        chain: Option<Chain>,
+    ) -> Result<Recorded, String> {
         let (done, answer) = oneshot::channel();
         let job = Job {
             id,
             token,
             settlement,
             calls,
+            chain,
             done,
         };
         self.jobs
@@ -108,9 +127,24 @@ async fn run(pool: PgPool, replica: String, retry_for: Duration, mut queue: mpsc
         }
         ::metrics::histogram!(metrics::SETTLE_BATCH_ROWS).record(jobs.len() as f64);
         let written = write(&pool, &replica, &jobs, &mut carried, retry_for).await;
+        let mut written = written.map(|settled| {
+            settled
+                .into_iter()
+                .map(|s| (s.id, s.next))
+                .collect::<std::collections::HashMap<_, _>>()
+        });
         for job in jobs {
-            let answer = match &written {
-                Ok(ids) => Ok(ids.contains(&job.id)),
+            let answer = match &mut written {
+                Ok(settled) => Ok(match settled.remove(&job.id) {
+                    Some(next) => Recorded {
+                        written: true,
+                        next,
+                    },
+                    None => Recorded {
+                        written: false,
+                        next: None,
+                    },
+                }),
                 Err(e) => Err(e.clone()),
             };
             // The attempt may have given up waiting (shutdown): nothing to tell.
@@ -130,15 +164,17 @@ async fn write(
     jobs: &[Job],
     carried: &mut Vec<NewAttempt>,
     retry_for: Duration,
-) -> Result<Vec<i64>, String> {
+) -> Result<Vec<Settled>, String> {
     let batch: Vec<Fenced<'_>> = jobs
         .iter()
         .map(|j| Fenced {
             id: j.id,
             token: j.token,
             settlement: &j.settlement,
+            chain: j.chain.is_some(),
         })
         .collect();
+    let chain = jobs.iter().find_map(|j| j.chain);
     let mut calls = std::mem::take(carried);
     calls.extend(
         jobs.iter()
@@ -148,7 +184,7 @@ async fn write(
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     let written = loop {
         let written = match pool.acquire().await {
-            Ok(mut conn) => settle::settle_many(&mut conn, &batch, replica, &calls)
+            Ok(mut conn) => settle::settle_and_chain(&mut conn, &batch, replica, &calls, chain)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),

@@ -2,17 +2,21 @@
 //! crashed or stalled) or whose holder is gone (its liveness lock released,
 //! see `crate::liveness`); a periodic job beside the dispatch loop.
 //!
-//! A row is taken from a gone holder only when two passes in a row saw it
-//! so: after a failover the new primary holds no locks until the replicas
-//! take theirs again (within a pass), and rescuing every row in flight then
-//! would only repeat calls.
+//! A row is taken from a gone holder only when it has been seen so, under
+//! the same lease, for [`ORPHAN_GRACE`]: after a failover the new primary
+//! holds no locks until the replicas take theirs again, and a replica whose
+//! lock's connection alone was cut takes it again within about a second.
+//! Without idempotency keys a row so rescued is not due before its lease
+//! would have expired either (see `idem_store::rescue::rescue_orphaned`).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use idem_charge::ChargeClient;
 use idem_store::rescue;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::metrics;
 
@@ -28,9 +32,15 @@ pub(crate) struct LeaseRescue {
     /// without idempotency keys, this is long enough for a stalled holder's
     /// late call to land before anyone looks the charge up.
     delay: Duration,
-    /// Rows the previous pass found without a living holder.
-    suspects: Vec<i64>,
+    /// Rows (id, lease token) found without a living holder, and when first.
+    suspects: HashMap<(i64, Uuid), Instant>,
+    /// The provider honours no idempotency keys.
+    keyless: bool,
 }
+
+/// How long a row must be seen without a living holder, under one lease,
+/// before it is rescued.
+pub(crate) const ORPHAN_GRACE: Duration = Duration::from_millis(1_500);
 
 /// How often the rescuer looks for rows of gone holders (and expired
 /// leases): a dead replica's rows are back in play within two of these.
@@ -42,15 +52,17 @@ impl LeaseRescue {
     pub(crate) fn new(pool: PgPool, client: &ChargeClient, charge_timeout: Duration) -> Self {
         // Without keys, a stalled holder's late call must land before anyone
         // looks the charge up and decides to send it again.
-        let delay = if client.capabilities().idempotency_keys {
-            Duration::ZERO
-        } else {
+        let keyless = !client.capabilities().idempotency_keys;
+        let delay = if keyless {
             charge_timeout.saturating_mul(2)
+        } else {
+            Duration::ZERO
         };
         Self {
             pool,
             delay,
-            suspects: Vec::new(),
+            suspects: HashMap::new(),
+            keyless,
         }
     }
 
@@ -66,15 +78,30 @@ impl LeaseRescue {
                 "reclaimed rows whose lease expired (a replica crashed or stalled)"
             );
         }
+        let now = Instant::now();
         let orphaned = rescue::orphaned(&mut conn, RESCUE_BATCH).await?;
-        let (confirmed, fresh): (Vec<i64>, Vec<i64>) = orphaned
-            .into_iter()
-            .partition(|id| self.suspects.contains(id));
-        self.suspects = fresh;
+        // Forget rows no longer orphaned (settled, re-leased, lock back);
+        // remember new ones from now.
+        let mut suspects = HashMap::with_capacity(orphaned.len());
+        for row in orphaned {
+            let since = self.suspects.get(&row).copied().unwrap_or(now);
+            suspects.insert(row, since);
+        }
+        self.suspects = suspects;
+        let confirmed: Vec<(i64, Uuid)> = self
+            .suspects
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= ORPHAN_GRACE)
+            .map(|(row, _)| *row)
+            .collect();
         let gone = if confirmed.is_empty() {
             0
         } else {
-            rescue::rescue_orphaned(&mut conn, &confirmed, self.delay).await?
+            let rescued =
+                rescue::rescue_orphaned(&mut conn, &confirmed, self.delay, self.keyless).await?;
+            // Rows skipped as locked stay suspects for the next pass.
+            self.suspects.retain(|(id, _), _| !rescued.contains(id));
+            rescued.len() as u64
         };
         ::metrics::counter!(metrics::LEASE_RECLAIMS, "cause" => "holder_gone").increment(gone);
         if gone > 0 {

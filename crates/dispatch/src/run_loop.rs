@@ -73,16 +73,18 @@ impl Dispatcher {
                 }
             };
             let wait = match claimed {
+                // A walk cut short at its bound: more accounts to look at now.
+                Ok(rows) if rows.is_empty() && free > 0 && self.more_accounts() => Duration::ZERO,
                 Ok(rows) if rows.is_empty() => self.config.idle_poll,
                 Ok(rows) => {
                     error_backoff = Duration::from_millis(100);
-                    let full = rows.len() as i64 == limit;
+                    let full = rows.len() as i64 == limit || self.more_accounts();
                     for row in rows {
                         let permit = Arc::clone(&slots).acquire_owned().await?;
                         let this = self.clone();
                         tasks.spawn(async move {
                             let _permit = permit;
-                            this.process(row).await
+                            this.process_chain(row).await
                         });
                     }
                     // More may be due right away.
@@ -109,6 +111,7 @@ impl Dispatcher {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_task_end(joined),
             }
         }
+        self.drain_chains();
         self.drain(tasks).await;
         Ok(())
     }

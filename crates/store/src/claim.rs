@@ -30,6 +30,7 @@ use crate::outbox::Claimed;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AccountCursor {
     after: String,
+    cut_short: bool,
 }
 
 impl AccountCursor {
@@ -37,13 +38,20 @@ impl AccountCursor {
     pub fn after(&self) -> &str {
         &self.after
     }
+
+    /// Whether the last claim's walk stopped at its bound on accounts (not
+    /// at the end, not at a full batch): accounts after it may have work
+    /// right now, so the caller should claim again rather than wait.
+    pub fn cut_short(&self) -> bool {
+        self.cut_short
+    }
 }
 
 /// Accounts a walk visits at most for a claim of `limit` rows: the batch,
 /// plus room for accounts whose head is in flight or backing off (each costs
 /// two index probes), so a claim fills in one walk while few heads are busy.
 pub fn walk_bound(limit: i64) -> i64 {
-    limit.max(1) * 2 + 64
+    limit.max(1).saturating_mul(2).saturating_add(64)
 }
 
 /// Who takes a lease: the replica's name (for operators), how long, and the
@@ -138,6 +146,7 @@ pub async fn claim_as(
     let walk = heads(conn, &cursor.after, bound, limit).await?;
     let end_reached = ran_off_the_end(&walk, bound, limit);
     cursor.after = advance(&walk, limit, end_reached, &mut candidates);
+    cursor.cut_short = walk.len() as i64 >= bound && (candidates.len() as i64) < limit;
     // The walk ran off the end before the batch filled: go round once more
     // from the first account, for what is left.
     if end_reached && !started_at_first && (candidates.len() as i64) < limit {
@@ -146,6 +155,7 @@ pub async fn claim_as(
         let end_reached = ran_off_the_end(&walk, bound, rest);
         let mut more = Vec::new();
         cursor.after = advance(&walk, rest, end_reached, &mut more);
+        cursor.cut_short = walk.len() as i64 >= bound && (more.len() as i64) < rest;
         more.retain(|id| !candidates.contains(id));
         candidates.extend(more);
     }
@@ -167,6 +177,9 @@ pub async fn claim_as(
 /// full, else the last account walked, else (the end reached) the start.
 fn advance(walk: &[Head], limit: i64, end_reached: bool, candidates: &mut Vec<i64>) -> String {
     for head in walk {
+        if candidates.len() as i64 >= limit {
+            break;
+        }
         if head.eligible {
             candidates.push(head.id);
             if candidates.len() as i64 >= limit {
@@ -235,7 +248,7 @@ macro_rules! lease_rows {
         concat!(
             "UPDATE outbox o SET
                  state = 'in_flight', attempts = o.attempts + 1,
-                 lease_owner = $1, lease_token = $4, lease_lock = $5,
+                 lease_owner = $1, lease_token = $4, lease_lock = $5, lease_lock_token = $4,
                  lease_expires_at = now() + make_interval(secs => $2),
                  updated_at = now()
              FROM ",

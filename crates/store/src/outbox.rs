@@ -56,7 +56,7 @@ impl OutboxState {
 }
 
 /// A row claimed by this replica, with what the dispatcher needs for the call.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Claimed {
     /// Outbox row id.
     pub id: i64,

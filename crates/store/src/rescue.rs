@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 /// The keys of the advisory locks (single-`bigint` form: high half in
 /// `classid`, low half in `objid`, `objsubid` 1) that sessions of this
@@ -27,21 +28,22 @@ macro_rules! held_locks {
 /// The rescue itself, over the rows the subquery `$rows` selects (locked,
 /// `SKIP LOCKED`), after the CTEs `$with` (empty, or ending in a comma):
 /// `unknown`, uncertain, the lease cleared and the account's slot freed, due
-/// after `$2` seconds; `$reason` is the SQL of `last_error`.
+/// at `$due`; `$reason` is the SQL of `last_error`; `$out` what it returns
+/// (from `rescued`).
 macro_rules! rescue {
-    ($with:expr, $rows:literal, $reason:literal) => {
+    ($with:expr, $rows:literal, $reason:literal, $due:literal, $out:literal) => {
         concat!(
             "WITH ", $with, " rescued AS (
                  UPDATE outbox SET state = 'unknown', uncertain_since = coalesce(uncertain_since, now()),
                      last_error = ", $reason, ",
                      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, lease_lock = NULL,
-                     next_attempt_at = now() + make_interval(secs => $2), updated_at = now()
+                     lease_lock_token = NULL, next_attempt_at = ", $due, ", updated_at = now()
                  WHERE id IN (", $rows, ")
                  RETURNING id
              ), freed AS (
                  DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM rescued)
              )
-             SELECT count(*) FROM rescued"
+             ", $out
         )
     };
 }
@@ -60,7 +62,9 @@ pub async fn rescue_expired(
         "",
         "SELECT id FROM outbox WHERE state = 'in_flight' AND lease_expires_at < now()
          ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-        "'lease of ' || coalesce(lease_owner, '?') || ' expired'"
+        "'lease of ' || coalesce(lease_owner, '?') || ' expired'",
+        "now() + make_interval(secs => $2)",
+        "SELECT count(*) FROM rescued"
     ))
     .bind(limit)
     .bind(delay.as_secs_f64())
@@ -88,14 +92,22 @@ pub async fn hold_liveness(conn: &mut PgConnection, key: i64) -> Result<bool, sq
         .await
 }
 
-/// In-flight rows (up to `limit`) whose holder's liveness lock no session of
-/// this database holds: the holder is gone. Reads the in-flight rows through
-/// `outbox_lease` and the lock table once: O(rows in flight), never the
-/// table's history.
-pub async fn orphaned(conn: &mut PgConnection, limit: i64) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(concat!(
-        "SELECT id FROM outbox WHERE state = 'in_flight' AND lease_expires_at IS NOT NULL
-           AND lease_lock IS NOT NULL AND lease_lock NOT IN (",
+/// In-flight rows (up to `limit`), with their lease token, whose holder's
+/// liveness lock no session of this database holds: the holder is gone (or
+/// has lost its lock's connection). Only a key stored with the row's current
+/// lease counts (`lease_lock_token = lease_token`): a lease an older release
+/// took or cleared leaves a stale key, which is ignored. Reads the in-flight
+/// rows through `outbox_lease` and the lock table once: O(rows in flight),
+/// never the table's history.
+pub async fn orphaned(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<(i64, Uuid)>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT id, lease_token FROM outbox
+         WHERE state = 'in_flight' AND lease_expires_at IS NOT NULL
+           AND lease_lock IS NOT NULL AND lease_lock_token = lease_token
+           AND lease_lock NOT IN (",
         held_locks!(),
         ") ORDER BY id LIMIT $1"
     ))
@@ -104,25 +116,35 @@ pub async fn orphaned(conn: &mut PgConnection, limit: i64) -> Result<Vec<i64>, s
     .await
 }
 
-/// Rescue the rows `ids` (from two [`orphaned`] passes) that are still in
-/// flight under a liveness lock nobody holds; the rest (settled meanwhile,
-/// claimed again, or whose holder took its lock back) are left alone.
-/// `delay` as for [`rescue_expired`].
+/// Rescue the rows `rows` (id and lease token, from [`orphaned`] passes) that
+/// are still in flight under the same lease and a liveness key nobody holds;
+/// the rest (settled meanwhile, claimed again, or whose holder took its lock
+/// back) are left alone. Returns the ids rescued. `delay` as for
+/// [`rescue_expired`]; with `after_lease` (a provider without idempotency
+/// keys) the row is not due before its lease would have expired plus
+/// `delay` either: a holder that only lost its lock's connection may still
+/// be calling until then, and without keys a second call would charge twice.
 pub async fn rescue_orphaned(
     conn: &mut PgConnection,
-    ids: &[i64],
+    rows: &[(i64, Uuid)],
     delay: Duration,
-) -> Result<u64, sqlx::Error> {
-    let rescued: i64 = sqlx::query_scalar(rescue!(
-        concat!("held AS MATERIALIZED (", held_locks!(), "),"),
-        "SELECT id FROM outbox WHERE id = ANY($1) AND state = 'in_flight'
-           AND lease_lock IS NOT NULL AND lease_lock NOT IN (SELECT key FROM held)
-         FOR UPDATE SKIP LOCKED",
-        "'holder ' || coalesce(lease_owner, '?') || ' is gone (its database session ended)'"
+    after_lease: bool,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let (ids, tokens): (Vec<i64>, Vec<Uuid>) = rows.iter().copied().unzip();
+    sqlx::query_scalar(rescue!(
+        concat!("held AS MATERIALIZED (", held_locks!(), "), gone AS (SELECT * FROM unnest($1::bigint[], $3::uuid[]) AS g(id, token)),"),
+        "SELECT o.id FROM outbox o JOIN gone g ON g.id = o.id AND g.token = o.lease_token
+         WHERE o.state = 'in_flight' AND o.lease_lock IS NOT NULL
+           AND o.lease_lock_token = o.lease_token AND o.lease_lock NOT IN (SELECT key FROM held)
+         FOR UPDATE OF o SKIP LOCKED",
+        "'holder ' || coalesce(lease_owner, '?') || ' is gone (its database session ended)'",
+        "CASE WHEN $4 THEN greatest(now(), lease_expires_at) ELSE now() END + make_interval(secs => $2)",
+        "SELECT id FROM rescued"
     ))
     .bind(ids)
     .bind(delay.as_secs_f64())
-    .fetch_one(conn)
-    .await?;
-    Ok(u64::try_from(rescued).unwrap_or(0))
+    .bind(tokens)
+    .bind(after_lease)
+    .fetch_all(conn)
+    .await
 }

@@ -2,7 +2,9 @@
 //! commit. Same fence and same effects as [`crate::outbox::settle`] row by
 //! row — a result is written only where the row is still `in_flight` under
 //! the holder's lease token, and its account slot is freed with it — but one
-//! round trip for a whole batch of results.
+//! round trip for a whole batch of results. With per-account ordering, the
+//! same statement can lease each account's next charge to the replica
+//! ([`settle_and_chain`]).
 
 use std::sync::LazyLock;
 
@@ -10,7 +12,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::attempt::{self, NewAttempt};
-use crate::outbox::Settlement;
+use crate::outbox::{Claimed, Settlement};
 use crate::quarantine::{sanitize, sanitize_json};
 
 /// One result to record: the row, the holder's lease token, the outcome.
@@ -22,16 +24,29 @@ pub struct Fenced<'a> {
     pub token: Uuid,
     /// What to record.
     pub settlement: &'a Settlement,
+    /// Whether, if this leaves the row final, the account's next head is to
+    /// be leased to the same replica ([`settle_and_chain`]).
+    pub chain: bool,
 }
 
 /// The group settle, with the attempt-history insert as its first CTE
 /// (parameters 9..16); built once: it runs for every group of results.
+///
+/// With chaining (`$17`, per row; `$18` the lease in seconds, `$19` the
+/// liveness key): a row that reaches a final state hands its account's slot
+/// to the account's next head and leases that row to the same replica, in
+/// the same statement — per-account ordering without a claim round trip
+/// between two charges of one account. The next head is the account's
+/// smallest open id but the settled row's (the statement's snapshot still
+/// shows the settled row in flight), due, not locked by anyone; the slot
+/// moves only from the row being settled, so "one in flight per account"
+/// holds as for a claim.
 static SETTLE_MANY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH calls AS ({}), x AS (
              SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
-                                  $6::text[], $7::float8[], $8::bool[])
-                 AS x(id, token, kind, charge_id, result, error, delay, uncertain)
+                                  $6::text[], $7::float8[], $8::bool[], $17::bool[])
+                 AS x(id, token, kind, charge_id, result, error, delay, uncertain, chain)
          ), locked AS (
              -- Rows locked in id order, as the inbox's duplicates lock them
              -- (`batch::on_duplicates`): two transactions over the same rows
@@ -56,14 +71,108 @@ static SETTLE_MANY: LazyLock<String> = LazyLock::new(|| {
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
              FROM x JOIN locked l ON l.id = x.id
              WHERE o.id = x.id AND o.lease_token = x.token AND o.state = 'in_flight'
-             RETURNING o.id
+             RETURNING o.id, o.account_id, x.chain AND x.kind <> 'retry' AS chains
+         ), heads AS (
+             SELECT s.id AS settled_id, h.id
+             FROM settled s CROSS JOIN LATERAL (
+                 SELECT o.id FROM outbox o
+                 WHERE o.account_id = s.account_id AND o.id <> s.id
+                   AND o.state IN ('pending', 'in_flight', 'unknown')
+                 ORDER BY o.id LIMIT 1) h
+             WHERE s.chains
+         ), next AS (
+             SELECT o.id, o.account_id, gen_random_uuid() AS token FROM outbox o
+             WHERE o.id IN (SELECT id FROM heads)
+               AND o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now()
+             ORDER BY o.id
+             FOR UPDATE OF o SKIP LOCKED
+         ), moved AS (
+             UPDATE account_slot sl SET outbox_id = n.id, claimed_at = now()
+             FROM next n JOIN heads h ON h.id = n.id
+             WHERE sl.account_id = n.account_id AND sl.outbox_id = h.settled_id
+             RETURNING sl.outbox_id AS id, h.settled_id, n.token
          ), freed AS (
              DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM settled)
+               AND outbox_id NOT IN (SELECT settled_id FROM moved)
+         ), chained AS (
+             UPDATE outbox o SET
+                 state = 'in_flight', attempts = o.attempts + 1,
+                 lease_owner = $9, lease_token = m.token, lease_lock = $19,
+                 lease_lock_token = m.token,
+                 lease_expires_at = now() + make_interval(secs => $18), updated_at = now()
+             FROM moved m WHERE o.id = m.id
+             RETURNING m.settled_id, o.id, o.lease_token, o.scope, o.message_id, o.reference_id,
+                       o.account_id, o.amount, o.currency, o.attempts, o.uncertain_since,
+                       o.traceparent
          )
-         SELECT id FROM settled",
+         SELECT s.id AS settled_id, c.id, c.lease_token, c.scope, c.message_id, c.reference_id,
+                c.account_id, c.amount, c.currency, c.attempts, c.uncertain_since, c.traceparent
+         FROM settled s LEFT JOIN chained c ON c.settled_id = s.id",
         attempt::insert_sql(9)
     )
 });
+
+/// Chaining for [`settle_and_chain`]: the lease of the next heads, and the
+/// liveness key to store on them.
+#[derive(Debug, Clone, Copy)]
+pub struct Chain {
+    /// How long the chained rows are leased.
+    pub lease: std::time::Duration,
+    /// The replica's liveness key, if it holds its lock.
+    pub lock: Option<i64>,
+}
+
+/// A result the fence accepted, and the next row of its account leased to
+/// the same replica, if chaining was asked and there was one.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The row recorded.
+    pub id: i64,
+    /// Its account's next head, now in flight under a new lease.
+    pub next: Option<Claimed>,
+}
+
+/// The row the statement returns: the settled id, and the chained row's
+/// columns (all NULL when nothing was chained).
+#[derive(sqlx::FromRow)]
+struct Row {
+    settled_id: i64,
+    id: Option<i64>,
+    lease_token: Option<Uuid>,
+    scope: Option<String>,
+    message_id: Option<String>,
+    reference_id: Option<Uuid>,
+    account_id: Option<String>,
+    amount: Option<i64>,
+    currency: Option<String>,
+    attempts: Option<i32>,
+    uncertain_since: Option<chrono::DateTime<chrono::Utc>>,
+    traceparent: Option<String>,
+}
+
+impl Row {
+    fn settled(self) -> Settled {
+        let next = (|| {
+            Some(Claimed {
+                id: self.id?,
+                lease_token: self.lease_token?,
+                scope: self.scope?,
+                message_id: self.message_id?,
+                reference_id: self.reference_id?,
+                account_id: self.account_id?,
+                amount: self.amount?,
+                currency: self.currency?,
+                attempts: self.attempts?,
+                uncertain_since: self.uncertain_since,
+                traceparent: self.traceparent,
+            })
+        })();
+        Settled {
+            id: self.settled_id,
+            next,
+        }
+    }
+}
 
 /// Record every result of `batch` whose lease still holds; returns the ids
 /// recorded (the others were refused by the fence). Rows must be distinct.
@@ -75,15 +184,29 @@ pub async fn settle_many(
     replica: &str,
     calls: &[NewAttempt],
 ) -> Result<Vec<i64>, sqlx::Error> {
+    let settled = settle_and_chain(conn, batch, replica, calls, None).await?;
+    Ok(settled.into_iter().map(|s| s.id).collect())
+}
+
+/// [`settle_many`], and for every result with `chain` set that leaves its
+/// row final (succeeded, declined, dead), the account's next head leased to
+/// `replica` under `chain` (see [`SETTLE_MANY`]).
+pub async fn settle_and_chain(
+    conn: &mut PgConnection,
+    batch: &[Fenced<'_>],
+    replica: &str,
+    calls: &[NewAttempt],
+    chain: Option<Chain>,
+) -> Result<Vec<Settled>, sqlx::Error> {
     let mut cols = Columns::default();
     for f in batch {
-        cols.push(f);
+        cols.push(f, chain.is_some());
     }
     let history = attempt::Columns::of(calls);
     // Column by column, one array each; `SET` reads the row's old values, as
     // the single-row statements do. Final states are written with the
     // trigger of the result events firing per row, as for single settles.
-    sqlx::query_scalar(SETTLE_MANY.as_str())
+    let rows: Vec<Row> = sqlx::query_as(SETTLE_MANY.as_str())
         .bind(cols.id)
         .bind(cols.token)
         .bind(cols.kind)
@@ -100,8 +223,12 @@ pub async fn settle_many(
         .bind(history.http_status)
         .bind(history.error)
         .bind(history.provider_id)
+        .bind(cols.chain)
+        .bind(chain.map_or(0.0, |c| c.lease.as_secs_f64()))
+        .bind(chain.and_then(|c| c.lock))
         .fetch_all(conn)
-        .await
+        .await?;
+    Ok(rows.into_iter().map(Row::settled).collect())
 }
 
 /// The batch as one array per column.
@@ -115,11 +242,13 @@ struct Columns {
     error: Vec<Option<String>>,
     delay: Vec<f64>,
     uncertain: Vec<bool>,
+    chain: Vec<bool>,
 }
 
 impl Columns {
-    fn push(&mut self, f: &Fenced<'_>) {
+    fn push(&mut self, f: &Fenced<'_>, chain: bool) {
         self.id.push(f.id);
+        self.chain.push(chain && f.chain);
         self.token.push(f.token);
         let (kind, charge_id, result, error, delay, uncertain) = match f.settlement {
             Settlement::Succeeded { charge_id, result } => (

@@ -154,3 +154,71 @@ async fn a_paused_replica_keeps_its_rows_until_its_lease_expires() {
     assert!(charges.values().all(|n| *n == 1), "each once: {charges:?}");
     env.cleanup().await;
 }
+
+/// Invariant: a row counts as orphaned only while its liveness key is held
+/// by no session *and* was stored with the row's current lease: while the
+/// holder's session lives it is not; the moment that session closes it is;
+/// once its lease is changed by a statement that does not know the key (an
+/// older release's claim during a rolling upgrade) it is not any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_current_lease_under_a_released_lock_is_orphaned() {
+    use idem_store::claim::{self, Holder};
+    use idem_store::rescue::orphaned;
+    use sqlx::Connection;
+
+    let env = TestEnv::new(Faults::default()).await;
+    sqlx::query(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency)
+         VALUES ('live', 'live-1', md5('live-1')::uuid, 'acc_live', 100, 'EUR')",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let key = 0x5eed_1234_5678_9abc_i64;
+    let mut holder = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .unwrap();
+    assert!(
+        idem_store::rescue::hold_liveness(&mut holder, key)
+            .await
+            .unwrap()
+    );
+    let mut conn = env.pool.acquire().await.unwrap();
+    let lease = Holder {
+        owner: "live",
+        lease: Duration::from_secs(30),
+        lock: Some(key),
+    };
+    let rows = claim::claim_as(&mut conn, &lease, 1, None).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        orphaned(&mut conn, 10).await.unwrap().is_empty(),
+        "its holder's session lives"
+    );
+    holder.close().await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = orphaned(&mut conn, 10).await.unwrap();
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen,
+        [(rows[0].id, rows[0].lease_token)],
+        "the session ended"
+    );
+    // An older release takes the row again: a new lease, the key untouched.
+    sqlx::query("UPDATE outbox SET lease_token = gen_random_uuid() WHERE id = $1")
+        .bind(rows[0].id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        orphaned(&mut conn, 10).await.unwrap().is_empty(),
+        "a stale key does not make a lease it was not stored with orphaned"
+    );
+    drop(conn);
+    env.cleanup().await;
+}

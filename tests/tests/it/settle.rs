@@ -76,6 +76,7 @@ async fn one_statement_settles_each_kind_and_fences_the_stale() {
                 row.lease_token
             },
             settlement,
+            chain: false,
         })
         .collect();
     // One call per row for the attempt history: it is written for the stale
@@ -318,6 +319,7 @@ async fn a_settle_and_duplicates_of_its_rows_do_not_deadlock() {
                 id: r.id,
                 token: r.lease_token,
                 settlement: &settlement,
+                chain: false,
             })
             .collect();
         let mut hold = sqlx::Connection::begin(&mut *blocker).await.unwrap();
@@ -364,5 +366,125 @@ async fn a_settle_and_duplicates_of_its_rows_do_not_deadlock() {
         assert_eq!(owed, ROWS as i64, "round {round}: one result per duplicate");
     }
     drop((settler, inbox, blocker));
+    env.cleanup().await;
+}
+
+/// Invariant: with chaining, a result that ends its row leases its account's
+/// next head (the oldest open row but the settled one) to the same replica in
+/// the same statement — in flight under a new token, the account's slot
+/// moved to it — so per-account order and "one in flight per account" hold
+/// as for a claim; a retry chains nothing (its row stays the head); an
+/// account whose next row is not due is not chained and its slot is freed;
+/// a result the fence refuses chains nothing and leaves the slot alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_result_leases_its_accounts_next_row_in_the_same_statement() {
+    let env = TestEnv::new(Faults::default()).await;
+    // acc_a: three rows; acc_b: the second not due for an hour; acc_c and
+    // acc_d: two rows each.
+    sqlx::query(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
+                             next_attempt_at)
+         SELECT 'chain', 'chain-' || g, md5('chain-' || g)::uuid, a, 100, 'EUR',
+                CASE WHEN a = 'acc_b' AND n = 2 THEN now() + interval '1 hour' ELSE now() END
+         FROM (VALUES (1, 'acc_a', 1), (2, 'acc_b', 1), (3, 'acc_c', 1), (4, 'acc_d', 1),
+                      (5, 'acc_a', 2), (6, 'acc_b', 2), (7, 'acc_c', 2), (8, 'acc_d', 2),
+                      (9, 'acc_a', 3)) v(g, a, n)
+         ORDER BY g",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let mut conn = env.pool.acquire().await.unwrap();
+    let mut heads = claim::claim(&mut conn, "r", Duration::from_secs(30), 10, true)
+        .await
+        .unwrap();
+    heads.sort_by(|x, y| x.account_id.cmp(&y.account_id));
+    let accounts: Vec<&str> = heads.iter().map(|h| h.account_id.as_str()).collect();
+    assert_eq!(accounts, ["acc_a", "acc_b", "acc_c", "acc_d"]);
+    let ids: Vec<i64> = heads.iter().map(|h| h.id).collect();
+    let succeeded = Settlement::Succeeded {
+        charge_id: "ch_a".into(),
+        result: json!({"id": "ch_a"}),
+    };
+    let declined = Settlement::Declined {
+        result: json!({"error": {"type": "card_declined"}}),
+    };
+    let retry = Settlement::Retry {
+        uncertain: false,
+        error: "503".into(),
+        delay: Duration::ZERO,
+    };
+    let batch = [
+        Fenced {
+            id: heads[0].id,
+            token: heads[0].lease_token,
+            settlement: &succeeded,
+            chain: true,
+        },
+        Fenced {
+            id: heads[1].id,
+            token: heads[1].lease_token,
+            settlement: &declined,
+            chain: true,
+        },
+        Fenced {
+            id: heads[2].id,
+            token: heads[2].lease_token,
+            settlement: &retry,
+            chain: true,
+        },
+        Fenced {
+            id: heads[3].id,
+            token: uuid::Uuid::new_v4(),
+            settlement: &succeeded,
+            chain: true,
+        },
+    ];
+    let chain = idem_store::settle::Chain {
+        lease: Duration::from_secs(30),
+        lock: None,
+    };
+    let mut settled =
+        idem_store::settle::settle_and_chain(&mut conn, &batch, "r", &[], Some(chain))
+            .await
+            .unwrap();
+    settled.sort_by_key(|s| s.id);
+    let recorded: Vec<i64> = settled.iter().map(|s| s.id).collect();
+    assert_eq!(recorded, ids[..3], "the stale token is fenced off");
+    let next = settled[0].next.clone().expect("acc_a's next row leased");
+    assert!(settled[1].next.is_none(), "acc_b's next row is not due");
+    assert!(settled[2].next.is_none(), "a retry keeps its row the head");
+
+    let (state, owner, token): (OutboxState, Option<String>, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT state, lease_owner, lease_token FROM outbox WHERE id = $1")
+            .bind(next.id)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(state, OutboxState::InFlight);
+    assert_eq!(owner.as_deref(), Some("r"));
+    assert_eq!(token, Some(next.lease_token));
+    assert_ne!(next.lease_token, heads[0].lease_token, "a lease of its own");
+    let oldest_open: i64 =
+        sqlx::query_scalar("SELECT min(id) FROM outbox WHERE account_id = 'acc_a' AND id <> $1")
+            .bind(heads[0].id)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(next.id, oldest_open, "acc_a's next row in outbox order");
+    let slots: Vec<(String, i64)> =
+        sqlx::query_as("SELECT account_id, outbox_id FROM account_slot ORDER BY account_id")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        slots,
+        [
+            ("acc_a".to_owned(), next.id),
+            ("acc_d".to_owned(), heads[3].id),
+        ],
+        "acc_a's slot moved to its next row; acc_b's and acc_c's freed; acc_d's kept by its holder"
+    );
+    drop(conn);
     env.cleanup().await;
 }

@@ -221,6 +221,7 @@ pub async fn settle_all(pool: &PgPool, rows: &[Claimed]) -> anyhow::Result<()> {
             id: row.id,
             token: row.lease_token,
             settlement,
+            chain: false,
         })
         .collect();
     // One charge call per row in the attempt history, as the dispatcher writes.
