@@ -64,7 +64,7 @@ async fn all_in_flight_at(env: &TestEnv, a: &Proc, prefix: &str) {
 /// Invariant: with a 30 s lease, the rows a SIGKILLed replica held in flight
 /// are rescued by the survivor because the dead replica's liveness lock is
 /// gone ("holder … is gone"), and every one is charged within 8 s of the
-/// kill (a rescue within 1.5 s, then a lookup and a charge of 1 s each) —
+/// kill (a rescue within ~2.3 s, then a lookup and a charge of 1 s each) —
 /// not after the lease — exactly once at the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replicas_rows_are_charged_in_seconds_not_a_lease() {

@@ -152,7 +152,7 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
     let mut row = |label: &str, cell: &dyn Fn(&PipelineReport) -> String| {
         let _ = write!(out, "  {label:<38}");
         for c in configs {
-            let _ = write!(out, "{:>14}", cell(c));
+            let _ = write!(out, "{:>18}", cell(c));
         }
         out.push('\n');
     };
