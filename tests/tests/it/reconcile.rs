@@ -448,19 +448,50 @@ async fn a_charge_under_a_declined_row_is_refunded() {
     env.cleanup().await;
 }
 
-/// Every `Seq Scan`'s relation in an `EXPLAIN (FORMAT JSON)` plan.
-fn seq_scans(plan: &Value, out: &mut Vec<String>) {
+/// `rows` succeeded rows of history, one every `spacing_secs` from 30 days
+/// ago, over 100 accounts.
+async fn history(conn: &mut sqlx::PgConnection, rows: i64, spacing_secs: i64) {
+    sqlx::query(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
+                             state, attempts, provider_charge_id, settled_at, created_at, updated_at)
+         SELECT 'history', 'h-' || g, md5('history-' || g)::uuid, 'acc_' || (g % 100), 100, 'EUR',
+                'succeeded', 1, 'ch_h_' || g, t, t, t
+         FROM generate_series(1, $1::bigint) g,
+              LATERAL (SELECT now() - interval '30 days' + g * make_interval(secs => $2)) AS w(t)",
+    )
+    .bind(rows)
+    .bind(spacing_secs as f64)
+    .execute(conn)
+    .await
+    .unwrap();
+}
+
+/// Every node of an `EXPLAIN (FORMAT JSON)` plan, depth first.
+fn nodes<'a>(plan: &'a Value, out: &mut Vec<&'a serde_json::Map<String, Value>>) {
     match plan {
         Value::Object(node) => {
-            if node.get("Node Type").and_then(|t| t.as_str()) == Some("Seq Scan") {
-                let relation = node.get("Relation Name").and_then(|r| r.as_str());
-                out.push(relation.unwrap_or("?").to_owned());
-            }
-            node.values().for_each(|v| seq_scans(v, out));
+            out.push(node);
+            node.values().for_each(|v| nodes(v, out));
         }
-        Value::Array(items) => items.iter().for_each(|v| seq_scans(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| nodes(v, out)),
         _ => {}
     }
+}
+
+/// Every `Seq Scan`'s relation in an `EXPLAIN (FORMAT JSON)` plan.
+fn seq_scans(plan: &Value, out: &mut Vec<String>) {
+    let mut all = Vec::new();
+    nodes(plan, &mut all);
+    out.extend(
+        all.into_iter()
+            .filter(|n| n.get("Node Type").and_then(|t| t.as_str()) == Some("Seq Scan"))
+            .map(|n| {
+                n.get("Relation Name")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("?")
+                    .to_owned()
+            }),
+    );
 }
 
 /// Invariant: reconciliation's walk of our rows in its window costs the
@@ -471,17 +502,7 @@ fn seq_scans(plan: &Value, out: &mut Vec<String>) {
 async fn the_window_walk_reads_the_window_not_the_history() {
     let env = TestEnv::new(Faults::default()).await;
     let mut conn = env.pool.acquire().await.unwrap();
-    sqlx::query(
-        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
-                             state, attempts, provider_charge_id, settled_at, created_at, updated_at)
-         SELECT 'history', 'h-' || g, md5('history-' || g)::uuid, 'acc_' || (g % 100), 100, 'EUR',
-                'succeeded', 1, 'ch_h_' || g, t, t, t
-         FROM generate_series(1, 50000) g,
-              LATERAL (SELECT now() - interval '30 days' + g * interval '40 seconds') AS w(t)",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    history(&mut conn, 50_000, 40).await;
     idem_store::bench::load_backlog(&mut conn, "today", 200, true)
         .await
         .unwrap();
@@ -510,16 +531,13 @@ async fn the_window_walk_reads_the_window_not_the_history() {
 
 /// Every index an `EXPLAIN (FORMAT JSON)` plan reads.
 fn indexes(plan: &Value, out: &mut Vec<String>) {
-    match plan {
-        Value::Object(node) => {
-            if let Some(index) = node.get("Index Name").and_then(|i| i.as_str()) {
-                out.push(index.to_owned());
-            }
-            node.values().for_each(|v| indexes(v, out));
-        }
-        Value::Array(items) => items.iter().for_each(|v| indexes(v, out)),
-        _ => {}
-    }
+    let mut all = Vec::new();
+    nodes(plan, &mut all);
+    out.extend(
+        all.into_iter()
+            .filter_map(|n| n.get("Index Name").and_then(|i| i.as_str()))
+            .map(str::to_owned),
+    );
 }
 
 /// Invariant: judging the listing chunk by chunk costs the chunk, not the
@@ -534,17 +552,7 @@ fn indexes(plan: &Value, out: &mut Vec<String>) {
 async fn the_listing_walk_reads_a_chunk_not_the_listing() {
     let env = TestEnv::new(Faults::default()).await;
     let mut conn = env.pool.acquire().await.unwrap();
-    sqlx::query(
-        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
-                             state, attempts, provider_charge_id, settled_at, created_at, updated_at)
-         SELECT 'history', 'h-' || g, md5('history-' || g)::uuid, 'acc_' || (g % 100), 100, 'EUR',
-                'succeeded', 1, 'ch_h_' || g, t, t, t
-         FROM generate_series(1, 200000) g,
-              LATERAL (SELECT now() - interval '30 days' + g * interval '10 seconds') AS w(t)",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    history(&mut conn, 200_000, 10).await;
     idem_store::bench::vacuum_outbox(&mut conn).await.unwrap();
     idem_store::reconcile::begin_listing(&mut conn)
         .await
