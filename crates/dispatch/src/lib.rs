@@ -25,7 +25,8 @@
 //!   close it. A pure state machine ([`breaker::Circuit`]) and its shared handle.
 //! - `metrics`: the names and help texts of the metrics this crate records.
 //! - `recorder`: group commit of results — one fenced statement for every
-//!   result that queued up while the previous one was written.
+//!   result that queued up while the previous one was written, which with
+//!   per-account ordering also leases each finished account's next row.
 
 pub mod breaker;
 pub mod dispatcher;

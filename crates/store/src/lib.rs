@@ -35,7 +35,8 @@
 //! - `schema`: the embedded migrator, applying it, and checking a database's
 //!   migrations without changing them (read-only commands never migrate).
 //! - `scratch`: dropping a throw-away database (demo, bench, tests).
-//! - `settle`: many attempts' results in one fenced statement (group commit).
+//! - `settle`: many attempts' results in one fenced statement (group commit),
+//!   leasing each finished account's next head in it (chaining).
 //! - `status`: exact counts for operators and the demo; the table gauges'
 //!   sample (open work exactly through partial indexes, history estimated).
 //! - `targets`: the hosts of a URL (`h1:p1,h2:p2`), tried in order, and
