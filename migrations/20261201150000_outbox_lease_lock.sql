@@ -17,5 +17,9 @@ ALTER TABLE outbox ADD COLUMN IF NOT EXISTS lease_lock_token uuid;
 -- The claim walks accounts after a cursor that starts at '' (exclusive): an
 -- empty account id would never be walked. The inbox refuses one already;
 -- this makes it a rule of the table. NOT VALID: existing rows are not read.
-ALTER TABLE outbox ADD CONSTRAINT outbox_account_id_not_empty
-    CHECK (account_id <> '') NOT VALID;
+-- Re-runnable like every migration here (ADD CONSTRAINT has no IF NOT EXISTS).
+DO $$ BEGIN
+    ALTER TABLE outbox ADD CONSTRAINT outbox_account_id_not_empty
+        CHECK (account_id <> '') NOT VALID;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;

@@ -20,7 +20,7 @@ fn a_small_bench_reports_every_part_and_charges_each_message_once() {
             "--messages",
             &MESSAGES.to_string(),
             "--only",
-            "baseline,tuned,latency,ceiling,claim-rate,skew,recovery",
+            "baseline,tuned,latency,ceiling,claim-rate,skew,recovery,least-sql",
             "--recovery-messages",
             "80",
             "--recovery-rate",
@@ -118,6 +118,16 @@ fn a_small_bench_reports_every_part_and_charges_each_message_once() {
         );
     }
     assert_eq!(claim["ratios"].as_array().unwrap().len(), 2);
+
+    let least = &report["least_sql"];
+    assert_eq!(least["messages"], MESSAGES);
+    assert!(least["msg_per_s"].as_f64().unwrap() > 0.0);
+    assert!(least["wal_bytes_per_msg"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["ratios"]["end_to_end_over_least_sql"]
+            .as_f64()
+            .is_some()
+    );
 
     let skew = &report["skew"];
     for run in ["skewed", "spread"] {

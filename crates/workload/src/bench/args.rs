@@ -156,6 +156,9 @@ pub enum Part {
     /// Replicas SIGKILLed mid-run: how soon their rows are charged, and the
     /// run's length against an undisturbed one.
     Recovery,
+    /// The least SQL the guarantees need, in tables of its own: the ceiling
+    /// no schema of idem's can beat here.
+    LeastSql,
 }
 
 impl BenchArgs {

@@ -11,6 +11,9 @@
 //! - `ceiling`: the same SQL per message in a tight loop, no broker, no HTTP.
 //! - `claim-rate`: claims/s against a small and a large backlog, and the
 //!   claim's plan.
+//! - `least-sql`: the least SQL the guarantees need (inbox key, outbox row,
+//!   leased claim, fenced settle; 50 per transaction) in tables of its own:
+//!   the end-to-end rate is printed against it.
 //! - `recovery`: two replicas as child processes, one SIGKILLed every few
 //!   seconds: each kill's rows charged how soon, the run against an
 //!   undisturbed one.
@@ -27,6 +30,7 @@
 //! - `pipeline`: one end-to-end configuration, its latency and throughput.
 //! - `ceiling`: the SQL alone.
 //! - `claim_rate`: the claim against backlogs, with `EXPLAIN`.
+//! - `least`: the least-SQL ceiling.
 //! - `recovery`: kills, and the time until the killed replica's rows settle.
 //! - `skew`: few accounts against many.
 //! - `trace`: charges per second, the median, the longest stall.
@@ -39,6 +43,7 @@ mod args;
 mod ceiling;
 mod claim_rate;
 mod cpu;
+mod least;
 mod pipeline;
 mod progress;
 mod recovery;
@@ -57,6 +62,7 @@ pub use args::{BASELINE_FLAGS, BenchArgs, Part, TUNED_FLAGS};
 pub use ceiling::CeilingReport;
 pub use claim_rate::{ClaimRateReport, Measurement, Ratio, Shape};
 pub use cpu::PerMessage;
+pub use least::LeastReport;
 pub use pipeline::{Latency, PipelineReport, Settings};
 pub use recovery::{Kill, RecoveryReport, RunReport};
 pub use report::{BenchReport, Ratios};
@@ -146,6 +152,9 @@ pub async fn measure(
     }
     if args.runs(Part::Skew) {
         report.skew = Some(skew::run(args, &watch, shutdown).await?);
+    }
+    if args.runs(Part::LeastSql) {
+        report.least_sql = Some(least::run(args, &watch).await?);
     }
     if args.runs(Part::Recovery) {
         report.recovery = Some(recovery::run(args, shutdown).await?);

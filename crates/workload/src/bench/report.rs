@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::args::BenchArgs;
 use super::ceiling::CeilingReport;
 use super::claim_rate::ClaimRateReport;
+use super::least::LeastReport;
 use super::pipeline::PipelineReport;
 use super::recovery::RecoveryReport;
 use super::skew::SkewReport;
@@ -37,6 +38,8 @@ pub struct BenchReport {
     pub skew: Option<SkewReport>,
     /// Replicas killed mid-run.
     pub recovery: Option<RecoveryReport>,
+    /// The least SQL the guarantees need.
+    pub least_sql: Option<LeastReport>,
     /// Ratios between the parts.
     pub ratios: Ratios,
     /// Wall time of the whole bench, s.
@@ -50,6 +53,8 @@ pub struct Ratios {
     pub tuned_over_baseline: Option<f64>,
     /// Tuned end-to-end rate over the ceiling's.
     pub end_to_end_over_ceiling: Option<f64>,
+    /// Tuned end-to-end rate over the least SQL's.
+    pub end_to_end_over_least_sql: Option<f64>,
 }
 
 impl BenchReport {
@@ -67,6 +72,7 @@ impl BenchReport {
             claim_rate: None,
             skew: None,
             recovery: None,
+            least_sql: None,
             ratios: Ratios::default(),
             elapsed_s: 0.0,
         }
@@ -85,6 +91,9 @@ impl BenchReport {
             end_to_end_over_ceiling: rate("tuned")
                 .zip(self.ceiling.as_ref())
                 .map(|(t, c)| t / c.msg_per_s),
+            end_to_end_over_least_sql: rate("tuned")
+                .zip(self.least_sql.as_ref())
+                .map(|(t, l)| t / l.msg_per_s),
         };
         self.elapsed_s = elapsed.as_secs_f64();
     }
@@ -122,14 +131,34 @@ impl BenchReport {
                 c.cpu.idem_us,
             );
         }
+        if let Some(l) = &self.least_sql {
+            let _ = writeln!(
+                out,
+                "\nleast SQL: inbox key + fingerprint, outbox row with a unique reference, leased claim, fenced settle; {} per transaction, {} loops, tables of its own\n  {} messages in {:.2} s: {:.0} msg/s; WAL {:.0} bytes/msg; CPU/msg PostgreSQL {} µs, client {:.1} µs",
+                l.batch,
+                l.loops,
+                l.messages,
+                l.elapsed_s,
+                l.msg_per_s,
+                l.wal_bytes_per_msg,
+                opt(l.cpu.postgres_us),
+                l.cpu.idem_us,
+            );
+        }
         let r = &self.ratios;
-        if r.tuned_over_baseline.is_some() || r.end_to_end_over_ceiling.is_some() {
+        if r.tuned_over_baseline.is_some()
+            || r.end_to_end_over_ceiling.is_some()
+            || r.end_to_end_over_least_sql.is_some()
+        {
             out.push_str("\nratios\n");
             if let Some(x) = r.tuned_over_baseline {
                 let _ = writeln!(out, "  tuned / baseline        {x:>6.2}x");
             }
             if let Some(x) = r.end_to_end_over_ceiling {
                 let _ = writeln!(out, "  end to end / ceiling    {x:>6.2}");
+            }
+            if let Some(x) = r.end_to_end_over_least_sql {
+                let _ = writeln!(out, "  end to end / least SQL  {x:>6.2}");
             }
         }
         if let Some(c) = &self.claim_rate {
