@@ -36,6 +36,8 @@ pub struct DispatchConfig {
     pub claim_batch: i64,
     /// At most one charge per account in flight, in outbox order.
     pub per_account_ordering: bool,
+    /// With ordering, a final settle leases the account's next row.
+    pub chain_per_account: bool,
     /// Most provider calls in flight at once in this replica.
     pub concurrency: usize,
     /// Claims after which a still-failing row becomes `dead`.
@@ -219,6 +221,7 @@ impl Dispatcher {
         let mut row = row;
         loop {
             let chain = self.config.per_account_ordering
+                && self.config.chain_per_account
                 && self.breaker.status().is_none()
                 && !self.draining.load(Ordering::Acquire);
             let done = self.attempt(row, chain).await?;

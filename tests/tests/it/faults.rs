@@ -114,6 +114,7 @@ fn dispatcher(env: &TestEnv, pool: sqlx::PgPool, owner: &str, keys: bool) -> Dis
             lease: Duration::from_secs(10),
             claim_batch: 8,
             per_account_ordering: false,
+            chain_per_account: false,
             concurrency: 16,
             max_attempts: 10,
             backoff: Backoff {

@@ -28,7 +28,7 @@ async fn publish_interleaved(env: &TestEnv) {
     }
 }
 
-async fn run(ordering: bool) -> (idem_simulator::Stats, idem_simulator::Ledger) {
+async fn run(ordering: bool, chain: bool) -> (idem_simulator::Stats, idem_simulator::Ledger) {
     let env = TestEnv::new(Faults {
         latency_ms: 40,
         ..Faults::default()
@@ -44,9 +44,18 @@ async fn run(ordering: bool) -> (idem_simulator::Stats, idem_simulator::Ledger) 
     .await;
     consumer.stop().await.unwrap();
 
-    let flag = ordering.to_string();
+    let (flag, chain) = (ordering.to_string(), chain.to_string());
     let replicas: Vec<_> = (0..2)
-        .map(|_| env.start_worker(&["--role", "dispatcher", "--per-account-ordering", &flag]))
+        .map(|_| {
+            env.start_worker(&[
+                "--role",
+                "dispatcher",
+                "--per-account-ordering",
+                &flag,
+                "--chain-per-account",
+                &chain,
+            ])
+        })
         .collect();
     wait_for("backlog charged", Duration::from_secs(90), || async {
         env.status().await.outbox_in(OutboxState::Succeeded) == total
@@ -70,7 +79,18 @@ async fn run(ordering: bool) -> (idem_simulator::Stats, idem_simulator::Ledger) 
 /// unrelated accounts still go concurrently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_charge_per_account_in_flight_in_arrival_order() {
-    let (stats, ledger) = run(true).await;
+    in_order_one_at_a_time(false).await;
+}
+
+/// Invariant: the same with chaining (a settle leases its account's next
+/// row), across two replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_charges_keep_one_per_account_in_arrival_order() {
+    in_order_one_at_a_time(true).await;
+}
+
+async fn in_order_one_at_a_time(chain: bool) {
+    let (stats, ledger) = run(true, chain).await;
     assert_eq!(stats.max_account_concurrency, 1, "{stats:?}");
     assert!(
         stats.max_concurrency > 1,
@@ -92,6 +112,6 @@ async fn one_charge_per_account_in_flight_in_arrival_order() {
 /// one account in flight — so the measurement above can fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_ordering_one_account_runs_concurrently() {
-    let (stats, _) = run(false).await;
+    let (stats, _) = run(false, false).await;
     assert!(stats.max_account_concurrency > 1, "{stats:?}");
 }
