@@ -41,12 +41,24 @@ pub struct Fenced<'a> {
 /// shows the settled row in flight), due, not locked by anyone; the slot
 /// moves only from the row being settled, so "one in flight per account"
 /// holds as for a claim.
-static SETTLE_MANY: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH calls AS ({}), x AS (
+static SETTLE_CHAINED: LazyLock<String> = LazyLock::new(|| settle_sql(true));
+
+/// The same without chaining: no chain column, no CTE of the chain (each
+/// would cost every settle its executor set-up even when empty).
+static SETTLE_PLAIN: LazyLock<String> = LazyLock::new(|| settle_sql(false));
+
+/// The group settle's SQL, with or without the chain (see [`SETTLE_CHAINED`]).
+fn settle_sql(chain: bool) -> String {
+    let (chain_column, chain_name, chains) = if chain {
+        (", $17::bool[]", ", chain", "x.chain AND x.kind <> 'retry'")
+    } else {
+        ("", "", "false")
+    };
+    let settle = format!(
+        "WITH calls AS ({calls}), x AS (
              SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
-                                  $6::text[], $7::float8[], $8::bool[], $17::bool[])
-                 AS x(id, token, kind, charge_id, result, error, delay, uncertain, chain)
+                                  $6::text[], $7::float8[], $8::bool[]{chain_column})
+                 AS x(id, token, kind, charge_id, result, error, delay, uncertain{chain_name})
          ), locked AS (
              -- Rows locked in id order, as the inbox's duplicates lock them
              -- (`batch::on_duplicates`): two transactions over the same rows
@@ -71,8 +83,23 @@ static SETTLE_MANY: LazyLock<String> = LazyLock::new(|| {
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
              FROM x JOIN locked l ON l.id = x.id
              WHERE o.id = x.id AND o.lease_token = x.token AND o.state = 'in_flight'
-             RETURNING o.id, o.account_id, x.chain AND x.kind <> 'retry' AS chains
-         ), heads AS (
+             RETURNING o.id, o.account_id, {chains} AS chains
+         )",
+        calls = attempt::insert_sql(9),
+    );
+    if !chain {
+        return settle
+            + ", freed AS (
+             DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM settled)
+         )
+         SELECT id AS settled_id, NULL::bigint AS id, NULL::uuid AS lease_token, NULL::text AS scope,
+                NULL::text AS message_id, NULL::uuid AS reference_id, NULL::text AS account_id,
+                NULL::bigint AS amount, NULL::text AS currency, NULL::int AS attempts,
+                NULL::timestamptz AS uncertain_since, NULL::text AS traceparent
+         FROM settled";
+    }
+    settle
+        + ", heads AS (
              SELECT s.id AS settled_id, h.id
              FROM settled s CROSS JOIN LATERAL (
                  SELECT o.id FROM outbox o
@@ -107,10 +134,8 @@ static SETTLE_MANY: LazyLock<String> = LazyLock::new(|| {
          )
          SELECT s.id AS settled_id, c.id, c.lease_token, c.scope, c.message_id, c.reference_id,
                 c.account_id, c.amount, c.currency, c.attempts, c.uncertain_since, c.traceparent
-         FROM settled s LEFT JOIN chained c ON c.settled_id = s.id",
-        attempt::insert_sql(9)
-    )
-});
+         FROM settled s LEFT JOIN chained c ON c.settled_id = s.id"
+}
 
 /// Chaining for [`settle_and_chain`]: the lease of the next heads, and the
 /// liveness key to store on them.
@@ -190,7 +215,7 @@ pub async fn settle_many(
 
 /// [`settle_many`], and for every result with `chain` set that leaves its
 /// row final (succeeded, declined, dead), the account's next head leased to
-/// `replica` under `chain` (see [`SETTLE_MANY`]).
+/// `replica` under `chain` (see [`SETTLE_CHAINED`]).
 pub async fn settle_and_chain(
     conn: &mut PgConnection,
     batch: &[Fenced<'_>],
@@ -206,7 +231,12 @@ pub async fn settle_and_chain(
     // Column by column, one array each; `SET` reads the row's old values, as
     // the single-row statements do. Final states are written with the
     // trigger of the result events firing per row, as for single settles.
-    let rows: Vec<Row> = sqlx::query_as(SETTLE_MANY.as_str())
+    let sql = if chain.is_some() {
+        SETTLE_CHAINED.as_str()
+    } else {
+        SETTLE_PLAIN.as_str()
+    };
+    let mut query = sqlx::query_as(sql)
         .bind(cols.id)
         .bind(cols.token)
         .bind(cols.kind)
@@ -222,12 +252,14 @@ pub async fn settle_and_chain(
         .bind(history.latency_ms)
         .bind(history.http_status)
         .bind(history.error)
-        .bind(history.provider_id)
-        .bind(cols.chain)
-        .bind(chain.map_or(0.0, |c| c.lease.as_secs_f64()))
-        .bind(chain.and_then(|c| c.lock))
-        .fetch_all(conn)
-        .await?;
+        .bind(history.provider_id);
+    if let Some(chain) = chain {
+        query = query
+            .bind(cols.chain)
+            .bind(chain.lease.as_secs_f64())
+            .bind(chain.lock);
+    }
+    let rows: Vec<Row> = query.fetch_all(conn).await?;
     Ok(rows.into_iter().map(Row::settled).collect())
 }
 
