@@ -16,6 +16,10 @@ use crate::breaker::Admit;
 use crate::metrics;
 use crate::rescue::PASS_EVERY;
 
+/// Most walks cut short at their bound taken back to back before an idle
+/// wait.
+const SHORT_WALKS_PER_POLL: u32 = 8;
+
 impl Dispatcher {
     /// Dispatch until `shutdown`: keep up to `concurrency` calls in flight,
     /// claim only as many rows as there are free slots (so no claimed row waits
@@ -48,6 +52,11 @@ impl Dispatcher {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let mut tasks = JoinSet::new();
         let mut error_backoff = Duration::from_millis(100);
+        // Walks cut short at their bound since the last idle wait: a few
+        // are taken back to back (so accounts beyond a bound are reached
+        // without an idle poll each), never an unbounded run (a pass over
+        // every blocked account per poll would cost O(accounts)).
+        let mut short_walks = 0;
         tracing::info!(owner = %self.config.owner, concurrency = self.config.concurrency, "dispatcher running");
         while !shutdown.is_cancelled() {
             while let Some(joined) = tasks.try_join_next() {
@@ -74,11 +83,25 @@ impl Dispatcher {
             };
             let wait = match claimed {
                 // A walk cut short at its bound: more accounts to look at now.
-                Ok(rows) if rows.is_empty() && free > 0 && self.more_accounts() => Duration::ZERO,
+                Ok(rows)
+                    if rows.is_empty()
+                        && free > 0
+                        && short_walks < SHORT_WALKS_PER_POLL
+                        && self.more_accounts() =>
+                {
+                    short_walks += 1;
+                    Duration::ZERO
+                }
                 Ok(rows) if rows.is_empty() => self.config.idle_poll,
                 Ok(rows) => {
                     error_backoff = Duration::from_millis(100);
-                    let full = rows.len() as i64 == limit || self.more_accounts();
+                    let full = rows.len() as i64 == limit
+                        || (short_walks < SHORT_WALKS_PER_POLL && self.more_accounts());
+                    if !full {
+                        short_walks = 0;
+                    } else if rows.len() as i64 != limit {
+                        short_walks += 1;
+                    }
                     for row in rows {
                         let permit = Arc::clone(&slots).acquire_owned().await?;
                         let this = self.clone();
@@ -103,6 +126,9 @@ impl Dispatcher {
             };
             if wait.is_zero() && slots.available_permits() > 0 {
                 continue;
+            }
+            if !wait.is_zero() {
+                short_walks = 0;
             }
             // Sleep until the wait is over, a slot frees up, or shutdown.
             tokio::select! {
