@@ -8,7 +8,9 @@
 
 use std::sync::LazyLock;
 
-use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use crate::attempt::{self, NewAttempt};
@@ -92,11 +94,7 @@ fn settle_sql(chain: bool) -> String {
             + ", freed AS (
              DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM settled)
          )
-         SELECT id AS settled_id, NULL::bigint AS id, NULL::uuid AS lease_token, NULL::text AS scope,
-                NULL::text AS message_id, NULL::uuid AS reference_id, NULL::text AS account_id,
-                NULL::bigint AS amount, NULL::text AS currency, NULL::int AS attempts,
-                NULL::timestamptz AS uncertain_since, NULL::text AS traceparent
-         FROM settled";
+         SELECT id FROM settled";
     }
     settle
         + ", heads AS (
@@ -209,8 +207,16 @@ pub async fn settle_many(
     replica: &str,
     calls: &[NewAttempt],
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let settled = settle_and_chain(conn, batch, replica, calls, None).await?;
-    Ok(settled.into_iter().map(|s| s.id).collect())
+    let (cols, history) = columns(batch, calls, false);
+    let ids: Vec<(i64,)> = bind_settle(
+        sqlx::query_as(SETTLE_PLAIN.as_str()),
+        cols,
+        replica,
+        history,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
 /// [`settle_many`], and for every result with `chain` set that leaves its
@@ -223,20 +229,49 @@ pub async fn settle_and_chain(
     calls: &[NewAttempt],
     chain: Option<Chain>,
 ) -> Result<Vec<Settled>, sqlx::Error> {
+    let Some(chain) = chain else {
+        let ids = settle_many(conn, batch, replica, calls).await?;
+        return Ok(ids
+            .into_iter()
+            .map(|id| Settled { id, next: None })
+            .collect());
+    };
+    let (mut cols, history) = columns(batch, calls, true);
+    let chains = std::mem::take(&mut cols.chain);
+    let rows: Vec<Row> = bind_settle(
+        sqlx::query_as(SETTLE_CHAINED.as_str()),
+        cols,
+        replica,
+        history,
+    )
+    .bind(chains)
+    .bind(chain.lease.as_secs_f64())
+    .bind(chain.lock)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Row::settled).collect())
+}
+
+/// The batch and its calls as one array per column.
+fn columns(batch: &[Fenced<'_>], calls: &[NewAttempt], chain: bool) -> (Columns, attempt::Columns) {
     let mut cols = Columns::default();
     for f in batch {
-        cols.push(f, chain.is_some());
+        cols.push(f, chain);
     }
-    let history = attempt::Columns::of(calls);
-    // Column by column, one array each; `SET` reads the row's old values, as
-    // the single-row statements do. Final states are written with the
-    // trigger of the result events firing per row, as for single settles.
-    let sql = if chain.is_some() {
-        SETTLE_CHAINED.as_str()
-    } else {
-        SETTLE_PLAIN.as_str()
-    };
-    let mut query = sqlx::query_as(sql)
+    (cols, attempt::Columns::of(calls))
+}
+
+/// Bind parameters 1..16, shared by both statements. Column by column, one
+/// array each; `SET` reads the row's old values, as the single-row
+/// statements do. Final states are written with the trigger of the result
+/// events firing per row, as for single settles.
+fn bind_settle<'q, O>(
+    query: QueryAs<'q, Postgres, O, PgArguments>,
+    cols: Columns,
+    replica: &'q str,
+    history: attempt::Columns,
+) -> QueryAs<'q, Postgres, O, PgArguments> {
+    query
         .bind(cols.id)
         .bind(cols.token)
         .bind(cols.kind)
@@ -252,15 +287,7 @@ pub async fn settle_and_chain(
         .bind(history.latency_ms)
         .bind(history.http_status)
         .bind(history.error)
-        .bind(history.provider_id);
-    if let Some(chain) = chain {
-        query = query
-            .bind(cols.chain)
-            .bind(chain.lease.as_secs_f64())
-            .bind(chain.lock);
-    }
-    let rows: Vec<Row> = query.fetch_all(conn).await?;
-    Ok(rows.into_iter().map(Row::settled).collect())
+        .bind(history.provider_id)
 }
 
 /// The batch as one array per column.

@@ -105,6 +105,18 @@ fn conflict_of(prefix: &str, i: usize) -> Outgoing {
     }
 }
 
+/// Put each row of `ids` (by message id) in the state `set` says (an
+/// `UPDATE outbox SET …` assignment list), pairwise.
+async fn set_states(pool: &sqlx::PgPool, ids: &[String], states: &[&str]) {
+    for (message_id, set) in ids.iter().zip(states) {
+        sqlx::query(&format!("UPDATE outbox SET {set} WHERE message_id = $1"))
+            .bind(message_id)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+}
+
 /// Invariant: each delete removes at most its batch of rows, oldest past the
 /// window only: 35 old keys and 35 old settled rows go in batches of
 /// 10, 10, 10, 5 (then 0), and the 10 young ones of each stay.
@@ -293,13 +305,7 @@ async fn open_charges_and_their_keys_are_never_deleted() {
         "state = 'declined'",
         "state = 'dead', last_error = 'given up'",
     ];
-    for (message_id, set) in ids.iter().zip(states) {
-        sqlx::query(&format!("UPDATE outbox SET {set} WHERE message_id = $1"))
-            .bind(message_id)
-            .execute(&env.pool)
-            .await
-            .unwrap();
-    }
+    set_states(&env.pool, &ids, &states).await;
 
     // The shortest windows the job can have: everything is past them.
     let config = RetentionConfig {
@@ -468,13 +474,7 @@ async fn unresolved_dead_and_unknown_rows_outlive_every_window() {
         "state = 'unknown', settled_at = NULL, uncertain_since = now() - interval '400 days'",
         "state = 'declined'",
     ];
-    for (message_id, set) in ids.iter().zip(states) {
-        sqlx::query(&format!("UPDATE outbox SET {set} WHERE message_id = $1"))
-            .bind(message_id)
-            .execute(&env.pool)
-            .await
-            .unwrap();
-    }
+    set_states(&env.pool, &ids, &states).await;
 
     let config = defaults(&env, 100);
     let pass = retention::run_once(&env.pool, &config, &CancellationToken::new())

@@ -414,32 +414,25 @@ async fn a_final_result_leases_its_accounts_next_row_in_the_same_statement() {
         error: "503".into(),
         delay: Duration::ZERO,
     };
-    let batch = [
-        Fenced {
-            id: heads[0].id,
-            token: heads[0].lease_token,
-            settlement: &succeeded,
-            chain: true,
-        },
-        Fenced {
-            id: heads[1].id,
-            token: heads[1].lease_token,
-            settlement: &declined,
-            chain: true,
-        },
-        Fenced {
-            id: heads[2].id,
-            token: heads[2].lease_token,
-            settlement: &retry,
-            chain: true,
-        },
-        Fenced {
-            id: heads[3].id,
-            token: uuid::Uuid::new_v4(),
-            settlement: &succeeded,
-            chain: true,
-        },
+    // acc_a succeeds, acc_b is declined, acc_c retries, acc_d's result comes
+    // under a token that is not its lease's.
+    let stale = uuid::Uuid::new_v4();
+    let results = [
+        (heads[0].lease_token, &succeeded),
+        (heads[1].lease_token, &declined),
+        (heads[2].lease_token, &retry),
+        (stale, &succeeded),
     ];
+    let batch: Vec<Fenced<'_>> = heads
+        .iter()
+        .zip(results)
+        .map(|(head, (token, settlement))| Fenced {
+            id: head.id,
+            token,
+            settlement,
+            chain: true,
+        })
+        .collect();
     let chain = idem_store::settle::Chain {
         lease: Duration::from_secs(30),
         lock: None,

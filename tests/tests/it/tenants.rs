@@ -54,13 +54,7 @@ impl BrokerUser {
     /// Connect as this user; a channel with publisher confirms on.
     async fn connect(&self) -> (Connection, Channel) {
         let url = format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password);
-        let connection = idem_inbox::connect_amqp(&url).await.unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        (connection, channel)
+        idem_tests::rabbit::confirming_channel(&url).await
     }
 }
 
