@@ -4,9 +4,12 @@
 //!
 //! At least once to the broker: an event is deleted only after every publish
 //! it owes was confirmed. A nack, a closed channel or a missing confirm leaves
-//! it for a retry (with backoff); a publisher that dies leaves it leased until
-//! the lease runs out. A retry may publish a result twice; both copies carry
-//! the same message_id ([`crate::wire::event_id`]).
+//! it for a retry (with backoff). A step claims its events by locking them in
+//! a transaction that stays open until their outcome is recorded
+//! ([`idem_store::event::claim`]): a publisher that dies, or whose database
+//! connection drops, leaves them due again at once. A retry may publish a
+//! result twice; both copies carry the same message_id
+//! ([`crate::wire::event_id`]).
 //!
 //! A reply the broker cannot route (a `reply_to` queue that no longer exists)
 //! is returned (`mandatory`), counted in `idem_events_unroutable_total{target}`
@@ -32,11 +35,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics;
 use crate::wire::{self, ResultBody};
 
-/// How long a claim holds events before another publisher may take them
-/// (after a crash). Well above [`CONFIRM_TIMEOUT`], so a live publisher always
-/// records its outcome before its lease runs out.
-pub const LEASE: Duration = Duration::from_secs(30);
-/// How long a step waits for the broker to confirm its publishes.
+/// How long a step waits for the broker to confirm its publishes (its
+/// transaction, and the locks on its events, stay open meanwhile).
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Backoff of a failed event: doubles per attempt from this...
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -52,7 +52,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(15);
 /// A broker session that lasted this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 /// How long shutdown lets a step in progress finish (it is safe to cut: its
-/// events are leased and go out again after the lease).
+/// transaction rolls back and its events are due again).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Settings of the result publisher.
@@ -245,14 +245,14 @@ impl Publisher {
 
     /// One step: claim due events, publish each to its targets on `channel`
     /// (which must have confirms on), wait for the confirms, then delete the
-    /// confirmed events and back off the others.
+    /// confirmed events and back off the others — one transaction, whose
+    /// row locks are the claim.
     #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn publish_once(&self, channel: &Channel) -> Result<Step, StepError> {
-        let events = {
-            let mut conn = self.pool.acquire().await?;
-            event::claim(&mut conn, self.config.batch, LEASE).await?
-        };
+        let mut tx = self.pool.begin().await?;
+        let events = event::claim(&mut tx, self.config.batch).await?;
         if events.is_empty() {
+            tx.commit().await?;
             return Ok(Step::default());
         }
         // `ok[i]`: every publish of event i went out and was confirmed. An
@@ -277,7 +277,13 @@ impl Publisher {
         for (ev, ok) in events.iter().zip(&ok) {
             if *ok { done.push(ev) } else { failed.push(ev) }
         }
-        self.record(&done, &failed, broken.as_ref()).await?;
+        self.record(&mut tx, &done, &failed, broken.as_ref())
+            .await?;
+        tx.commit().await?;
+        // Counted once forgotten: a step whose commit failed publishes again.
+        for ev in &done {
+            ::metrics::counter!(metrics::PUBLISHED, "kind" => ev.kind.as_str()).increment(1);
+        }
         match broken {
             Some(e) => Err(StepError::Broker(e)),
             None => Ok(Step {
@@ -339,17 +345,14 @@ impl Publisher {
     /// Delete the confirmed events and back off the failed ones.
     async fn record(
         &self,
+        conn: &mut sqlx::PgConnection,
         done: &[&ResultEvent],
         failed: &[&ResultEvent],
         broken: Option<&anyhow::Error>,
     ) -> Result<(), sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
         if !done.is_empty() {
             let ids: Vec<i64> = done.iter().map(|e| e.id).collect();
-            event::published(&mut conn, &ids).await?;
-            for ev in done {
-                ::metrics::counter!(metrics::PUBLISHED, "kind" => ev.kind.as_str()).increment(1);
-            }
+            event::published(&mut *conn, &ids).await?;
         }
         if !failed.is_empty() {
             let ids: Vec<i64> = failed.iter().map(|e| e.id).collect();
@@ -357,7 +360,7 @@ impl Publisher {
                 || "the broker nacked the publish".to_owned(),
                 |e| format!("{e:#}"),
             );
-            event::retry(&mut conn, &ids, RETRY_BASE, RETRY_MAX, &reason).await?;
+            event::retry(&mut *conn, &ids, RETRY_BASE, RETRY_MAX, &reason).await?;
             ::metrics::counter!(metrics::FAILED).increment(failed.len() as u64);
             tracing::warn!(failed = failed.len(), %reason, "result events not confirmed; retrying with backoff");
         }

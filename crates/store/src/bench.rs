@@ -52,13 +52,22 @@ pub async fn vacuum_outbox(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         .map(|_| ())
 }
 
-/// The tables autovacuum would vacuum now, at its default thresholds: more
-/// dead rows than 50 + 20% of the live ones (`autovacuum_vacuum_threshold`,
-/// `autovacuum_vacuum_scale_factor`).
+/// The tables autovacuum would vacuum now: more dead rows than
+/// `autovacuum_vacuum_threshold` + `autovacuum_vacuum_scale_factor` × the live
+/// ones, each the table's own setting (the migrations set them for the churn
+/// tables) or else the server's.
 pub async fn due_for_vacuum(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT relname::text FROM pg_stat_user_tables
-         WHERE n_dead_tup > 50 + 0.2 * n_live_tup ORDER BY relname",
+        "SELECT s.relname::text FROM pg_stat_user_tables s
+         JOIN pg_class c ON c.oid = s.relid
+         CROSS JOIN LATERAL (SELECT
+             coalesce((SELECT option_value::float8 FROM pg_options_to_table(c.reloptions)
+                       WHERE option_name = 'autovacuum_vacuum_threshold'),
+                      current_setting('autovacuum_vacuum_threshold')::float8) AS threshold,
+             coalesce((SELECT option_value::float8 FROM pg_options_to_table(c.reloptions)
+                       WHERE option_name = 'autovacuum_vacuum_scale_factor'),
+                      current_setting('autovacuum_vacuum_scale_factor')::float8) AS scale) t
+         WHERE s.n_dead_tup > t.threshold + t.scale * s.n_live_tup ORDER BY s.relname",
     )
     .fetch_all(conn)
     .await

@@ -7,12 +7,16 @@
 //! settled charge gets its stored result again ([`on_duplicate`]; for a whole
 //! batch of duplicates at once, [`crate::batch::on_duplicates`]).
 //!
-//! The publisher claims due events with a lease (`next_attempt_at` pushed
-//! ahead), publishes them with confirms outside any transaction, then deletes
-//! them ([`published`]) or backs them off ([`retry`]). A publisher that dies
-//! mid-way leaves its events to be claimed again when the lease runs out: a
-//! result may be published twice, never lost, and carries a deterministic
-//! message_id so consumers drop the second copy.
+//! The publisher claims due events by locking them (`FOR UPDATE SKIP
+//! LOCKED`) in a transaction it keeps open while it publishes them with
+//! confirms, then deletes them ([`published`]) or backs them off ([`retry`])
+//! and commits. The claim writes nothing: an `UPDATE` that pushed a lease
+//! ahead cost every event a second row version and two index entries
+//! (docs/performance.md, "Writes per message"). A publisher that dies
+//! mid-way loses its connection, and with it the locks: its events are due
+//! again at once, not after a lease. A result may be published twice, never
+//! lost, and carries a deterministic message_id so consumers drop the second
+//! copy.
 
 use std::time::Duration;
 
@@ -105,33 +109,27 @@ pub struct ResultEvent {
     pub reply_to: Option<String>,
     /// Echoed on both publishes.
     pub correlation_id: Option<String>,
-    /// Claims so far, this one included.
+    /// Failed publishes before this one.
     pub attempts: i32,
 }
 
-/// Claim up to `limit` due events for `lease`: they are not due again before
-/// the lease runs out, so another publisher skips them meanwhile. Oldest first.
-pub async fn claim(
-    conn: &mut PgConnection,
-    limit: i64,
-    lease: Duration,
-) -> Result<Vec<ResultEvent>, sqlx::Error> {
+/// Claim up to `limit` due events, oldest first, by locking them in the
+/// transaction `conn` is in: another publisher skips them until it ends.
+/// Run it inside a transaction that also records the outcome
+/// ([`published`], [`retry`]); outside one the locks end with the statement.
+pub async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<ResultEvent>, sqlx::Error> {
     let mut events: Vec<ResultEvent> = sqlx::query_as(
-        "UPDATE result_event e SET attempts = e.attempts + 1,
-             next_attempt_at = now() + make_interval(secs => $2)
-         FROM (SELECT id FROM result_event WHERE next_attempt_at <= now()
-               ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) due
-         WHERE e.id = due.id
-         RETURNING e.id, e.kind, e.outbox_id, e.scope, e.message_id, e.reference_id,
-                   e.account_id, e.amount, e.currency, e.state, e.provider_charge_id,
-                   e.result, e.error, e.settled_at, e.traceparent, e.reply_to,
-                   e.correlation_id, e.attempts",
+        "SELECT id, kind, outbox_id, scope, message_id, reference_id, account_id, amount,
+                currency, state, provider_charge_id, result, error, settled_at, traceparent,
+                reply_to, correlation_id, attempts
+         FROM result_event WHERE next_attempt_at <= now()
+         ORDER BY next_attempt_at, id LIMIT $1
+         FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
-    .bind(lease.as_secs_f64())
     .fetch_all(conn)
     .await?;
-    // RETURNING has no order; publish in claim order.
+    // Publish in settle order (the ids'), as the events were written.
     events.sort_by_key(|e| e.id);
     Ok(events)
 }
@@ -147,7 +145,8 @@ pub async fn published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx
 }
 
 /// Back off events whose publish failed (nack, lost channel, timeout):
-/// `base * 2^(attempts-1)`, at most `max`, then they are due again.
+/// `base * 2^(failures before this one)`, at most `max`, then they are due
+/// again; the failure is counted.
 pub async fn retry(
     conn: &mut PgConnection,
     ids: &[i64],
@@ -156,9 +155,9 @@ pub async fn retry(
     error: &str,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE result_event SET last_error = $4,
+        "UPDATE result_event SET last_error = $4, attempts = attempts + 1,
              next_attempt_at = now() + make_interval(secs =>
-                 least($2 * power(2, least(greatest(attempts - 1, 0), 20)), $3))
+                 least($2 * power(2, least(greatest(attempts, 0), 20)), $3))
          WHERE id = ANY($1)",
     )
     .bind(ids)

@@ -200,9 +200,10 @@ macro_rules! fenced_update {
             $assignments,
             ", lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
                  WHERE id = $1 AND lease_token = $2 AND state = 'in_flight'
-                 RETURNING id
+                 RETURNING id, account_id
              ), freed AS (
-                 DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM settled)
+                 DELETE FROM account_slot sl USING settled s
+                 WHERE sl.account_id = s.account_id AND sl.outbox_id = s.id
              )
              SELECT count(*) FROM settled"
         )

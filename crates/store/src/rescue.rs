@@ -39,9 +39,10 @@ macro_rules! rescue {
                      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, lease_lock = NULL,
                      lease_lock_token = NULL, next_attempt_at = ", $due, ", updated_at = now()
                  WHERE id IN (", $rows, ")
-                 RETURNING id
+                 RETURNING id, account_id
              ), freed AS (
-                 DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM rescued)
+                 DELETE FROM account_slot sl USING rescued r
+                 WHERE sl.account_id = r.account_id AND sl.outbox_id = r.id
              )
              ", $out
         )

@@ -92,7 +92,8 @@ fn settle_sql(chain: bool) -> String {
     if !chain {
         return settle
             + ", freed AS (
-             DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM settled)
+             DELETE FROM account_slot sl USING settled s
+             WHERE sl.account_id = s.account_id AND sl.outbox_id = s.id
          )
          SELECT id FROM settled";
     }
@@ -117,8 +118,9 @@ fn settle_sql(chain: bool) -> String {
              WHERE sl.account_id = n.account_id AND sl.outbox_id = h.settled_id
              RETURNING sl.outbox_id AS id, h.settled_id, n.token
          ), freed AS (
-             DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM settled)
-               AND outbox_id NOT IN (SELECT settled_id FROM moved)
+             DELETE FROM account_slot sl USING settled s
+             WHERE sl.account_id = s.account_id AND sl.outbox_id = s.id
+               AND s.id NOT IN (SELECT settled_id FROM moved)
          ), chained AS (
              UPDATE outbox o SET
                  state = 'in_flight', attempts = o.attempts + 1,

@@ -653,3 +653,51 @@ async fn nacked_publish_is_retried_under_the_same_message_id() {
     results.cleanup().await;
     env.cleanup().await;
 }
+
+/// Invariant: a publisher's claim is the row locks of its transaction and
+/// writes nothing. While one step holds an event, another step skips it; the
+/// moment the holder's transaction ends without recording an outcome (the
+/// publisher died, or its connection dropped) the event is due again, with no
+/// lease to wait out; and the event's row version is the one the settle wrote
+/// (a claim that pushed a lease ahead would have made a new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_claim_lasts_as_long_as_its_transaction_and_writes_nothing() {
+    let env = TestEnv::new(Faults::default()).await;
+    let reference = record(&env, "res-claim-1").await;
+    sqlx::query(
+        "UPDATE outbox SET state = 'succeeded', provider_charge_id = 'ch_manual',
+             result = '{\"id\": \"ch_manual\"}', settled_at = now()
+         WHERE reference_id = $1",
+    )
+    .bind(reference)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let version = || async {
+        sqlx::query_scalar::<_, String>("SELECT ctid::text FROM result_event")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    let written = version().await;
+
+    let mut holder = env.pool.begin().await.unwrap();
+    let held = idem_store::event::claim(&mut holder, 10).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].reference_id, reference);
+    let mut other = env.pool.begin().await.unwrap();
+    let skipped = idem_store::event::claim(&mut other, 10).await.unwrap();
+    assert!(skipped.is_empty(), "a held event is skipped: {skipped:?}");
+    other.commit().await.unwrap();
+
+    // The holder goes away without recording anything.
+    holder.rollback().await.unwrap();
+    let mut next = env.pool.begin().await.unwrap();
+    let again = idem_store::event::claim(&mut next, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "due again at once");
+    assert_eq!(again[0].id, held[0].id);
+    assert_eq!(again[0].attempts, 0, "no failure was recorded");
+    next.commit().await.unwrap();
+    assert_eq!(version().await, written, "the claims wrote no row version");
+    env.cleanup().await;
+}

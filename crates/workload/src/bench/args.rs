@@ -124,9 +124,9 @@ pub struct BenchArgs {
     pub broker: BrokerUrl,
     /// Autovacuum's naptime, emulated: every this many ms, `VACUUM
     /// (ANALYZE)` the bench database's tables whose dead rows exceed
-    /// autovacuum's default thresholds (0: never). For a server that runs
-    /// without autovacuum, as this machine's does. Its CPU counts as
-    /// PostgreSQL's.
+    /// autovacuum's thresholds, each table's own where the migrations set
+    /// them (0: never). For a server that runs without autovacuum, as this
+    /// machine's does. Its CPU counts as PostgreSQL's.
     #[arg(long, default_value_t = 1000)]
     pub vacuum_ms: u64,
     /// Print the report as JSON (progress still goes to stderr).

@@ -274,15 +274,18 @@ async fn events_loop(
     done: Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
     while done.load(Ordering::Relaxed) < total {
-        let mut conn = pool.acquire().await?;
-        let events = event::claim(&mut conn, batch, idem_events::publisher::LEASE).await?;
+        // The publisher's step without the broker: claim (row locks) and
+        // forget in one transaction.
+        let mut tx = pool.begin().await?;
+        let events = event::claim(&mut tx, batch).await?;
         if events.is_empty() {
-            drop(conn);
+            tx.commit().await?;
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
         let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-        let deleted = event::published(&mut conn, &ids).await?;
+        let deleted = event::published(&mut tx, &ids).await?;
+        tx.commit().await?;
         done.fetch_add(deleted as usize, Ordering::Relaxed);
     }
     Ok(())

@@ -106,7 +106,7 @@ impl BenchReport {
         );
         let _ = writeln!(
             out,
-            "PostgreSQL autovacuum: {}; the bench's own (default thresholds): {}",
+            "PostgreSQL autovacuum: {}; the bench's own (its thresholds): {}",
             self.server_autovacuum,
             match self.vacuum_ms {
                 0 => "never".to_owned(),

@@ -61,8 +61,8 @@ impl Scratch {
     /// Autovacuum, emulated for a server that runs without it (this
     /// machine's runs with `autovacuum = off`): every `every` (never when
     /// zero), `VACUUM (ANALYZE)` each table of the bench database whose dead
-    /// rows exceed autovacuum's default thresholds, until the returned token
-    /// is cancelled. Without it, the tables each message inserts into and
+    /// rows exceed autovacuum's thresholds (the table's own or the
+    /// server's), until the returned token is cancelled. Without it, the tables each message inserts into and
     /// deletes from (result events, account slots) and the outbox's indexes
     /// fill with dead rows, and every scan slows down as the run goes on.
     pub fn vacuum_every(&self, every: Duration) -> CancellationToken {
