@@ -178,6 +178,97 @@ pub async fn wal_position(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// Keep the server's WAL from `now` on until this session ends: a temporary
+/// physical replication slot, reserved at once, so that a run's WAL can be
+/// read back after it ([`wal_by_table`]) even when checkpoints would have
+/// recycled it. `Ok(false)` when the server does not allow it (no replication
+/// privilege, no free slot): the run then goes without the per-table split.
+pub async fn hold_wal(conn: &mut PgConnection, slot: &str) -> Result<bool, sqlx::Error> {
+    let made = sqlx::query("SELECT pg_create_physical_replication_slot($1, true, true)")
+        .bind(slot)
+        .execute(conn)
+        .await;
+    match made {
+        Ok(_) => Ok(true),
+        // 42501 insufficient privilege, 53400 configuration limit exceeded
+        // (max_replication_slots), 55000 object not in prerequisite state
+        // (wal_level minimal).
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42501" | "53400" | "55000")) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// WAL one table and its indexes (and TOAST) wrote.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TableWal {
+    /// The table (`-` for records of no relation of this database: commits,
+    /// other databases).
+    pub table: String,
+    /// Bytes of records on the table's heap (and TOAST).
+    pub heap_bytes: i64,
+    /// Bytes of records on its indexes.
+    pub index_bytes: i64,
+}
+
+/// The WAL between two positions ([`wal_position`]) split by the table of
+/// this database each record is on (its first block's relation, an index
+/// counted with its table), read with `pg_walinspect` (PostgreSQL 15+,
+/// created here if missing: a superuser's right). `None` when the extension
+/// is not available; the WAL must still be on the server ([`hold_wal`]).
+pub async fn wal_by_table(
+    conn: &mut PgConnection,
+    from: i64,
+    to: i64,
+) -> Result<Option<Vec<TableWal>>, sqlx::Error> {
+    let made = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        .execute(&mut *conn)
+        .await;
+    match made {
+        Ok(_) => {}
+        // Not installed (58P01 undefined file, 0A000), or not ours to create.
+        Err(sqlx::Error::Database(e))
+            if matches!(
+                e.code().as_deref(),
+                Some("42501" | "58P01" | "0A000" | "22023")
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    let lsn = |at: i64| format!("{:X}/{:X}", at >> 32, at & 0xFFFF_FFFF);
+    sqlx::query_as(
+        "WITH w AS (
+             SELECT record_length,
+                    substring(block_ref FROM 'rel \\d+/(\\d+)/\\d+')::oid AS db,
+                    substring(block_ref FROM 'rel \\d+/\\d+/(\\d+)')::oid AS node
+             FROM pg_get_wal_records_info($1::pg_lsn, $2::pg_lsn)
+         ), here AS (
+             SELECT w.record_length, c.relkind,
+                    coalesce(owner.relname, t.relname, c.relname)::text AS table
+             FROM w
+             LEFT JOIN pg_class c ON c.relfilenode = w.node
+                  AND w.db = (SELECT oid FROM pg_database WHERE datname = current_database())
+             LEFT JOIN pg_index i ON i.indexrelid = c.oid
+             LEFT JOIN pg_class t ON t.oid = i.indrelid
+             LEFT JOIN pg_class owner ON owner.reltoastrelid = coalesce(t.oid, c.oid)
+         )
+         SELECT coalesce(\"table\", '-') AS table,
+                coalesce(sum(record_length) FILTER (WHERE relkind IS DISTINCT FROM 'i'), 0)::bigint AS heap_bytes,
+                coalesce(sum(record_length) FILTER (WHERE relkind = 'i'), 0)::bigint AS index_bytes
+         FROM here GROUP BY 1 ORDER BY 1",
+    )
+    .bind(lsn(from))
+    .bind(lsn(to))
+    .fetch_all(conn)
+    .await
+    .map(Some)
+}
+
 /// One table's write counters (`pg_stat_user_tables`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TableWrites {

@@ -175,6 +175,22 @@ fn assert_writes_and_trace(c: &Value) {
         (inserted - 1.0).abs() < 1e-9,
         "{name}: {inserted} outbox rows per message"
     );
+    // Where the server lets the bench read its WAL back, the split adds up:
+    // the outbox wrote heap and index records, and no table more than the
+    // whole run.
+    if writes["wal_by_table"].as_bool().unwrap() {
+        let heap = outbox["wal_heap_bytes"].as_f64().unwrap();
+        let index = outbox["wal_index_bytes"].as_f64().unwrap();
+        assert!(heap > 0.0 && index > 0.0, "{name}: {outbox}");
+        let split: f64 = writes["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["wal_heap_bytes"].as_f64().unwrap() + t["wal_index_bytes"].as_f64().unwrap())
+            .sum();
+        let total = writes["wal_bytes_per_msg"].as_f64().unwrap();
+        assert!(split <= total + 1e-6, "{name}: {split} of {total} bytes");
+    }
     let trace = &c["trace"];
     let counted: u64 = trace["per_second"]
         .as_array()

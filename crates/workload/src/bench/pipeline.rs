@@ -264,9 +264,10 @@ async fn drive(
     }
     let measured = async {
         wait_for_consumers(scratch, args.replicas, &mut daemons).await?;
+        let hold = writes::WalHold::start(&scratch.database_url).await?;
         let before = writes::sample(&scratch.pool).await?;
         let measured = measure(args, cfg, watch, scratch, provider, &mut daemons, shutdown).await?;
-        anyhow::Ok((measured, before))
+        anyhow::Ok((measured, before, hold))
     }
     .await;
     for (stop, _) in &daemons {
@@ -279,12 +280,13 @@ async fn drive(
             Err(e) => tracing::warn!(error = %e, "a bench replica panicked"),
         }
     }
-    let ((publish_secs, stamps, elapsed, cpu), before) = measured?;
+    let ((publish_secs, stamps, elapsed, cpu), before, hold) = measured?;
     // A session flushes its counters when it ends or within a second of
     // going idle (PostgreSQL 15): the replicas have stopped; give any
     // session still open that second.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let writes = Writes::between(&before, &writes::sample(&scratch.pool).await?, cfg.messages);
+    let after = writes::sample(&scratch.pool).await?;
+    let writes = writes::measure(hold, &before, &after, cfg.messages).await?;
     report(
         cfg,
         writes,

@@ -284,6 +284,22 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
                     },
                 )
         });
+        if configs.iter().any(|c| c.writes.wal_by_table) {
+            row(&format!("  {table} WAL B/msg heap+indexes"), &|c| {
+                let t = c.writes.tables.iter().find(|t| t.table == table);
+                match t.and_then(|t| t.wal_heap_bytes.zip(t.wal_index_bytes)) {
+                    Some((heap, index)) => format!("{heap:.0}+{index:.0}"),
+                    None => "-".to_owned(),
+                }
+            });
+        }
+    }
+    if configs.iter().any(|c| c.writes.wal_by_table) {
+        row("  WAL B/msg on no table (commits, …)", &|c| {
+            c.writes
+                .wal_elsewhere_bytes
+                .map_or_else(|| "-".to_owned(), |b| format!("{b:.0}"))
+        });
     }
     let flagged: Vec<_> = configs.iter().filter(|c| !c.flags.is_empty()).collect();
     for c in flagged {
