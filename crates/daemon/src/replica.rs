@@ -48,6 +48,8 @@ pub async fn run_with(
     on_listening(http_addr);
     let consumes = matches!(config.role, Role::All | Role::Consumer);
     let broker = idem_inbox::consumer::BrokerStatus::new();
+    // The inbox raises it after committing new rows; the dispatcher claims then.
+    let new_work = broker.new_work();
     let dispatches = matches!(config.role, Role::All | Role::Dispatcher);
     let breaker = idem_dispatch::Breaker::new(config.dispatch.breaker);
 
@@ -130,8 +132,9 @@ pub async fn run_with(
                 .await
                 .context("result publisher")
         });
-        let dispatcher =
-            Dispatcher::new(pool.clone(), client, config.dispatch.clone()).with_breaker(breaker);
+        let dispatcher = Dispatcher::new(pool.clone(), client, config.dispatch.clone())
+            .with_breaker(breaker)
+            .with_new_work(new_work);
         let stop = stop.clone();
         roles.spawn(async move { dispatcher.run(stop).await.context("dispatcher") });
     }

@@ -96,6 +96,9 @@ pub struct Dispatcher {
     liveness: Liveness,
     /// Set when the dispatch loop stops claiming: settles stop chaining.
     draining: Arc<AtomicBool>,
+    /// Raised when new rows may be due (the replica's inbox committed some):
+    /// an idle loop claims at once instead of at the end of its poll.
+    new_work: Arc<tokio::sync::Notify>,
 }
 
 impl Dispatcher {
@@ -108,6 +111,7 @@ impl Dispatcher {
             cursor: Arc::default(),
             liveness: Liveness::new(),
             draining: Arc::default(),
+            new_work: Arc::default(),
             pool,
             client,
             config: Arc::new(config),
@@ -119,6 +123,16 @@ impl Dispatcher {
     #[must_use]
     pub fn with_breaker(mut self, breaker: Breaker) -> Self {
         self.breaker = breaker;
+        self
+    }
+
+    /// This dispatcher woken by `new_work` (the replica's inbox raises it
+    /// after committing new outbox rows) as well as by its idle poll, which
+    /// remains for work the signal does not cover: rows another replica
+    /// recorded, retries coming due.
+    #[must_use]
+    pub fn with_new_work(mut self, new_work: Arc<tokio::sync::Notify>) -> Self {
+        self.new_work = new_work;
         self
     }
 

@@ -130,10 +130,12 @@ impl Dispatcher {
             if !wait.is_zero() {
                 short_walks = 0;
             }
-            // Sleep until the wait is over, a slot frees up, or shutdown.
+            // Sleep until the wait is over, new rows are recorded, a slot
+            // frees up, or shutdown.
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.new_work.notified(), if slots.available_permits() > 0 => {}
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_task_end(joined),
             }
         }

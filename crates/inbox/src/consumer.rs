@@ -69,11 +69,14 @@ pub struct InboxConfig {
 /// shutdown); `false` while connecting and reconnecting. Cheap to clone; every
 /// clone sees the same flag.
 /// Beside it, why the consumer cannot record its batch right now, if it
-/// cannot (the database refuses it for a reason that is not the messages').
+/// cannot (the database refuses it for a reason that is not the messages'),
+/// and a signal raised each time a batch committed new outbox rows, which
+/// the replica's dispatcher waits on instead of sleeping out its idle poll.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerStatus {
     connected: Arc<AtomicBool>,
     stalled: Arc<Mutex<Option<String>>>,
+    new_work: Arc<tokio::sync::Notify>,
 }
 
 impl BrokerStatus {
@@ -85,6 +88,12 @@ impl BrokerStatus {
     /// Whether a broker session is consuming right now.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// Raised (one stored permit, `notify_one`) after every commit that wrote
+    /// an outbox row: work for a dispatcher now, not at its next poll.
+    pub fn new_work(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.new_work)
     }
 
     /// Why the batch in hand cannot be recorded, while it cannot.
@@ -420,6 +429,9 @@ async fn settle_batch(
                     }
                 }
                 admission.report_refused_replies(&items, &decisions);
+                if decisions.iter().any(|d| matches!(d, Decision::New { .. })) {
+                    status.new_work.notify_one();
+                }
                 break decisions;
             }
             Err(e) => {

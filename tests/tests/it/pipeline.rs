@@ -16,6 +16,41 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// Invariant: a replica's dispatcher is woken by its own inbox's commit, not
+/// only by its idle poll. With a 60 s poll, a message published after the
+/// dispatcher went idle is charged long before the poll would come round:
+/// the claim followed the inbox commit that recorded it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_commit_wakes_an_idle_dispatcher() {
+    let env = TestEnv::new(Faults::default()).await;
+    let worker = env.start_worker(&["--idle-poll-ms", "60000"]);
+    let messages = workload::generate(&spec("wake", 3));
+    // The first is charged by the claim at start or by the wake; after it
+    // the dispatcher is idle in its 60 s poll.
+    env.publish(&messages[..1]).await;
+    wait_for(
+        "the first row succeeded",
+        Duration::from_secs(30),
+        || async { env.status().await.outbox_in(OutboxState::Succeeded) == 1 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published = std::time::Instant::now();
+    env.publish(&messages[1..]).await;
+    wait_for("all 3 rows succeeded", Duration::from_secs(30), || async {
+        env.status().await.outbox_in(OutboxState::Succeeded) == 3
+    })
+    .await;
+    assert!(
+        published.elapsed() < Duration::from_secs(30),
+        "charged before the 60 s poll: {:?}",
+        published.elapsed()
+    );
+    assert_eq!(env.sim.ledger().charges.len(), 3);
+    worker.stop().await.unwrap();
+    env.cleanup().await;
+}
+
 /// Invariant: every distinct valid message is charged exactly once, with its
 /// own amount, and its outbox row ends `succeeded` with the provider's charge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

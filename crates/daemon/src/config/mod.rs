@@ -183,7 +183,10 @@ pub struct RunArgs {
     /// Longest retry delay in milliseconds.
     #[arg(long, env = "IDEM_RETRY_MAX_MS", default_value_t = 60_000)]
     pub retry_max_ms: u64,
-    /// Milliseconds between claims when nothing is due.
+    /// Milliseconds between claims when nothing is due. The replica's own
+    /// inbox wakes its dispatcher sooner, the moment it commits new rows;
+    /// the poll finds what that does not cover (rows another replica
+    /// recorded, retries coming due).
     #[arg(long, env = "IDEM_IDLE_POLL_MS", default_value_t = 50)]
     pub idle_poll_ms: u64,
     /// Seconds shutdown waits for calls in flight.
