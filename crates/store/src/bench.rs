@@ -52,30 +52,73 @@ pub async fn vacuum_outbox(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         .map(|_| ())
 }
 
-/// The tables autovacuum would vacuum now: more dead rows than
-/// `autovacuum_vacuum_threshold` + `autovacuum_vacuum_scale_factor` × the live
-/// ones, each the table's own setting (the migrations set them for the churn
-/// tables) or else the server's.
-pub async fn due_for_vacuum(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT s.relname::text FROM pg_stat_user_tables s
-         JOIN pg_class c ON c.oid = s.relid
-         CROSS JOIN LATERAL (SELECT
-             coalesce((SELECT option_value::float8 FROM pg_options_to_table(c.reloptions)
-                       WHERE option_name = 'autovacuum_vacuum_threshold'),
-                      current_setting('autovacuum_vacuum_threshold')::float8) AS threshold,
-             coalesce((SELECT option_value::float8 FROM pg_options_to_table(c.reloptions)
-                       WHERE option_name = 'autovacuum_vacuum_scale_factor'),
-                      current_setting('autovacuum_vacuum_scale_factor')::float8) AS scale) t
-         WHERE s.n_dead_tup > t.threshold + t.scale * s.n_live_tup ORDER BY s.relname",
-    )
-    .fetch_all(conn)
-    .await
+/// What autovacuum would do to a table now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upkeep {
+    /// More dead rows than its vacuum threshold: `VACUUM (ANALYZE)`.
+    Vacuum(String),
+    /// More rows changed since its last analyze than its analyze threshold
+    /// (inserts count, which the vacuum threshold ignores): `ANALYZE`.
+    Analyze(String),
 }
 
-/// `VACUUM (ANALYZE)` one table of this database.
-pub async fn vacuum_table(conn: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
-    let sql = format!("VACUUM (ANALYZE) \"{}\"", table.replace('"', "\"\""));
+/// The tables autovacuum would vacuum or analyze now: dead rows over
+/// `autovacuum_vacuum_threshold` + `autovacuum_vacuum_scale_factor` × live
+/// rows, or rows changed since the last analyze over
+/// `autovacuum_analyze_threshold` + `autovacuum_analyze_scale_factor` ×
+/// `reltuples`; each setting the table's own (the migrations set them for the
+/// churn tables) or else the server's. Without the analyze half a queue table
+/// keeps the statistics of the moment it was last vacuumed, which may be a
+/// moment it was empty.
+pub async fn due_for_upkeep(conn: &mut PgConnection) -> Result<Vec<Upkeep>, sqlx::Error> {
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "WITH t AS (
+             SELECT s.relname::text AS relname, s.n_dead_tup, s.n_live_tup, s.n_mod_since_analyze,
+                    greatest(c.reltuples, 0) AS reltuples, c.reloptions
+             FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+         ), o AS (
+             SELECT t.*, (SELECT option_value::float8 FROM pg_options_to_table(t.reloptions) x
+                          WHERE x.option_name = 'autovacuum_vacuum_threshold') AS vt,
+                         (SELECT option_value::float8 FROM pg_options_to_table(t.reloptions) x
+                          WHERE x.option_name = 'autovacuum_vacuum_scale_factor') AS vs,
+                         (SELECT option_value::float8 FROM pg_options_to_table(t.reloptions) x
+                          WHERE x.option_name = 'autovacuum_analyze_threshold') AS at,
+                         (SELECT option_value::float8 FROM pg_options_to_table(t.reloptions) x
+                          WHERE x.option_name = 'autovacuum_analyze_scale_factor') AS as_
+             FROM t
+         ), due AS (
+             SELECT relname,
+                    n_dead_tup > coalesce(vt, current_setting('autovacuum_vacuum_threshold')::float8)
+                        + coalesce(vs, current_setting('autovacuum_vacuum_scale_factor')::float8)
+                          * n_live_tup AS vacuum,
+                    n_mod_since_analyze > coalesce(at, current_setting('autovacuum_analyze_threshold')::float8)
+                        + coalesce(as_, current_setting('autovacuum_analyze_scale_factor')::float8)
+                          * reltuples AS analyze
+             FROM o
+         )
+         SELECT relname, vacuum FROM due WHERE vacuum OR analyze ORDER BY relname",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(t, vacuum)| {
+            if vacuum {
+                Upkeep::Vacuum(t)
+            } else {
+                Upkeep::Analyze(t)
+            }
+        })
+        .collect())
+}
+
+/// Do `upkeep` to its table of this database.
+pub async fn upkeep(conn: &mut PgConnection, upkeep: &Upkeep) -> Result<(), sqlx::Error> {
+    let (command, table) = match upkeep {
+        Upkeep::Vacuum(t) => ("VACUUM (ANALYZE)", t),
+        Upkeep::Analyze(t) => ("ANALYZE", t),
+    };
+    let sql = format!("{command} \"{}\"", table.replace('"', "\"\""));
     sqlx::query(&sql).execute(conn).await.map(|_| ())
 }
 

@@ -303,20 +303,36 @@ const HEADS: &str = "WITH RECURSIVE walk(account_id, id, eligible, n, taken) AS 
      SELECT account_id, id, eligible FROM walk ORDER BY account_id";
 
 /// The lease of walked heads. Under the row lock the row is checked again:
-/// still due, and no older open row of its account (one appears when an
-/// operator retries an older `dead` row, or an older insert commits late).
-/// The slot's primary key is the guarantee that an account has one row in
-/// flight, even when two claimers' snapshots disagree.
+/// still due, and still its account's oldest open row (an older one appears
+/// when an operator retries an older `dead` row, or an older insert commits
+/// late). The slot's primary key is the guarantee that an account has one
+/// row in flight, even when two claimers' snapshots disagree.
+///
+/// Written so that no plan of it reads more than the heads, whatever the
+/// statistics say. Each head is fetched by its id alone, in a subquery the
+/// planner can neither flatten nor push a predicate into (`OFFSET 0`, and it
+/// locks), so the primary key is the only way in; and the head check is a
+/// scalar probe of `outbox_open_by_account` ordered by id, run once per head.
+/// The earlier form (`id = ANY($3) AND state IN … AND NOT EXISTS (older
+/// open row)`) was planned, under statistics taken while the queue was empty,
+/// as a scan of every due row filtered by the id list with a full scan of the
+/// open-rows index per row: 25.7 million buffers for 512 heads over a backlog
+/// of 50,000 (`skew.rs`, the statistics test; docs/performance.md, the stall
+/// of the 10-minute run).
 const LEASE_HEADS: &str = concat!(
     "WITH due AS (
-         SELECT o.id, o.account_id FROM outbox o
-         WHERE o.id = ANY($3) AND o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now()
-           AND NOT EXISTS (
-               SELECT 1 FROM outbox older
-               WHERE older.account_id = o.account_id AND older.id < o.id
-                 AND older.state IN ('pending', 'in_flight', 'unknown'))
-         ORDER BY o.id
-         FOR UPDATE OF o SKIP LOCKED
+         SELECT l.id, l.account_id
+         FROM (SELECT DISTINCT unnest($3::bigint[]) AS id ORDER BY 1) h
+         CROSS JOIN LATERAL (
+             SELECT o.id, o.account_id, o.state, o.next_attempt_at FROM outbox o
+             WHERE o.id = h.id
+             OFFSET 0
+             FOR UPDATE SKIP LOCKED) l
+         WHERE l.state IN ('pending', 'unknown') AND l.next_attempt_at <= now()
+           AND l.id = (SELECT older.id FROM outbox older
+                       WHERE older.account_id = l.account_id
+                         AND older.state IN ('pending', 'in_flight', 'unknown')
+                       ORDER BY older.id LIMIT 1)
      ), slot AS (
          INSERT INTO account_slot (account_id, outbox_id)
          SELECT account_id, id FROM due

@@ -124,7 +124,8 @@ pub struct BenchArgs {
     pub broker: BrokerUrl,
     /// Autovacuum's naptime, emulated: every this many ms, `VACUUM
     /// (ANALYZE)` the bench database's tables whose dead rows exceed
-    /// autovacuum's thresholds, each table's own where the migrations set
+    /// autovacuum's thresholds and `ANALYZE` those whose changed rows exceed
+    /// its analyze thresholds, each table's own where the migrations set
     /// them (0: never). For a server that runs without autovacuum, as this
     /// machine's does. Its CPU counts as PostgreSQL's.
     #[arg(long, default_value_t = 1000)]

@@ -61,10 +61,13 @@ impl Scratch {
     /// Autovacuum, emulated for a server that runs without it (this
     /// machine's runs with `autovacuum = off`): every `every` (never when
     /// zero), `VACUUM (ANALYZE)` each table of the bench database whose dead
-    /// rows exceed autovacuum's thresholds (the table's own or the
-    /// server's), until the returned token is cancelled. Without it, the tables each message inserts into and
-    /// deletes from (result events, account slots) and the outbox's indexes
-    /// fill with dead rows, and every scan slows down as the run goes on.
+    /// rows exceed autovacuum's vacuum thresholds, and `ANALYZE` each whose
+    /// changed rows exceed its analyze thresholds (the table's own settings
+    /// or the server's), until the returned token is cancelled. Without it,
+    /// the tables each message inserts into and deletes from (result events,
+    /// account slots) and the outbox's indexes fill with dead rows, every
+    /// scan slows down as the run goes on, and the planner keeps statistics
+    /// from whenever the outbox was last vacuumed.
     pub fn vacuum_every(&self, every: Duration) -> CancellationToken {
         let stop = CancellationToken::new();
         if every.is_zero() {
@@ -79,8 +82,8 @@ impl Scratch {
                 }
                 let vacuumed = async {
                     let mut conn = pool.acquire().await?;
-                    for table in idem_store::bench::due_for_vacuum(&mut conn).await? {
-                        idem_store::bench::vacuum_table(&mut conn, &table).await?;
+                    for due in idem_store::bench::due_for_upkeep(&mut conn).await? {
+                        idem_store::bench::upkeep(&mut conn, &due).await?;
                     }
                     Ok::<_, sqlx::Error>(())
                 };
