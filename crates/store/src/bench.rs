@@ -90,13 +90,13 @@ pub async fn due_for_upkeep(conn: &mut PgConnection) -> Result<Vec<Upkeep>, sqlx
              SELECT relname,
                     n_dead_tup > coalesce(vt, current_setting('autovacuum_vacuum_threshold')::float8)
                         + coalesce(vs, current_setting('autovacuum_vacuum_scale_factor')::float8)
-                          * n_live_tup AS vacuum,
+                          * n_live_tup AS vacuum_due,
                     n_mod_since_analyze > coalesce(at, current_setting('autovacuum_analyze_threshold')::float8)
                         + coalesce(as_, current_setting('autovacuum_analyze_scale_factor')::float8)
-                          * reltuples AS analyze
+                          * reltuples AS analyze_due
              FROM o
          )
-         SELECT relname, vacuum FROM due WHERE vacuum OR analyze ORDER BY relname",
+         SELECT relname, vacuum_due FROM due WHERE vacuum_due OR analyze_due ORDER BY relname",
     )
     .fetch_all(conn)
     .await?;

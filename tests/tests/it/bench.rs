@@ -7,6 +7,7 @@ use std::process::Command;
 
 use idem_tests::{gate, idem_binary};
 use serde_json::Value;
+use sqlx::Connection;
 
 const MESSAGES: u64 = 500;
 
@@ -230,4 +231,77 @@ fn the_table_names_every_part() {
             "missing {expected:?} in:\n{stdout}"
         );
     }
+}
+
+/// Invariant: the bench's autovacuum emulation asks for what autovacuum would
+/// do: nothing on a table just analyzed, `ANALYZE` once inserts pass the
+/// analyze threshold (a queue that grows without dead rows), `VACUUM` once
+/// deletes pass the vacuum threshold — and each statement it returns runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vacuum_emulation_analyzes_a_growing_table_and_vacuums_a_churned_one() {
+    use idem_store::bench::{Upkeep, due_for_upkeep, upkeep};
+    let name = format!("idem_t_upkeep_{}", uuid::Uuid::new_v4().simple());
+    let pool = idem_tests::pg::scratch_database(&name, 2).await.unwrap();
+    // Each change on a session of its own, closed after it: a session's
+    // counters reach pg_stat_* when it ends (an idle one may sit on them 10 s).
+    let url = idem_tests::pg::url(&name);
+    let run = |sql: &'static str, from: i64, to: i64| {
+        let url = url.clone();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let q = sqlx::query(sql);
+            let q = if sql.contains("$1") {
+                q.bind(from).bind(to)
+            } else {
+                q
+            };
+            q.execute(&mut conn).await.unwrap();
+            conn.close().await.unwrap();
+        }
+    };
+    let insert =
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency)
+                  SELECT 'u', 'u-' || g, md5('u-' || g)::uuid, 'a', 1, 'EUR'
+                  FROM generate_series($1::bigint, $2::bigint) g";
+    run(insert, 1, 1_000).await;
+    run("VACUUM ANALYZE outbox", 0, 0).await;
+    let due = || async {
+        let mut conn = pool.acquire().await.unwrap();
+        due_for_upkeep(&mut conn).await.unwrap()
+    };
+    let outbox = |d: &[Upkeep]| {
+        d.iter()
+            .find(|u| matches!(u, Upkeep::Vacuum(t) | Upkeep::Analyze(t) if t == "outbox"))
+            .cloned()
+    };
+    assert_eq!(outbox(&due().await), None, "just analyzed");
+
+    run(insert, 1_001, 3_000).await;
+    let grown = due().await;
+    assert_eq!(
+        outbox(&grown),
+        Some(Upkeep::Analyze("outbox".into())),
+        "{grown:?}"
+    );
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    upkeep(&mut conn, &Upkeep::Analyze("outbox".into()))
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    run("DELETE FROM outbox WHERE id % 2 = 0", 0, 0).await;
+    let churned = due().await;
+    assert_eq!(
+        outbox(&churned),
+        Some(Upkeep::Vacuum("outbox".into())),
+        "{churned:?}"
+    );
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    upkeep(&mut conn, &Upkeep::Vacuum("outbox".into()))
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(outbox(&due().await), None, "vacuumed and analyzed");
+    pool.close().await;
+    idem_tests::pg::drop_database(&name).await.unwrap();
 }
