@@ -14,6 +14,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use idem_store::bench::{TableWal, TableWrites};
 
+/// The most WAL a run's split by table is read back from (2 GiB).
+const MOST_WAL_SPLIT: i64 = 2 << 30;
+
 /// The session whose temporary replication slot keeps a run's WAL on the
 /// server until it is read back; the slot goes with the session.
 pub struct WalHold {
@@ -37,10 +40,21 @@ impl WalHold {
     }
 
     /// The WAL between the samples split by table, then the slot let go.
+    /// Not over [`MOST_WAL_SPLIT`]: reading it back would take longer than
+    /// the run (the 10-minute run wrote 12 GB, read back in about 8 minutes).
     async fn split(self, before: &Sample, after: &Sample) -> anyhow::Result<Option<Vec<TableWal>>> {
         let Some(mut conn) = self.conn else {
             return Ok(None);
         };
+        let written = after.wal - before.wal;
+        if written > MOST_WAL_SPLIT {
+            tracing::info!(
+                gib = written as f64 / (1u64 << 30) as f64,
+                "the run's WAL is too large to read back: WAL per table not reported"
+            );
+            conn.close().await?;
+            return Ok(None);
+        }
         let split = idem_store::bench::wal_by_table(&mut conn, before.wal, after.wal).await?;
         conn.close().await?;
         Ok(split)
