@@ -60,7 +60,7 @@ pub async fn record(
         insert_conflict(conn, request, &stored, raw_body).await?;
         return Ok(Recorded::Conflict);
     }
-    let existing = outbox::state_of(conn, request.scope(), request.message_id()).await?;
+    let existing = outbox::state_of(conn, request.reference_id()).await?;
     Ok(Recorded::Duplicate { existing })
 }
 

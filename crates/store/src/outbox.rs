@@ -176,15 +176,16 @@ pub struct Stored {
     pub result: Option<serde_json::Value>,
 }
 
-/// The state and stored result of the outbox row for a key, if any.
+/// The state and stored result of the outbox row of a request, by its
+/// reference id (UUIDv5 of its key, UNIQUE): not by `(scope, message_id)`,
+/// so that no reader needs `outbox_key`, which a later release can drop
+/// (docs/performance.md, "Writes per message").
 pub async fn state_of(
     conn: &mut PgConnection,
-    scope: &str,
-    message_id: &str,
+    reference_id: Uuid,
 ) -> Result<Option<(OutboxState, Option<serde_json::Value>)>, sqlx::Error> {
-    sqlx::query_as("SELECT state, result FROM outbox WHERE scope = $1 AND message_id = $2")
-        .bind(scope)
-        .bind(message_id)
+    sqlx::query_as("SELECT state, result FROM outbox WHERE reference_id = $1")
+        .bind(reference_id)
         .fetch_optional(conn)
         .await
 }
