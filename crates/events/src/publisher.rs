@@ -35,9 +35,13 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics;
 use crate::wire::{self, ResultBody};
 
-/// How long a step waits for the broker to confirm its publishes (its
-/// transaction, and the locks on its events, stay open meanwhile).
+/// How long a step waits for the broker to take and confirm its publishes
+/// (its transaction, and the locks on its events, stay open meanwhile).
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server lets a step's transaction sit idle before ending it
+/// (and with it the claim): well above [`CONFIRM_TIMEOUT`], so a live
+/// publisher always records its outcome first.
+pub const STEP_IDLE_LIMIT: Duration = Duration::from_secs(30);
 /// Backoff of a failed event: doubles per attempt from this...
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
 /// ...up to this.
@@ -88,7 +92,8 @@ pub enum StepError {
     #[error("result events: database error: {0}")]
     Database(#[from] sqlx::Error),
     /// The broker session is broken: reconnect. The step's events were backed
-    /// off (or stay leased, if the database was also away).
+    /// off (or, if the database was also away, are due again: their
+    /// transaction rolled back).
     #[error("result events: broker session lost: {0:#}")]
     Broker(anyhow::Error),
 }
@@ -250,6 +255,13 @@ impl Publisher {
     #[tracing::instrument(skip_all, err(level = "debug"))]
     pub async fn publish_once(&self, channel: &Channel) -> Result<Step, StepError> {
         let mut tx = self.pool.begin().await?;
+        // The claim lives as long as this transaction. If this process
+        // freezes or its network to the database drops, the server would
+        // hold the locks until TCP keepalive notices (hours): ending an idle
+        // step after STEP_IDLE_LIMIT puts its events back in play, as the
+        // old 30 s lease did. Also overrides a shorter server setting, under
+        // which every step would die before its record and republish forever.
+        event::bound_idle_step(&mut tx, STEP_IDLE_LIMIT).await?;
         let events = event::claim(&mut tx, self.config.batch).await?;
         if events.is_empty() {
             tx.commit().await?;
@@ -260,19 +272,31 @@ impl Publisher {
         let mut broken = None;
         let mut confirms = Vec::new();
         let mut ok = vec![false; events.len()];
+        // One deadline for handing the publishes over and their confirms: a
+        // broker that blocks the connection (a memory or disk alarm) stops
+        // reading it, and a publish then waits for socket space for as long
+        // as the alarm lasts — with this step's transaction open.
+        let deadline = Instant::now() + CONFIRM_TIMEOUT;
         for (i, ev) in events.iter().enumerate() {
-            match self.publish_event(channel, ev).await {
-                Ok(owed) => {
+            match tokio::time::timeout_at(deadline, self.publish_event(channel, ev)).await {
+                Ok(Ok(owed)) => {
                     confirms.extend(owed.into_iter().map(|(target, c)| (i, target, c)));
                     ok[i] = true;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     broken = Some(e);
+                    break;
+                }
+                Err(_) => {
+                    broken = Some(anyhow!(
+                        "the broker did not take the publishes within {CONFIRM_TIMEOUT:?} \
+                         (is the connection blocked by a resource alarm?)"
+                    ));
                     break;
                 }
             }
         }
-        let unroutable = await_confirms(&events, confirms, &mut ok, &mut broken).await;
+        let unroutable = await_confirms(&events, confirms, &mut ok, &mut broken, deadline).await;
         let (mut done, mut failed) = (Vec::new(), Vec::new());
         for (ev, ok) in events.iter().zip(&ok) {
             if *ok { done.push(ev) } else { failed.push(ev) }
@@ -392,9 +416,9 @@ async fn await_confirms(
     confirms: Vec<(usize, Target, PublisherConfirm)>,
     ok: &mut [bool],
     broken: &mut Option<anyhow::Error>,
+    deadline: Instant,
 ) -> usize {
     let mut unroutable = 0;
-    let deadline = Instant::now() + CONFIRM_TIMEOUT;
     for (i, target, confirm) in confirms {
         match tokio::time::timeout_at(deadline, confirm).await {
             Ok(Ok(Confirmation::Ack(None))) => {}

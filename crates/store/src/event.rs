@@ -134,8 +134,20 @@ pub async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<ResultEven
     Ok(events)
 }
 
+/// Bound how long the server lets the transaction `conn` is in sit idle
+/// (`idle_in_transaction_session_timeout`, for this transaction only): past
+/// it the server ends the session, and with it the transaction's locks.
+pub async fn bound_idle_step(conn: &mut PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
+    // SET takes no parameters; the value is a whole number of milliseconds.
+    let sql = format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {}",
+        limit.as_millis()
+    );
+    sqlx::query(&sql).execute(conn).await.map(|_| ())
+}
+
 /// Forget events the broker confirmed. Returns how many were deleted (fewer
-/// than `ids` if another publisher, after a lease ran out, got there first).
+/// than `ids` only if someone else deleted them meanwhile, e.g. by hand).
 pub async fn published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM result_event WHERE id = ANY($1)")
         .bind(ids)
@@ -146,7 +158,10 @@ pub async fn published(conn: &mut PgConnection, ids: &[i64]) -> Result<u64, sqlx
 
 /// Back off events whose publish failed (nack, lost channel, timeout):
 /// `base * 2^(failures before this one)`, at most `max`, then they are due
-/// again; the failure is counted.
+/// again; the failure is counted. From the clock, not `now()`: in the
+/// publisher's step that is the transaction's start, before the publishes
+/// and up to the whole confirm wait, which would make a short backoff
+/// already past.
 pub async fn retry(
     conn: &mut PgConnection,
     ids: &[i64],
@@ -156,7 +171,7 @@ pub async fn retry(
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE result_event SET last_error = $4, attempts = attempts + 1,
-             next_attempt_at = now() + make_interval(secs =>
+             next_attempt_at = clock_timestamp() + make_interval(secs =>
                  least($2 * power(2, least(greatest(attempts, 0), 20)), $3))
          WHERE id = ANY($1)",
     )

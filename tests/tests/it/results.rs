@@ -658,8 +658,10 @@ async fn nacked_publish_is_retried_under_the_same_message_id() {
 /// writes nothing. While one step holds an event, another step skips it; the
 /// moment the holder's transaction ends without recording an outcome (the
 /// publisher died, or its connection dropped) the event is due again, with no
-/// lease to wait out; and the event's row version is the one the settle wrote
-/// (a claim that pushed a lease ahead would have made a new one).
+/// lease to wait out; the event's row version is the one the settle wrote
+/// (a claim that pushed a lease ahead would have made a new one); and a
+/// holder that freezes with its transaction open loses the claim once the
+/// step's idle bound has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_events_claim_lasts_as_long_as_its_transaction_and_writes_nothing() {
     let env = TestEnv::new(Faults::default()).await;
@@ -699,5 +701,33 @@ async fn an_events_claim_lasts_as_long_as_its_transaction_and_writes_nothing() {
     assert_eq!(again[0].attempts, 0, "no failure was recorded");
     next.commit().await.unwrap();
     assert_eq!(version().await, written, "the claims wrote no row version");
+
+    // A holder that freezes mid-step (its session idle in the transaction)
+    // loses the claim once the step's idle bound has passed: the server ends
+    // its session, and the event is due again without it.
+    let mut frozen = env.pool.begin().await.unwrap();
+    idem_store::event::bound_idle_step(&mut frozen, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        idem_store::event::claim(&mut frozen, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let mut after = env.pool.begin().await.unwrap();
+    let freed = idem_store::event::claim(&mut after, 10).await.unwrap();
+    assert_eq!(
+        freed.len(),
+        1,
+        "the frozen holder's claim ended with its session"
+    );
+    after.commit().await.unwrap();
+    assert!(
+        frozen.commit().await.is_err(),
+        "the frozen holder's session is gone"
+    );
     env.cleanup().await;
 }

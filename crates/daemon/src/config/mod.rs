@@ -360,8 +360,9 @@ impl RunArgs {
         ensure!(a.claim_batch >= 1, "IDEM_CLAIM_BATCH must be at least 1");
         ensure!(a.max_attempts >= 1, "IDEM_MAX_ATTEMPTS must be at least 1");
         ensure!(
-            a.database.db_max_connections >= 2,
-            "IDEM_DB_MAX_CONNECTIONS must be at least 2 (consumer and dispatcher each need one)"
+            a.database.db_max_connections >= 3,
+            "IDEM_DB_MAX_CONNECTIONS must be at least 3 (the consumer, the dispatcher and the \
+             result publisher each need one; the publisher holds its own while it publishes)"
         );
         ensure!(
             a.max_body_bytes >= 64,

@@ -190,3 +190,22 @@ fn a_grace_over_a_week_is_refused() {
         .validate()
         .expect("a week is accepted");
 }
+
+/// The pool must leave the result publisher a connection of its own: it
+/// holds one for the length of a publish (its claim is that transaction's
+/// row locks), beside the consumer's and the dispatcher's.
+#[test]
+fn a_pool_too_small_for_the_three_roles_is_refused() {
+    let err = parse(&["--db-max-connections", "2"])
+        .validate()
+        .expect_err("two connections");
+    assert!(
+        err.to_string()
+            .contains("IDEM_DB_MAX_CONNECTIONS must be at least 3"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("publisher"), "{err}");
+    parse(&["--db-max-connections", "3"])
+        .validate()
+        .expect("three are enough");
+}

@@ -264,7 +264,7 @@ async fn drive(
     }
     let measured = async {
         wait_for_consumers(scratch, args.replicas, &mut daemons).await?;
-        let hold = writes::WalHold::start(&scratch.database_url).await?;
+        let hold = writes::WalHold::start(&scratch.database_url, cfg.messages).await?;
         let before = writes::sample(&scratch.pool).await?;
         let measured = measure(args, cfg, watch, scratch, provider, &mut daemons, shutdown).await?;
         anyhow::Ok((measured, before, hold))
