@@ -283,4 +283,5 @@ async fn a_replica_serves_build_info_and_process_metrics() {
     );
     let (status, text) = replica.stop().await;
     assert!(status.success(), "{status:?}\n{text}");
+    env.cleanup().await;
 }
