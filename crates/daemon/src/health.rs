@@ -120,6 +120,8 @@ async fn metrics(State(health): State<Health>) -> impl IntoResponse {
     // Histogram samples are folded into their buckets by the upkeep; do it
     // now so a scrape sees every observation made so far.
     health.metrics.run_upkeep();
+    // The process metrics are read from the OS now, so they are the scrape's.
+    crate::metrics::collect_process();
     (
         [(
             header::CONTENT_TYPE,

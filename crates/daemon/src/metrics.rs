@@ -17,6 +17,12 @@
 //! counted exactly through partial indexes, the history tables (inbox keys,
 //! settled outbox rows, quarantine) are the planner's estimates.
 //!
+//! Two families are not idem's own work: [`BUILD_INFO`] (which build is
+//! running, set once at install) and the standard `process_*` metrics of
+//! [`PROCESS`] (CPU, memory, file descriptors, start time), read from the OS by
+//! `metrics-process` on each scrape ([`collect_process`]) so they are as fresh
+//! as the scrape and cost nothing between scrapes.
+//!
 //! The full list, with types, labels and meanings, is in `docs/operations.md`
 //! ("Metrics"); keep the two in step.
 
@@ -43,6 +49,20 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// The process-metrics collector: built once, as its metric names are
+/// allocated on construction.
+static PROCESS_COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+fn process_collector() -> &'static metrics_process::Collector {
+    PROCESS_COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Read the process metrics ([`PROCESS`]) from the OS into the recorder; the
+/// `/metrics` handler calls it before each render.
+pub fn collect_process() {
+    process_collector().collect();
+}
 
 /// Install the Prometheus recorder (first call in the process) and return the
 /// shared handle. Fails only if some other `metrics` recorder was installed
@@ -80,8 +100,28 @@ pub const QUARANTINE_ROWS: &str = "idem_quarantine_rows";
 /// age of the others).
 pub const STATUS_SAMPLED_TIMESTAMP_SECONDS: &str = "idem_status_sampled_timestamp_seconds";
 
+/// Gauge, value 1, labels `version` (the crate version, `CARGO_PKG_VERSION`)
+/// and `profile` (`release` or `debug`): which build a replica runs, to join
+/// on (`* on(instance) group_left(version) idem_build_info`) or to spot a
+/// fleet half upgraded.
+pub const BUILD_INFO: &str = "idem_build_info";
+
+/// The standard Prometheus process metrics `metrics-process` exports on Linux
+/// (not `idem_*`: dashboards and alerts share them with every other service).
+pub const PROCESS: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
 /// Every metric of this crate.
 pub const ALL: &[&str] = &[
+    BUILD_INFO,
     OUTBOX_ROWS,
     OUTBOX_EXPIRED_LEASES,
     INBOX_KEYS,
@@ -128,6 +168,18 @@ fn describe() {
         STATUS_SAMPLED_TIMESTAMP_SECONDS,
         "Unix time of the last successful sample of the table gauges"
     );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the labels say which build this replica runs"
+    );
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "profile" => profile)
+        .set(1.0);
+    process_collector().describe();
 }
 
 /// Read the table gauges about every [`SAMPLE_EVERY`]
@@ -207,7 +259,7 @@ mod tests {
 
     use std::collections::BTreeSet;
 
-    use super::{EXPORTED, install};
+    use super::{BUILD_INFO, EXPORTED, PROCESS, collect_process, install};
 
     /// The metric names of the `# HELP` lines of a scrape.
     fn helped(scrape: &str) -> BTreeSet<String> {
@@ -217,6 +269,32 @@ mod tests {
             .filter_map(|l| l.split(' ').next())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// idem's own metrics of a scrape (not the process ones).
+    fn helped_idem(scrape: &str) -> BTreeSet<String> {
+        helped(scrape)
+            .into_iter()
+            .filter(|n| n.starts_with("idem_"))
+            .collect()
+    }
+
+    #[test]
+    fn the_scrape_has_build_info_and_the_process_metrics() {
+        let handle = install().unwrap();
+        collect_process();
+        let scrape = handle.render();
+        let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+        assert!(
+            scrape
+                .lines()
+                .any(|l| l.starts_with(BUILD_INFO) && l.contains(&version) && l.ends_with(" 1")),
+            "{scrape}"
+        );
+        let helped = helped(&scrape);
+        for name in PROCESS {
+            assert!(helped.contains(*name), "{name} missing from {scrape}");
+        }
     }
 
     #[test]
@@ -233,10 +311,10 @@ mod tests {
         // The exporter prints a help line only for a metric with a series,
         // and the gauges and histograms have none until first recorded: give
         // each one (its kind does not matter to the help line).
-        let registered = helped(&handle.render());
+        let registered = helped_idem(&handle.render());
         for name in names.iter().filter(|n| !registered.contains(**n)) {
             ::metrics::gauge!(*name).set(0.0);
         }
-        assert_eq!(helped(&handle.render()), exported);
+        assert_eq!(helped_idem(&handle.render()), exported);
     }
 }

@@ -9,16 +9,16 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The workspace root (this package is `tests/`).
-fn root() -> &'static Path {
+pub(crate) fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-fn read(path: &str) -> String {
+pub(crate) fn read(path: &str) -> String {
     std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Every `idem_[a-z_]+` word in `text`, histogram suffixes removed.
-fn metric_names(text: &str) -> BTreeSet<String> {
+pub(crate) fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -46,7 +46,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 /// The metrics a replica exports: every crate's own list
 /// (`idem_daemon::metrics::EXPORTED`).
-fn exported() -> BTreeSet<String> {
+pub(crate) fn exported() -> BTreeSet<String> {
     idem_daemon::metrics::EXPORTED
         .iter()
         .flat_map(|names| names.iter())

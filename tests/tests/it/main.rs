@@ -33,10 +33,12 @@
 //! - `production_size` (ignored; `--ignored`): the background jobs over ten million rows.
 //! - `bench`: `idem bench` end to end, small.
 //! - `deploy`: the deployment files and docs name only exported metrics.
+//! - `alerts`: the alert rules parse, agree and read exported metrics; build info and process metrics.
 
 #![allow(clippy::unwrap_used)]
 
 mod admin;
+mod alerts;
 mod batch;
 mod bench;
 mod big_bodies;
