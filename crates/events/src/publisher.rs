@@ -257,12 +257,12 @@ impl Publisher {
         let mut tx = self.pool.begin().await?;
         // The claim lives as long as this transaction. If this process
         // freezes or its network to the database drops, the server would
-        // hold the locks until TCP keepalive notices (hours): ending an idle
-        // step after STEP_IDLE_LIMIT puts its events back in play, as the
-        // old 30 s lease did. Also overrides a shorter server setting, under
-        // which every step would die before its record and republish forever.
-        event::bound_idle_step(&mut tx, STEP_IDLE_LIMIT).await?;
-        let events = event::claim(&mut tx, self.config.batch).await?;
+        // hold the locks until TCP keepalive notices (hours): the claim bounds
+        // the step's idle time at STEP_IDLE_LIMIT, which puts its events back
+        // in play as the old 30 s lease did, and overrides a shorter server
+        // setting, under which every step would die before its record and
+        // republish forever.
+        let events = event::claim(&mut tx, self.config.batch, STEP_IDLE_LIMIT).await?;
         if events.is_empty() {
             tx.commit().await?;
             return Ok(Step::default());

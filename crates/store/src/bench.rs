@@ -72,29 +72,22 @@ pub enum Upkeep {
 /// moment it was empty.
 pub async fn due_for_upkeep(conn: &mut PgConnection) -> Result<Vec<Upkeep>, sqlx::Error> {
     let rows: Vec<(String, bool)> = sqlx::query_as(
-        "WITH t AS (
-             SELECT s.relname::text AS relname, s.n_dead_tup, s.n_live_tup, s.n_mod_since_analyze,
-                    greatest(c.reltuples, 0) AS reltuples, c.reloptions
+        "WITH due AS (
+             SELECT s.relname::text AS relname,
+                    s.n_dead_tup > coalesce(o.vt, current_setting('autovacuum_vacuum_threshold')::float8)
+                        + coalesce(o.vs, current_setting('autovacuum_vacuum_scale_factor')::float8)
+                          * s.n_live_tup AS vacuum_due,
+                    s.n_mod_since_analyze > coalesce(o.at, current_setting('autovacuum_analyze_threshold')::float8)
+                        + coalesce(o.as_, current_setting('autovacuum_analyze_scale_factor')::float8)
+                          * greatest(c.reltuples, 0) AS analyze_due
              FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
-         ), o AS (
-             SELECT t.*, (SELECT option_value::float8 FROM pg_options_to_table(t.reloptions) x
-                          WHERE x.option_name = 'autovacuum_vacuum_threshold') AS vt,
-                         (SELECT option_value::float8 FROM pg_options_to_table(t.reloptions) x
-                          WHERE x.option_name = 'autovacuum_vacuum_scale_factor') AS vs,
-                         (SELECT option_value::float8 FROM pg_options_to_table(t.reloptions) x
-                          WHERE x.option_name = 'autovacuum_analyze_threshold') AS at,
-                         (SELECT option_value::float8 FROM pg_options_to_table(t.reloptions) x
-                          WHERE x.option_name = 'autovacuum_analyze_scale_factor') AS as_
-             FROM t
-         ), due AS (
-             SELECT relname,
-                    n_dead_tup > coalesce(vt, current_setting('autovacuum_vacuum_threshold')::float8)
-                        + coalesce(vs, current_setting('autovacuum_vacuum_scale_factor')::float8)
-                          * n_live_tup AS vacuum_due,
-                    n_mod_since_analyze > coalesce(at, current_setting('autovacuum_analyze_threshold')::float8)
-                        + coalesce(as_, current_setting('autovacuum_analyze_scale_factor')::float8)
-                          * reltuples AS analyze_due
-             FROM o
+             -- The table's own settings, one pass over its options.
+             CROSS JOIN LATERAL (
+                 SELECT max(option_value::float8) FILTER (WHERE option_name = 'autovacuum_vacuum_threshold') AS vt,
+                        max(option_value::float8) FILTER (WHERE option_name = 'autovacuum_vacuum_scale_factor') AS vs,
+                        max(option_value::float8) FILTER (WHERE option_name = 'autovacuum_analyze_threshold') AS at,
+                        max(option_value::float8) FILTER (WHERE option_name = 'autovacuum_analyze_scale_factor') AS as_
+                 FROM pg_options_to_table(c.reloptions)) o
          )
          SELECT relname, vacuum_due FROM due WHERE vacuum_due OR analyze_due ORDER BY relname",
     )

@@ -117,33 +117,35 @@ pub struct ResultEvent {
 /// transaction `conn` is in: another publisher skips them until it ends.
 /// Run it inside a transaction that also records the outcome
 /// ([`published`], [`retry`]); outside one the locks end with the statement.
-pub async fn claim(conn: &mut PgConnection, limit: i64) -> Result<Vec<ResultEvent>, sqlx::Error> {
+///
+/// The same statement bounds how long the server lets that transaction sit
+/// idle (`idle_in_transaction_session_timeout`, for this transaction only,
+/// `idle_bound`): past it the server ends the session and with it the locks,
+/// so a holder that froze or lost its network does not keep its events for
+/// as long as TCP keepalive takes to notice. In the statement rather than a
+/// `SET LOCAL` of its own: a step that finds nothing costs no extra round trip.
+pub async fn claim(
+    conn: &mut PgConnection,
+    limit: i64,
+    idle_bound: Duration,
+) -> Result<Vec<ResultEvent>, sqlx::Error> {
     let mut events: Vec<ResultEvent> = sqlx::query_as(
-        "SELECT id, kind, outbox_id, scope, message_id, reference_id, account_id, amount,
-                currency, state, provider_charge_id, result, error, settled_at, traceparent,
-                reply_to, correlation_id, attempts
-         FROM result_event WHERE next_attempt_at <= now()
-         ORDER BY next_attempt_at, id LIMIT $1
-         FOR UPDATE SKIP LOCKED",
+        "SELECT e.id, e.kind, e.outbox_id, e.scope, e.message_id, e.reference_id, e.account_id,
+                e.amount, e.currency, e.state, e.provider_charge_id, e.result, e.error,
+                e.settled_at, e.traceparent, e.reply_to, e.correlation_id, e.attempts
+         FROM (SELECT set_config('idle_in_transaction_session_timeout', $2, true)) bound,
+              result_event e
+         WHERE e.next_attempt_at <= now()
+         ORDER BY e.next_attempt_at, e.id LIMIT $1
+         FOR UPDATE OF e SKIP LOCKED",
     )
     .bind(limit)
+    .bind(idle_bound.as_millis().to_string())
     .fetch_all(conn)
     .await?;
     // Publish in settle order (the ids'), as the events were written.
     events.sort_by_key(|e| e.id);
     Ok(events)
-}
-
-/// Bound how long the server lets the transaction `conn` is in sit idle
-/// (`idle_in_transaction_session_timeout`, for this transaction only): past
-/// it the server ends the session, and with it the transaction's locks.
-pub async fn bound_idle_step(conn: &mut PgConnection, limit: Duration) -> Result<(), sqlx::Error> {
-    // SET takes no parameters; the value is a whole number of milliseconds.
-    let sql = format!(
-        "SET LOCAL idle_in_transaction_session_timeout = {}",
-        limit.as_millis()
-    );
-    sqlx::query(&sql).execute(conn).await.map(|_| ())
 }
 
 /// Forget events the broker confirmed. Returns how many were deleted (fewer

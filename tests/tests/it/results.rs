@@ -26,6 +26,8 @@ use lapin::{BasicProperties, Channel, Connection};
 use uuid::Uuid;
 
 const SETTLE: Duration = Duration::from_secs(60);
+/// The result publisher's idle bound on a step's transaction.
+const STEP: Duration = idem_events::publisher::STEP_IDLE_LIMIT;
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(700);
 
@@ -684,18 +686,22 @@ async fn an_events_claim_lasts_as_long_as_its_transaction_and_writes_nothing() {
     let written = version().await;
 
     let mut holder = env.pool.begin().await.unwrap();
-    let held = idem_store::event::claim(&mut holder, 10).await.unwrap();
+    let held = idem_store::event::claim(&mut holder, 10, STEP)
+        .await
+        .unwrap();
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].reference_id, reference);
     let mut other = env.pool.begin().await.unwrap();
-    let skipped = idem_store::event::claim(&mut other, 10).await.unwrap();
+    let skipped = idem_store::event::claim(&mut other, 10, STEP)
+        .await
+        .unwrap();
     assert!(skipped.is_empty(), "a held event is skipped: {skipped:?}");
     other.commit().await.unwrap();
 
     // The holder goes away without recording anything.
     holder.rollback().await.unwrap();
     let mut next = env.pool.begin().await.unwrap();
-    let again = idem_store::event::claim(&mut next, 10).await.unwrap();
+    let again = idem_store::event::claim(&mut next, 10, STEP).await.unwrap();
     assert_eq!(again.len(), 1, "due again at once");
     assert_eq!(again[0].id, held[0].id);
     assert_eq!(again[0].attempts, 0, "no failure was recorded");
@@ -706,11 +712,8 @@ async fn an_events_claim_lasts_as_long_as_its_transaction_and_writes_nothing() {
     // loses the claim once the step's idle bound has passed: the server ends
     // its session, and the event is due again without it.
     let mut frozen = env.pool.begin().await.unwrap();
-    idem_store::event::bound_idle_step(&mut frozen, Duration::from_millis(300))
-        .await
-        .unwrap();
     assert_eq!(
-        idem_store::event::claim(&mut frozen, 10)
+        idem_store::event::claim(&mut frozen, 10, Duration::from_millis(300))
             .await
             .unwrap()
             .len(),
@@ -718,7 +721,9 @@ async fn an_events_claim_lasts_as_long_as_its_transaction_and_writes_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let mut after = env.pool.begin().await.unwrap();
-    let freed = idem_store::event::claim(&mut after, 10).await.unwrap();
+    let freed = idem_store::event::claim(&mut after, 10, STEP)
+        .await
+        .unwrap();
     assert_eq!(
         freed.len(),
         1,

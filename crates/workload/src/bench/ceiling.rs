@@ -277,7 +277,7 @@ async fn events_loop(
         // The publisher's step without the broker: claim (row locks) and
         // forget in one transaction.
         let mut tx = pool.begin().await?;
-        let events = event::claim(&mut tx, batch).await?;
+        let events = event::claim(&mut tx, batch, idem_events::publisher::STEP_IDLE_LIMIT).await?;
         if events.is_empty() {
             tx.commit().await?;
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -264,6 +264,7 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
         .collect();
     tables.sort_unstable();
     tables.dedup();
+    let wal_split = configs.iter().any(|c| c.writes.wal_by_table);
     for table in tables {
         row(&format!("  {table} ins/upd(HOT)/del"), &|c| {
             c.writes
@@ -284,7 +285,7 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
                     },
                 )
         });
-        if configs.iter().any(|c| c.writes.wal_by_table) {
+        if wal_split {
             row(&format!("  {table} WAL B/msg heap+indexes"), &|c| {
                 let t = c.writes.tables.iter().find(|t| t.table == table);
                 match t.and_then(|t| t.wal_heap_bytes.zip(t.wal_index_bytes)) {
@@ -294,7 +295,7 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
             });
         }
     }
-    if configs.iter().any(|c| c.writes.wal_by_table) {
+    if wal_split {
         row("  WAL B/msg on no table (commits, …)", &|c| {
             c.writes
                 .wal_elsewhere_bytes
