@@ -8,15 +8,18 @@
 //!   provider breaker is closed (else e.g. `provider breaker open: 401 from
 //!   POST /v1/charges`); otherwise `503` with one line per reason.
 //! - `/metrics`: the Prometheus text exposition (see [`crate::metrics`]).
+//! - `/console/...` with `idem run --console`: the operator console
+//!   (`idem_console`), guarded by its own token; until the database answers
+//!   it says so with a 503 (the console needs the database for every page).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
 use idem_dispatch::Breaker;
 use idem_inbox::consumer::BrokerStatus;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -38,6 +41,9 @@ pub struct Health {
     pub breaker: Option<Breaker>,
     /// The Prometheus recorder, rendered by `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The console's routes, set once the database answers; `None` on a
+    /// replica without `--console`.
+    pub console: Option<Arc<OnceLock<Router>>>,
 }
 
 /// Serve the health and metrics endpoints on `listener` until `shutdown`.
@@ -50,6 +56,8 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/console", any(console))
+        .route("/console/{*rest}", any(console))
         .with_state(health);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -113,6 +121,24 @@ async fn ready(State(health): State<Health>) -> (StatusCode, String) {
             body.push('\n');
         }
         (StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+async fn console(State(health): State<Health>, request: Request) -> Response {
+    let Some(cell) = &health.console else {
+        return (StatusCode::NOT_FOUND, "the console is off on this replica (IDEM_CONSOLE)\n").into_response();
+    };
+    match cell.get() {
+        // `Router`'s error type is `Infallible`.
+        Some(router) => match tower::ServiceExt::oneshot(router.clone(), request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the console starts once the database answers\n",
+        )
+            .into_response(),
     }
 }
 

@@ -12,7 +12,8 @@
 //!   types whose `Debug` never prints them.
 //! - `replica`: [`run`] — connect, migrate, run the roles until shutdown.
 //! - `health`: `/healthz`, `/readyz` (database, and broker session when
-//!   consuming) and `/metrics`.
+//!   consuming), `/metrics`, and with `--console` the operator console
+//!   (`idem_console`) under `/console`.
 //! - `metrics`: the Prometheus recorder (one per process, shared by in-process
 //!   replicas), every crate's metric descriptions, the table-gauge sampler.
 //! - `telemetry`: logging, OTLP export, and the TLS crypto provider.

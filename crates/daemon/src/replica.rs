@@ -64,7 +64,9 @@ pub async fn run_with(
         broker: consumes.then(|| broker.clone()),
         breaker: dispatches.then(|| breaker.clone()),
         metrics: metrics_handle.clone(),
+        console: config.console.is_some().then(|| Arc::new(OnceLock::new())),
     };
+    let console_cell = health.console.clone();
     roles.spawn(health::serve(listener, health, stop.clone()));
     let Some(pool) = wait_for_database(&config, &shutdown).await? else {
         stop.cancel();
@@ -72,6 +74,19 @@ pub async fn run_with(
         return Ok(());
     };
     let _ = database.set(pool.clone());
+    if let (Some(settings), Some(cell)) = (config.console.clone(), console_cell) {
+        // Its own small pool: pages and bulk retries never take the
+        // connections the pipeline's roles need.
+        let console_pool = idem_store::connect(config.database_url.expose(), 2).await?;
+        let console = idem_console::Console::new(console_pool, settings.with_own_replica(http_addr))?;
+        let _ = cell.set(console.router());
+        let trend_stop = stop.clone();
+        roles.spawn(async move {
+            console.keep_trends(trend_stop).await;
+            Ok(())
+        });
+        tracing::info!(%http_addr, "operator console at /console");
+    }
     roles.spawn(metrics::sample_tables(
         pool.clone(),
         metrics_handle,

@@ -8,7 +8,7 @@ use idem_workload::{bench, demo};
 use tokio_util::sync::CancellationToken;
 
 use crate::publish::PublishArgs;
-use crate::{inbox, outbox, publish, quarantine, reconcile, status};
+use crate::{console, inbox, outbox, publish, quarantine, reconcile, status};
 
 /// idem: effectively-once charges from at-least-once messages.
 #[derive(Parser, Debug)]
@@ -50,6 +50,9 @@ pub enum Command {
     Quarantine(quarantine::QuarantineCommand),
     /// Inbox keys: was a message seen, how often, and what became of it.
     Inbox(inbox::InboxCommand),
+    /// The operator console in the browser: what is stuck, why, and audited
+    /// retry, resolve, replay and bulk retry.
+    Console(Box<console::ConsoleCommand>),
 }
 
 /// `idem status`.
@@ -86,5 +89,6 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()
         Command::Outbox(cmd) => outbox::run(cmd).await,
         Command::Quarantine(cmd) => quarantine::run(cmd).await,
         Command::Inbox(cmd) => inbox::run(cmd).await,
+        Command::Console(cmd) => console::run(*cmd, shutdown).await,
     }
 }

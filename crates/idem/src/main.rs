@@ -10,6 +10,7 @@
 //! - `reconcile`: `idem reconcile`, the one-shot run.
 //! - `outbox`, `quarantine`, `inbox`: the operators' commands, one module per
 //!   family (`idem outbox|quarantine|inbox ...`).
+//! - `console`: `idem console`, the operator console on its own listener.
 //! - `operator`: what they all take; reading without migrating, or changing.
 //! - `render`: their tables, key/value fields and JSON.
 //! - `status`: `idem status`.
@@ -19,6 +20,7 @@
 //!   from the CLI and checked against the page.
 
 mod cli;
+mod console;
 mod inbox;
 mod operator;
 mod outbox;

@@ -116,6 +116,94 @@ pub async fn publish(
     Ok(())
 }
 
+/// Why a quarantined message was not replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// No such message (never kept, or retention deleted it).
+    #[error("no quarantined message {0} (retention may have deleted it)")]
+    Gone(i64),
+    /// Quarantine kept too little of it to send it again.
+    #[error("quarantined message {id} was not replayed: {why}")]
+    NotReplayable {
+        /// The message.
+        id: i64,
+        /// What is missing.
+        why: String,
+    },
+    /// The database failed before anything was published.
+    #[error("nothing was replayed: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The broker did not take it; the audit row says `failed`.
+    #[error("replaying quarantined message {id} (audit #{audit_id}): {error:#}")]
+    Publish {
+        /// The message.
+        id: i64,
+        /// Its audit row.
+        audit_id: i64,
+        /// What the broker or the connection said.
+        error: anyhow::Error,
+    },
+}
+
+/// Replay quarantined message `id` to `queue` on the broker at `amqp_url`:
+/// the audit row is committed first (`requested`: no replay is ever sent
+/// without its record), then the message is published with a confirm,
+/// then the row and its audit row say how it went. Returns the audit row.
+/// The CLI's `idem quarantine replay` and the console share it.
+pub async fn replay_kept(
+    conn: &mut sqlx::PgConnection,
+    amqp_url: &str,
+    queue: &str,
+    id: i64,
+    action: &idem_store::admin::Action<'_>,
+) -> Result<i64, ReplayError> {
+    use idem_store::admin;
+    let Some(r) = admin::find_quarantine(conn, id).await? else {
+        return Err(ReplayError::Gone(id));
+    };
+    if let Some(why) = r.not_replayable() {
+        return Err(ReplayError::NotReplayable { id, why });
+    }
+    let Some(audit_id) = admin::begin_replay(conn, id, queue, action).await? else {
+        return Err(ReplayError::Gone(id));
+    };
+    let props = properties(&r.properties, r.message_id.as_deref(), id);
+    let published = publish_once(amqp_url, queue, &r.body, props).await;
+    let outcome = published.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
+    admin::finish_replay(conn, id, audit_id, outcome.as_ref().map(|_| ()).map_err(String::as_str))
+        .await?;
+    published.map_err(|error| ReplayError::Publish { id, audit_id, error })?;
+    Ok(audit_id)
+}
+
+/// One connection, one confirmed publish, closed.
+async fn publish_once(
+    amqp_url: &str,
+    queue: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> anyhow::Result<()> {
+    let connection = crate::connect_amqp(amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    // Passive: the queue is the daemon's, declared with its type and
+    // arguments; a replay must not declare it otherwise (the broker refuses
+    // a second declaration that differs), only find it.
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("the work queue {queue:?} is not there (is IDEM_QUEUE right?)"))?;
+    let sent = publish(&channel, queue, body, props).await;
+    let _ = connection.close(200, "done".into()).await;
+    sent
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

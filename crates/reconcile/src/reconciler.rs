@@ -113,6 +113,18 @@ impl Reconciler {
         result?;
         self.refund_pending(&mut conn, &mut report).await?;
         record_metrics(&report);
+        // For the console and operators; the run's work is done and
+        // committed, so a failure to record it is only logged.
+        match serde_json::to_value(&report) {
+            Ok(json) => {
+                if let Err(e) =
+                    idem_store::overview::record_reconcile_run(&mut conn, started, &json).await
+                {
+                    tracing::warn!(error = %e, "could not record the reconciliation's report");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not serialise the reconciliation's report"),
+        }
         Ok(report)
     }
 

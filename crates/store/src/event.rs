@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use idem_message::ChargeRequest;
+use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -239,4 +240,43 @@ pub async fn on_duplicate(
     } else {
         DuplicateReply::Nothing
     })
+}
+
+/// A result event not yet confirmed by the broker, as operators see it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct PendingEvent {
+    /// Event id.
+    pub id: i64,
+    /// `settled`, `replayed` or `reply`.
+    pub kind: String,
+    /// The state it announces.
+    pub state: OutboxState,
+    /// Where its direct reply goes, if anywhere.
+    pub reply_to: Option<String>,
+    /// Failed publishes so far.
+    pub attempts: i32,
+    /// When it may next be published.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Why the last publish failed.
+    pub last_error: Option<String>,
+    /// Written at.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The unconfirmed result events of outbox row `outbox_id` (confirmed ones
+/// are deleted). The table holds only the publisher's backlog, so this
+/// reads that backlog, not the history; at most `limit` events.
+pub async fn pending_of(
+    conn: &mut PgConnection,
+    outbox_id: i64,
+    limit: i64,
+) -> Result<Vec<PendingEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, kind, state, reply_to, attempts, next_attempt_at, last_error, created_at
+         FROM result_event WHERE outbox_id = $1 ORDER BY id LIMIT $2",
+    )
+    .bind(outbox_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }

@@ -25,6 +25,8 @@
 //! - `inbox`: record a message's key once; tell new, duplicate and conflict apart.
 //! - `outage`: which database errors waiting fixes (start-up, held batches).
 //! - `outbox`: enqueue, settle fenced by the lease.
+//! - `overview`: the console overview's windowed figures (rates, waiting,
+//!   recent quarantine and conflicts) and the reconciliation runs' record.
 //! - `quarantine`: keep bad input, bounded (a long body as prefix, size, SHA-256), with its reason.
 //! - `reconcile`: our rows for the provider's listed references, settling
 //!   and re-queuing found/missing charges, compensations (refunds).
@@ -52,6 +54,7 @@ pub mod event;
 pub mod inbox;
 pub mod outage;
 pub mod outbox;
+pub mod overview;
 pub mod quarantine;
 pub mod reconcile;
 pub mod rescue;

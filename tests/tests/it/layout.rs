@@ -388,6 +388,12 @@ fn the_data_path_reads_left_to_right() {
             ],
         ),
         ("idem-retention", &["idem-daemon", "clap"]),
+        // The console is the operators' pages over the store: no replica, no
+        // tools, no command line.
+        (
+            "idem-console",
+            &["idem-daemon", "idem-workload", "idem-simulator", "clap"],
+        ),
     ];
     let mut wrong = Vec::new();
     for (krate, never) in forbidden {

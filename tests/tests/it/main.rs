@@ -45,6 +45,7 @@ mod big_bodies;
 mod bulk_retry;
 mod chaos;
 mod commit_cut;
+mod console;
 mod crash;
 mod dead_letters;
 mod deploy;

@@ -12,6 +12,7 @@ use idem_charge::{Capabilities, ChargeClient};
 use idem_dispatch::{Backoff, DispatchConfig};
 use idem_inbox::InboxConfig;
 
+mod console;
 mod provider;
 mod queue;
 mod reconcile;
@@ -23,6 +24,7 @@ mod tenants;
 use idem_retention::RetentionConfig;
 
 use crate::secrets::{Secret, SecretUrl};
+pub use console::ConsoleArgs;
 pub use provider::{CaBundle, ProviderArgs, ProviderSettings};
 pub use queue::{QueueArgs, QueueKind, QueueSettings};
 pub use reconcile::{ReconcileArgs, ReconcileSettings};
@@ -204,6 +206,12 @@ pub struct RunArgs {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub provider: ProviderArgs,
+    /// Also serve the operator console under `/console` on IDEM_HTTP_ADDR
+    /// (off loopback only with IDEM_CONSOLE_TOKEN).
+    #[arg(long, env = "IDEM_CONSOLE", default_value_t = false, action = ArgAction::Set)]
+    pub console: bool,
+    #[command(flatten)]
+    pub console_args: ConsoleArgs,
 }
 
 /// A validated configuration for [`crate::run`]. Its `Debug` prints
@@ -238,6 +246,8 @@ pub struct Config {
     pub results: idem_events::PublisherConfig,
     /// How often a consuming replica drains the dead-letter queue.
     pub dead_letter_drain: Duration,
+    /// The operator console on the HTTP listener (`--console`), if served.
+    pub console: Option<idem_console::Settings>,
 }
 
 impl Config {
@@ -290,6 +300,7 @@ impl std::fmt::Debug for Config {
             .field("retention", &self.retention)
             .field("reconcile", &self.reconcile)
             .field("results", &results)
+            .field("console", &self.console)
             .finish()
     }
 }
@@ -419,6 +430,17 @@ impl RunArgs {
         let admission = a.tenants.validate(a.max_body_bytes, &a.amqp.queue)?;
         let queue = a.queue.validate()?;
         let provider = a.provider.validate(Duration::from_secs(a.lease_secs))?;
+        let console = a
+            .console
+            .then(|| {
+                a.console_args.validate(
+                    "IDEM_HTTP_ADDR",
+                    a.http_addr,
+                    a.amqp.broker.amqp_url.expose(),
+                    &a.amqp.queue,
+                )
+            })
+            .transpose()?;
         Ok(Config {
             database_url: a.database.database_url.clone(),
             db_max_connections: a.database.db_max_connections,
@@ -465,6 +487,7 @@ impl RunArgs {
             reconcile,
             results,
             dead_letter_drain: queue.drain_every,
+            console,
         })
     }
 }

@@ -209,3 +209,28 @@ fn a_pool_too_small_for_the_three_roles_is_refused() {
         .validate()
         .expect("three are enough");
 }
+
+/// The console on a replica's listener follows the console's rule: off
+/// loopback only with a token, and a short token is refused; the settings
+/// never print the token.
+#[test]
+fn a_console_on_a_public_listener_needs_a_token() {
+    let err = parse(&["--console", "true", "--http-addr", "0.0.0.0:9464"])
+        .validate()
+        .expect_err("no token");
+    let text = format!("{err:#}");
+    assert!(text.contains("IDEM_HTTP_ADDR 0.0.0.0:9464"), "{text}");
+    assert!(text.contains("IDEM_CONSOLE_TOKEN"), "{text}");
+    let short = parse(&["--console", "true", "--http-addr", "0.0.0.0:9464", "--console-token", "abc"])
+        .validate()
+        .expect_err("short token");
+    assert!(format!("{short:#}").contains("at least 16"), "{short:#}");
+    let token = "0123456789abcdef0123";
+    let config = parse(&["--console", "true", "--http-addr", "0.0.0.0:9464", "--console-token", token])
+        .validate()
+        .expect("a token");
+    assert!(config.console.is_some());
+    assert!(!format!("{config:?}").contains(token));
+    let off = parse(&["--http-addr", "0.0.0.0:9464"]).validate().expect("no console");
+    assert!(off.console.is_none(), "the console is off unless asked for");
+}
