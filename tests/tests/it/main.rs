@@ -26,6 +26,7 @@
 //! - `reconcile`, `retention`: the provider's books; bounded tables.
 //! - `admin`: the operator commands, through the binary.
 //! - `bulk_retry`: `idem outbox retry` by filter, batched, one audit row.
+//! - `pages`: the list pages: every match once, O(page) plans, hostile cursors.
 //! - `observability`, `tracing`: health, metrics, trace context.
 //! - `secrets`, `tls`: credentials never printed; TLS to every peer.
 //! - `upgrade`: the schema across releases.
@@ -59,6 +60,7 @@ mod layout;
 mod observability;
 mod ordering;
 mod outages;
+mod pages;
 mod pipeline;
 mod production_size;
 mod provider_refusals;

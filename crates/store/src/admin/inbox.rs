@@ -59,6 +59,10 @@ pub async fn find_inbox(
 pub struct ConflictRow {
     /// Row id.
     pub id: i64,
+    /// Dedup scope of the key.
+    pub scope: String,
+    /// Producer key.
+    pub message_id: String,
     /// The fingerprint first recorded, hex.
     pub stored_fingerprint: String,
     /// The conflicting delivery's fingerprint, hex.
@@ -69,30 +73,41 @@ pub struct ConflictRow {
     pub received_at: DateTime<Utc>,
 }
 
+/// The columns of a [`RawConflict`].
+pub(super) const CONFLICT_COLUMNS: &str = "id, scope, message_id, \
+     encode(stored_fingerprint, 'hex'), encode(received_fingerprint, 'hex'), body, received_at";
+
+/// A key conflict as read: its body still bytes.
+pub(super) type RawConflict = (i64, String, String, String, String, Vec<u8>, DateTime<Utc>);
+
+impl From<RawConflict> for ConflictRow {
+    fn from(raw: RawConflict) -> Self {
+        let (id, scope, message_id, stored, received, body, received_at) = raw;
+        Self {
+            id,
+            scope,
+            message_id,
+            stored_fingerprint: stored,
+            received_fingerprint: received,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            received_at,
+        }
+    }
+}
+
 /// Conflicts recorded for `(scope, message_id)`, oldest first.
 pub async fn conflicts_of(
     conn: &mut PgConnection,
     scope: &str,
     message_id: &str,
 ) -> Result<Vec<ConflictRow>, sqlx::Error> {
-    type Raw = (i64, String, String, Vec<u8>, DateTime<Utc>);
-    let rows: Vec<Raw> = sqlx::query_as(
-        "SELECT id, encode(stored_fingerprint, 'hex'), encode(received_fingerprint, 'hex'),
-                body, received_at
-         FROM key_conflict WHERE scope = $1 AND message_id = $2 ORDER BY id",
-    )
+    let rows: Vec<RawConflict> = sqlx::query_as(&format!(
+        "SELECT {CONFLICT_COLUMNS} FROM key_conflict WHERE scope = $1 AND message_id = $2 \
+         ORDER BY id"
+    ))
     .bind(scope)
     .bind(message_id)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, stored, received, body, received_at)| ConflictRow {
-            id,
-            stored_fingerprint: stored,
-            received_fingerprint: received,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            received_at,
-        })
-        .collect())
+    Ok(rows.into_iter().map(ConflictRow::from).collect())
 }

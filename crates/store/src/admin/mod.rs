@@ -16,12 +16,14 @@
 //! - `inbox`: a key and its conflicts.
 //! - `quarantine`: kept messages; the two halves of a replay.
 //! - `audit`: the record of every operator change.
+//! - `page`: keyset pages of every list, newest first, O(page) each.
 
 mod audit;
 mod bulk;
 mod filter;
 mod inbox;
 mod outbox;
+mod page;
 mod quarantine;
 
 pub use audit::{Action, AuditRow, audit_of};
@@ -30,6 +32,10 @@ pub use filter::{BadFilter, RetryFilter, parse_time};
 pub use inbox::{ConflictRow, InboxRow, conflicts_of, find_inbox, parse_key};
 pub use outbox::{
     OutboxRow, OutboxSelector, Refused, Resolution, find_outbox, list_outbox, resolve, retry_dead,
+};
+pub use page::{
+    MAX_FILTER_TEXT, MAX_LIMIT, OutboxFilter, Page, PageError, SCAN_BUDGET, audit_page,
+    conflict_page, explain_outbox_page, outbox_page, quarantine_page,
 };
 pub use quarantine::{
     QuarantineRow, begin_replay, find_quarantine, finish_replay, list_quarantine,

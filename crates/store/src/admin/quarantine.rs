@@ -80,7 +80,7 @@ impl QuarantineRow {
 /// Rows written before the digest columns existed (or by a previous release
 /// during a rollout) hold the whole body: their size and digest are the
 /// stored body's.
-const QUARANTINE_COLUMNS: &str = "id, reason_code, reason, message_id, properties, body,
+pub(super) const QUARANTINE_COLUMNS: &str = "id, reason_code, reason, message_id, properties, body,
      coalesce(body_size, octet_length(body)::int8) AS body_size,
      encode(coalesce(body_sha256, sha256(body)), 'hex') AS body_sha256,
      body_truncated, properties_truncated, raw_header, raw_header_size,
