@@ -150,8 +150,8 @@ pub(crate) async fn style() -> impl IntoResponse {
 }
 
 /// A time as the pages write it: UTC to the second.
-pub(crate) fn when(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
+pub(crate) fn when(t: impl std::borrow::Borrow<DateTime<Utc>>) -> String {
+    t.borrow().format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// An optional time, `-` when absent.

@@ -7,6 +7,7 @@
 
 mod access;
 mod actions;
+mod browser;
 mod pages;
 mod plans;
 
