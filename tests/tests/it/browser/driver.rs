@@ -128,13 +128,18 @@ impl Driver {
 
     /// Poll `/status` until it says ready, the process exits, or the timeout.
     async fn ready(&mut self) -> anyhow::Result<()> {
+        // reqwest is built without a default crypto provider (one backend: ring).
+        idem_daemon::telemetry::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("chromedriver exited ({status}) before it was ready; {}", self.log_tail());
+                bail!(
+                    "chromedriver exited ({status}) before it was ready; {}",
+                    self.log_tail()
+                );
             }
             let status = http.get(format!("{}/status", self.url)).send().await;
             if let Ok(response) = status {

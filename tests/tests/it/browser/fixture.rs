@@ -66,9 +66,7 @@ async fn form() -> impl IntoResponse {
     let cookies = AppendHeaders([
         (
             SET_COOKIE,
-            HeaderValue::from_static(
-                "session=s3cret-session; Path=/; HttpOnly; SameSite=Strict",
-            ),
+            HeaderValue::from_static("session=s3cret-session; Path=/; HttpOnly; SameSite=Strict"),
         ),
         (
             SET_COOKIE,

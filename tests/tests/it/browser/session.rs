@@ -60,7 +60,9 @@ impl Browser {
             .capabilities(capabilities(&programs.chromium, &dir.join("profile")))
             .connect(&driver.url)
             .await
-            .map_err(|e| anyhow::anyhow!("opening a Chromium session: {e}; {}", driver.log_tail()))?;
+            .map_err(|e| {
+                anyhow::anyhow!("opening a Chromium session: {e}; {}", driver.log_tail())
+            })?;
         Ok(Self {
             client,
             dir,
@@ -100,7 +102,10 @@ impl Browser {
     /// Replace the value of the field matching `css` by typing `value`.
     pub async fn fill(&self, css: &str, value: &str) -> anyhow::Result<()> {
         let field = self.find(css).await?;
-        field.clear().await.with_context(|| format!("clearing `{css}`"))?;
+        field
+            .clear()
+            .await
+            .with_context(|| format!("clearing `{css}`"))?;
         field
             .send_keys(value)
             .await
@@ -167,7 +172,10 @@ impl Browser {
     /// Save a PNG of the viewport as `<name>.png`: into `docs/img/` when
     /// `IDEM_UPDATE_DOCS=1` (the docs' screenshots, regenerated on demand),
     /// else into this session's temporary directory. Returns where it went.
-    #[allow(dead_code, reason = "the console's browser tests take the docs' screenshots")]
+    #[allow(
+        dead_code,
+        reason = "the console's browser tests take the docs' screenshots"
+    )]
     pub async fn screenshot(&self, name: &str) -> anyhow::Result<PathBuf> {
         let dir = screenshot_dir(std::env::var_os(UPDATE_DOCS), &self.dir);
         self.screenshot_into(&dir, name).await
@@ -176,7 +184,11 @@ impl Browser {
     /// [`Browser::screenshot`] into `dir`, whatever `IDEM_UPDATE_DOCS` says.
     pub async fn screenshot_into(&self, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
         let path = dir.join(screenshot_file(name)?);
-        let png = self.client.screenshot().await.context("taking a screenshot")?;
+        let png = self
+            .client
+            .screenshot()
+            .await
+            .context("taking a screenshot")?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
