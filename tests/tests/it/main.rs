@@ -43,6 +43,7 @@ mod alerts;
 mod batch;
 mod bench;
 mod big_bodies;
+mod browser;
 mod bulk_retry;
 mod chaos;
 mod commit_cut;
