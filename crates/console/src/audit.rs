@@ -9,9 +9,9 @@ use axum::response::Response;
 use idem_store::admin::{self, AuditRow};
 use serde::Deserialize;
 
+use crate::Console;
 use crate::guard::{self, Csrf};
 use crate::view::{self, Chrome, Failure};
-use crate::Console;
 
 /// The longest name and reason accepted (the audit table keeps them whole).
 const MAX_NAME: usize = 200;
@@ -32,7 +32,11 @@ pub(crate) fn who(actor: &str, reason: &str) -> Result<(String, String), Failure
              Nothing was changed."
         )));
     }
-    if actor.chars().chain(reason.chars()).any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
+    if actor
+        .chars()
+        .chain(reason.chars())
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
         return Err(Failure::bad_request(
             "The name and reason must be text without control characters. Nothing was changed.",
         ));
@@ -55,17 +59,14 @@ pub(crate) struct AuditView {
 
 impl From<AuditRow> for AuditView {
     fn from(a: AuditRow) -> Self {
-        let href = a
-            .target
-            .split_once(':')
-            .and_then(|(table, id)| {
-                let id: i64 = id.parse().ok()?;
-                match table {
-                    "outbox" => Some(format!("/console/outbox/{id}")),
-                    "quarantine" => Some(format!("/console/quarantine/{id}")),
-                    _ => None,
-                }
-            });
+        let href = a.target.split_once(':').and_then(|(table, id)| {
+            let id: i64 = id.parse().ok()?;
+            match table {
+                "outbox" => Some(format!("/console/outbox/{id}")),
+                "quarantine" => Some(format!("/console/quarantine/{id}")),
+                _ => None,
+            }
+        });
         Self {
             id: a.id,
             at: view::when(a.at),
@@ -105,7 +106,13 @@ pub(crate) async fn list(
     let target = q.target.unwrap_or_default();
     let prefix = Some(target.trim()).filter(|t| !t.is_empty());
     let mut conn = console.pool().acquire().await?;
-    let page = admin::audit_page(&mut conn, prefix, q.after.as_deref().filter(|a| !a.is_empty()), 50).await?;
+    let page = admin::audit_page(
+        &mut conn,
+        prefix,
+        q.after.as_deref().filter(|a| !a.is_empty()),
+        50,
+    )
+    .await?;
     let next = page.next.map(|n| {
         format!(
             "/console/audit?target={}&after={}",

@@ -13,11 +13,11 @@ use idem_store::OutboxState;
 use idem_store::admin::{self, Action, RetryFilter};
 use serde::Deserialize;
 
+use crate::Console;
 use crate::audit;
 use crate::guard::{self, Csrf};
 use crate::outbox::{RowView, parse_time};
 use crate::view::{self, Chrome, Failure};
-use crate::Console;
 
 /// Rows a preview shows.
 const SAMPLE: i64 = 20;
@@ -147,7 +147,9 @@ pub(crate) async fn run(
                 tracing::info!(audit_id = done.audit_id, retried = done.retried,
                     skipped_uncertain = done.skipped_uncertain, %actor, "console: bulk retry done");
             }
-            Err(e) => tracing::warn!(error = %e, %actor, "console: bulk retry stopped; its audit row says how far it got"),
+            Err(e) => {
+                tracing::warn!(error = %e, %actor, "console: bulk retry stopped; its audit row says how far it got")
+            }
         }
     });
     // Wait for the first batch (or the end): the trail then shows the run.

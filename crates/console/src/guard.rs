@@ -14,7 +14,7 @@
 //!   is this browser's `HttpOnly; SameSite=Strict` cookie. Another site can
 //!   neither read the value nor make the browser send the cookie.
 //! - Every response says: no scripts or anything from elsewhere (CSP), no
-//!   framing, no caching, no referrer.
+//!   framing, no caching, no referrer to other sites.
 
 use std::time::Duration;
 
@@ -78,10 +78,12 @@ fn mac(key: &[u8], data: &[u8]) -> [u8; 32] {
 /// Whether `given` equals `expected`, in time independent of where they
 /// differ (both are hashed first, so lengths leak nothing either).
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    let mut m = HmacSha256::new_from_slice(b"idem-console compare").unwrap_or_else(|_| unreachable!());
+    let mut m =
+        HmacSha256::new_from_slice(b"idem-console compare").unwrap_or_else(|_| unreachable!());
     m.update(expected);
     let expected = m.finalize().into_bytes();
-    let mut m = HmacSha256::new_from_slice(b"idem-console compare").unwrap_or_else(|_| unreachable!());
+    let mut m =
+        HmacSha256::new_from_slice(b"idem-console compare").unwrap_or_else(|_| unreachable!());
     m.update(given);
     m.verify_slice(&expected).is_ok()
 }
@@ -112,7 +114,11 @@ impl Csrf {
 }
 
 /// The guard around every console route.
-pub(crate) async fn guard(State(console): State<Console>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(console): State<Console>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let settings = console.settings();
     if settings.token.is_none() && !loopback_host(req.headers()) {
         return Failure::new(
@@ -146,7 +152,9 @@ pub(crate) async fn guard(State(console): State<Console>, mut req: Request, next
     }
     let jar = CookieJar::from_headers(req.headers());
     let (nonce, fresh) = match jar.get(NONCE).map(Cookie::value) {
-        Some(n) if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) => (n.to_owned(), false),
+        Some(n) if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            (n.to_owned(), false)
+        }
         _ => {
             let mut bytes = [0; 32];
             rand::rng().fill_bytes(&mut bytes);
@@ -265,7 +273,9 @@ fn secure_headers(headers: &mut HeaderMap) {
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it browsers send `Origin: null` with a
+        // form's POST, which the change check must refuse as foreign.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ];
     for (name, value) in fixed {
@@ -363,7 +373,13 @@ mod tests {
 
     #[test]
     fn only_loopback_host_names_pass_without_a_token() {
-        for ok in ["localhost", "localhost:9465", "127.0.0.1:80", "[::1]:9465", "LOCALHOST"] {
+        for ok in [
+            "localhost",
+            "localhost:9465",
+            "127.0.0.1:80",
+            "[::1]:9465",
+            "LOCALHOST",
+        ] {
             assert!(loopback_host(&headers(&[("host", ok)])), "{ok}");
         }
         for bad in ["evil.example", "127.0.0.1.evil.example:80", "[::2]:1", ""] {
@@ -382,8 +398,17 @@ mod tests {
 
     #[test]
     fn sign_in_goes_on_only_to_console_pages() {
-        assert_eq!(after_login(Some("/console/outbox?state=dead")), "/console/outbox?state=dead");
-        for bad in ["https://evil.example/", "//evil.example", "/console//evil", "/other", "/console\\x"] {
+        assert_eq!(
+            after_login(Some("/console/outbox?state=dead")),
+            "/console/outbox?state=dead"
+        );
+        for bad in [
+            "https://evil.example/",
+            "//evil.example",
+            "/console//evil",
+            "/other",
+            "/console\\x",
+        ] {
             assert_eq!(after_login(Some(bad)), "/console/", "{bad}");
         }
         assert_eq!(after_login(None), "/console/");

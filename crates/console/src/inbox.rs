@@ -9,9 +9,9 @@ use axum::response::Response;
 use idem_store::admin::{self, ConflictRow, InboxRow, OutboxRow, OutboxSelector};
 use serde::Deserialize;
 
+use crate::Console;
 use crate::guard::{self, Csrf};
 use crate::view::{self, Chrome, Failure};
-use crate::Console;
 
 /// A conflict as the pages show it.
 struct ConflictView {
@@ -72,7 +72,9 @@ pub(crate) async fn conflicts(
     Ok(view::render(&ListPage {
         chrome: guard::chrome(&console, &csrf, "Key conflicts"),
         rows: page.rows.into_iter().map(ConflictView::from).collect(),
-        next: page.next.map(|n| format!("/console/conflicts?after={}", view::query_value(&n))),
+        next: page
+            .next
+            .map(|n| format!("/console/conflicts?after={}", view::query_value(&n))),
     }))
 }
 
@@ -103,7 +105,9 @@ pub(crate) async fn key(
     Query(q): Query<KeyQuery>,
 ) -> Result<Response, Failure> {
     if q.scope.is_empty() || q.message_id.is_empty() {
-        return Err(Failure::bad_request("A key is a scope and a message_id; both are needed."));
+        return Err(Failure::bad_request(
+            "A key is a scope and a message_id; both are needed.",
+        ));
     }
     let mut conn = console.pool().acquire().await?;
     let inbox = admin::find_inbox(&mut conn, &q.scope, &q.message_id).await?;
@@ -123,7 +127,10 @@ pub(crate) async fn key(
         chrome: guard::chrome(
             &console,
             &csrf,
-            format!("Key {}", view::clip(&format!("{}:{}", q.scope, q.message_id), 80)),
+            format!(
+                "Key {}",
+                view::clip(&format!("{}:{}", q.scope, q.message_id), 80)
+            ),
         ),
         inbox,
         outbox,

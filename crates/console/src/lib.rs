@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::response::Redirect;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -102,28 +102,31 @@ impl Console {
 
     /// The console's routes under [`BASE`], guarded. Mount it on any router.
     pub fn router(&self) -> Router {
-        let pages = Router::new()
-            .route("/", get(overview::page))
-            .route("/style.css", get(view::style))
-            .route("/login", get(guard::login_page).post(guard::login))
-            .route("/outbox", get(outbox::list))
-            .route("/outbox/{id}", get(outbox::row))
-            .route("/outbox/{id}/retry", post(outbox::retry))
-            .route("/outbox/{id}/resolve", post(outbox::resolve))
-            .route("/retry", get(bulk::preview).post(bulk::run))
-            .route("/quarantine", get(quarantine::list))
-            .route("/quarantine/{id}", get(quarantine::row))
-            .route("/quarantine/{id}/replay", post(quarantine::replay))
-            .route("/conflicts", get(inbox::conflicts))
-            .route("/inbox", get(inbox::key))
-            .route("/audit", get(audit::list))
-            .fallback(view::not_found)
+        // Full paths rather than `nest`: the guard and the pages see the
+        // path as the browser sent it, on either listener.
+        let at = |p: &str| format!("{BASE}{p}");
+        Router::new()
+            .route(&at("/"), get(overview::page))
+            .route(BASE, get(|| async { Redirect::to(&format!("{BASE}/")) }))
+            .route(&at("/style.css"), get(view::style))
+            .route(&at("/login"), get(guard::login_page).post(guard::login))
+            .route(&at("/outbox"), get(outbox::list))
+            .route(&at("/outbox/{id}"), get(outbox::row))
+            .route(&at("/outbox/{id}/retry"), post(outbox::retry))
+            .route(&at("/outbox/{id}/resolve"), post(outbox::resolve))
+            .route(&at("/retry"), get(bulk::preview).post(bulk::run))
+            .route(&at("/quarantine"), get(quarantine::list))
+            .route(&at("/quarantine/{id}"), get(quarantine::row))
+            .route(&at("/quarantine/{id}/replay"), post(quarantine::replay))
+            .route(&at("/conflicts"), get(inbox::conflicts))
+            .route(&at("/inbox"), get(inbox::key))
+            .route(&at("/audit"), get(audit::list))
+            .route(&at("/{*rest}"), any(view::not_found))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 guard::guard,
             ))
-            .with_state(self.clone());
-        Router::new().nest(BASE, pages)
+            .with_state(self.clone())
     }
 
     /// Keep the overview's trends: a sample every [`trend::PERIOD`] until

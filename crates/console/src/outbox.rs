@@ -10,15 +10,17 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use chrono::Utc;
 use idem_store::OutboxState;
-use idem_store::admin::{self, Action, OutboxFilter, OutboxRow, OutboxSelector, Refused, Resolution};
+use idem_store::admin::{
+    self, Action, OutboxFilter, OutboxRow, OutboxSelector, Refused, Resolution,
+};
 use idem_store::attempt::{self, AttemptRow};
 use idem_store::event::{self, PendingEvent};
 use serde::Deserialize;
 
+use crate::Console;
 use crate::audit::{self, AuditView};
 use crate::guard::{self, Csrf};
 use crate::view::{self, Chrome, Failure};
-use crate::Console;
 
 /// Rows per list page.
 const PAGE: i64 = 50;
@@ -62,7 +64,10 @@ pub(crate) fn parse_state(s: &str) -> Result<Option<OutboxState>, Failure> {
 /// A time field: RFC 3339 or a relative `-2h`, as the CLI's `--since`.
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<Option<chrono::DateTime<Utc>>, Failure> {
     given(s)
-        .map(|s| admin::parse_time(&s, Utc::now()).map_err(|e| Failure::bad_request(format!("{field}: {e}"))))
+        .map(|s| {
+            admin::parse_time(&s, Utc::now())
+                .map_err(|e| Failure::bad_request(format!("{field}: {e}")))
+        })
         .transpose()
 }
 
@@ -149,7 +154,10 @@ pub(crate) async fn list(
     let mut conn = console.pool().acquire().await?;
     let after = given(&q.after);
     let page = admin::outbox_page(&mut conn, &filter, after.as_deref(), PAGE).await?;
-    let next = page.next.as_deref().map(|n| format!("/console/outbox?{}", q.with_after(n)));
+    let next = page
+        .next
+        .as_deref()
+        .map(|n| format!("/console/outbox?{}", q.with_after(n)));
     let bulk = (q.state == "dead" && !console.settings().read_only).then(|| {
         let mut pairs = vec![];
         for (k, v) in [("account", &q.account), ("error", &q.error)] {
@@ -190,7 +198,9 @@ impl From<AttemptRow> for AttemptView {
             replica: view::shown(&a.replica),
             started: view::when(a.started_at),
             latency: format!("{:.1} ms", a.latency_ms),
-            status: a.http_status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            status: a
+                .http_status
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             error: view::shown(&a.error.unwrap_or_default()),
             provider_id: view::shown(&a.provider_id.unwrap_or_default()),
         }
@@ -263,7 +273,10 @@ pub(crate) async fn row(
         done: q.done,
         can_retry: writable && r.state == OutboxState::Dead,
         can_resolve: writable
-            && matches!(r.state, OutboxState::Pending | OutboxState::Unknown | OutboxState::Dead),
+            && matches!(
+                r.state,
+                OutboxState::Pending | OutboxState::Unknown | OutboxState::Dead
+            ),
         uncertain: r.uncertain_since.is_some(),
         state,
         r,
@@ -281,7 +294,14 @@ fn fields(r: &OutboxRow) -> Vec<(&'static str, String)> {
         ("description", opt(&r.description)),
         ("attempts", r.attempts.to_string()),
         ("next attempt", view::when(r.next_attempt_at)),
-        ("lease", format!("{} until {}", opt(&r.lease_owner), view::when_opt(r.lease_expires_at))),
+        (
+            "lease",
+            format!(
+                "{} until {}",
+                opt(&r.lease_owner),
+                view::when_opt(r.lease_expires_at)
+            ),
+        ),
         ("uncertain since", view::when_opt(r.uncertain_since)),
         ("provider charge", opt(&r.provider_charge_id)),
         ("last error", opt(&r.last_error)),
@@ -340,7 +360,9 @@ pub(crate) async fn retry(
         force: form.force.is_some(),
     };
     let mut conn = console.pool().acquire().await?;
-    let audit_id = admin::retry_dead(&mut conn, id, &action).await.map_err(refused)?;
+    let audit_id = admin::retry_dead(&mut conn, id, &action)
+        .await
+        .map_err(refused)?;
     tracing::info!(outbox_id = id, audit_id, %actor, "console: dead row retried");
     Ok(Redirect::to(&format!("/console/outbox/{id}?done={audit_id}")).into_response())
 }
@@ -359,7 +381,11 @@ pub(crate) async fn resolve(
     let resolution = match form.resolution.as_str() {
         "succeeded" => Resolution::Succeeded,
         "declined" if charge_id.is_none() => Resolution::Declined,
-        "declined" => return Err(Failure::bad_request("A charge id goes with succeeded only.")),
+        "declined" => {
+            return Err(Failure::bad_request(
+                "A charge id goes with succeeded only.",
+            ));
+        }
         _ => return Err(Failure::bad_request("Resolve as succeeded or declined.")),
     };
     let action = Action {
@@ -379,7 +405,9 @@ pub(crate) async fn resolve(
 fn refused(e: Refused) -> Failure {
     match e {
         Refused::Database(e) => e.into(),
-        Refused::NotFound(id) => Failure::not_found(format!("No outbox row {id}. Nothing was changed.")),
+        Refused::NotFound(id) => {
+            Failure::not_found(format!("No outbox row {id}. Nothing was changed."))
+        }
         other => Failure::new(
             StatusCode::CONFLICT,
             "Refused",

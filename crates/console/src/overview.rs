@@ -8,11 +8,11 @@ use idem_store::OutboxState;
 use idem_store::overview::{self, COUNT_CAP, Flow};
 use idem_store::status;
 
+use crate::Console;
 use crate::guard::{self, Csrf};
 use crate::replicas::{self, Replica};
 use crate::trend;
 use crate::view::{self, Chrome, Failure};
-use crate::Console;
 
 /// One state's card.
 struct StateCard {
@@ -81,11 +81,10 @@ pub(crate) async fn page(
         quarantined: sample.quarantined,
         flow,
         cap: COUNT_CAP,
-        trend_since: console
-            .inner
-            .trend
-            .since()
-            .map_or_else(|| "no samples yet".to_owned(), |t| format!("since {}", view::when(t))),
+        trend_since: console.inner.trend.since().map_or_else(
+            || "no samples yet".to_owned(),
+            |t| format!("since {}", view::when(t)),
+        ),
         replicas,
         run: run.map(run_view),
     }))

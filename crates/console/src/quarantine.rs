@@ -12,11 +12,11 @@ use idem_inbox::replay::{self, ReplayError};
 use idem_store::admin::{self, Action, QuarantineRow};
 use serde::Deserialize;
 
+use crate::Console;
 use crate::audit::{self, AuditView};
 use crate::guard::{self, Csrf};
 use crate::outbox::parse_id;
 use crate::view::{self, Chrome, Failure};
-use crate::Console;
 
 /// A kept message in the list.
 struct ItemView {
@@ -35,10 +35,10 @@ impl From<&QuarantineRow> for ItemView {
             id: q.id,
             reason_code: q.reason_code.clone(),
             reason: view::clip(&q.reason, 160),
-            message_id: q
-                .message_id
-                .as_deref()
-                .map_or_else(|| "-".to_owned(), |m| view::clip(&view::escape_bytes(m), 60)),
+            message_id: q.message_id.as_deref().map_or_else(
+                || "-".to_owned(),
+                |m| view::clip(&view::escape_bytes(m), 60),
+            ),
             size: q.body_size,
             received: view::when(q.received_at),
             replays: q.replay_count,
@@ -72,7 +72,9 @@ pub(crate) async fn list(
     Ok(view::render(&ListPage {
         chrome: guard::chrome(&console, &csrf, "Quarantine"),
         rows: page.rows.iter().map(ItemView::from).collect(),
-        next: page.next.map(|n| format!("/console/quarantine?after={}", view::query_value(&n))),
+        next: page
+            .next
+            .map(|n| format!("/console/quarantine?after={}", view::query_value(&n))),
     }))
 }
 
@@ -123,12 +125,21 @@ pub(crate) async fn row(
         ("reason", format!("{} ({})", r.reason, r.reason_code)),
         (
             "message_id",
-            r.message_id.as_deref().map_or_else(|| "-".to_owned(), view::escape_bytes),
+            r.message_id
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), view::escape_bytes),
         ),
         ("body", body_note),
         ("body SHA-256", r.body_sha256.clone()),
         ("received", view::when(r.received_at)),
-        ("replayed", format!("{} times, last {}", r.replay_count, view::when_opt(r.replayed_at))),
+        (
+            "replayed",
+            format!(
+                "{} times, last {}",
+                r.replay_count,
+                view::when_opt(r.replayed_at)
+            ),
+        ),
     ];
     Ok(view::render(&RowPage {
         chrome: guard::chrome(&console, &csrf, format!("Quarantined message {id}")),
@@ -189,11 +200,15 @@ pub(crate) async fn replay(
         Err(ReplayError::Gone(_)) => Err(Failure::not_found(format!(
             "No quarantined message {id}. Nothing was replayed."
         ))),
-        Err(e @ ReplayError::NotReplayable { .. }) => {
-            Err(Failure::new(StatusCode::CONFLICT, "Not replayable", e.to_string()))
-        }
-        Err(e @ ReplayError::Publish { .. }) => {
-            Err(Failure::new(StatusCode::BAD_GATEWAY, "The broker did not take it", e.to_string()))
-        }
+        Err(e @ ReplayError::NotReplayable { .. }) => Err(Failure::new(
+            StatusCode::CONFLICT,
+            "Not replayable",
+            e.to_string(),
+        )),
+        Err(e @ ReplayError::Publish { .. }) => Err(Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "The broker did not take it",
+            e.to_string(),
+        )),
     }
 }

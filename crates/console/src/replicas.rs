@@ -116,7 +116,8 @@ fn parse(url: String, text: &str) -> Replica {
         if name == idem_dispatch::metrics::BREAKER_OPEN {
             replica.breaker_open = Some(replica.breaker_open.unwrap_or(false) || value > 0.0);
         } else if name == idem_inbox::metrics::BROKER_CONNECTED {
-            replica.broker_connected = Some(replica.broker_connected.unwrap_or(true) && value > 0.0);
+            replica.broker_connected =
+                Some(replica.broker_connected.unwrap_or(true) && value > 0.0);
         } else if name == "idem_build_info" {
             replica.version = label(series, "version");
         }
@@ -147,7 +148,10 @@ mod tests {
         assert_eq!(r.breaker_open, Some(true));
         assert_eq!(r.broker_connected, Some(false));
         let none = parse("u".into(), "");
-        assert_eq!((none.breaker_open, none.broker_connected, none.version), (None, None, None));
+        assert_eq!(
+            (none.breaker_open, none.broker_connected, none.version),
+            (None, None, None)
+        );
     }
 
     #[test]

@@ -107,9 +107,7 @@ impl Settings {
         replay: Option<Replay>,
     ) -> Result<Self, BadSettings> {
         // Surrounding whitespace is a file's newline, not part of the secret.
-        let token = token
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
+        let token = token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
         if let Some(t) = &token
             && t.chars().count() < MIN_TOKEN_LEN
         {
@@ -178,7 +176,14 @@ mod tests {
 
     #[test]
     fn a_console_off_loopback_needs_a_long_enough_token() {
-        let open = Settings::new("IDEM_CONSOLE_ADDR", addr("0.0.0.0:9465"), None, false, &[], None);
+        let open = Settings::new(
+            "IDEM_CONSOLE_ADDR",
+            addr("0.0.0.0:9465"),
+            None,
+            false,
+            &[],
+            None,
+        );
         let e = open.expect_err("no token off loopback").to_string();
         assert!(e.contains("IDEM_CONSOLE_ADDR 0.0.0.0:9465"), "{e}");
         assert!(e.contains("IDEM_CONSOLE_TOKEN_FILE"), "{e}");
@@ -190,7 +195,10 @@ mod tests {
             &[],
             None,
         );
-        assert_eq!(short.expect_err("short"), BadSettings::ShortToken { len: 5 });
+        assert_eq!(
+            short.expect_err("short"),
+            BadSettings::ShortToken { len: 5 }
+        );
         let ok = Settings::new(
             "IDEM_CONSOLE_ADDR",
             addr("0.0.0.0:9465"),
@@ -205,8 +213,15 @@ mod tests {
             Some(&b"0123456789abcdef"[..])
         );
         assert!(!format!("{ok:?}").contains("0123456789abcdef"));
-        let local = Settings::new("IDEM_CONSOLE_ADDR", addr("127.0.0.1:9465"), Some(String::new()), false, &[], None)
-            .expect("loopback needs no token");
+        let local = Settings::new(
+            "IDEM_CONSOLE_ADDR",
+            addr("127.0.0.1:9465"),
+            Some(String::new()),
+            false,
+            &[],
+            None,
+        )
+        .expect("loopback needs no token");
         assert!(local.token.is_none());
         Settings::new("IDEM_HTTP_ADDR", addr("[::1]:9465"), None, false, &[], None)
             .expect("IPv6 loopback");
@@ -236,7 +251,10 @@ mod tests {
         let urls: Vec<_> = s.replicas.iter().map(Url::as_str).collect();
         assert_eq!(
             urls,
-            ["http://127.0.0.1:9464/metrics", "http://10.0.0.5:9464/metrics"]
+            [
+                "http://127.0.0.1:9464/metrics",
+                "http://10.0.0.5:9464/metrics"
+            ]
         );
     }
 }

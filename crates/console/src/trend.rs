@@ -124,7 +124,10 @@ mod tests {
     fn a_sparkline_spans_its_box() {
         assert_eq!(sparkline(&[3], 100, 20), "");
         let svg = sparkline(&[0, 10, 5], 100, 20);
-        assert!(svg.contains("points=\"0.0,19.0 50.0,1.0 100.0,10.0\""), "{svg}");
+        assert!(
+            svg.contains("points=\"0.0,19.0 50.0,1.0 100.0,10.0\""),
+            "{svg}"
+        );
         // A flat series is drawn, not divided by zero.
         assert!(sparkline(&[7, 7], 10, 10).contains("points=\"0.0,9.0 10.0,9.0\""));
     }

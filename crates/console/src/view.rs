@@ -31,7 +31,11 @@ pub(crate) fn render(page: &impl Template) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "console template failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered\n",
+            )
+                .into_response()
         }
     }
 }
@@ -46,7 +50,11 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    pub(crate) fn new(status: StatusCode, title: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        title: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             title: title.into(),
@@ -76,7 +84,9 @@ impl From<sqlx::Error> for Failure {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "The database did not answer",
-            format!("{e}. Nothing was changed by this request; try again when the database is back."),
+            format!(
+                "{e}. Nothing was changed by this request; try again when the database is back."
+            ),
         )
     }
 }
@@ -181,7 +191,13 @@ pub(crate) fn hex_dump(bytes: &[u8]) -> String {
         let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
         let text: String = chunk
             .iter()
-            .map(|&b| if (b' '..=b'~').contains(&b) { char::from(b) } else { '.' })
+            .map(|&b| {
+                if (b' '..=b'~').contains(&b) {
+                    char::from(b)
+                } else {
+                    '.'
+                }
+            })
             .collect();
         out.push_str(&format!("{:08x}  {:<47}  {text}\n", i * 16, hex.join(" ")));
     }
@@ -252,7 +268,10 @@ mod tests {
 
     #[test]
     fn controls_and_bidi_overrides_are_shown_as_escapes() {
-        assert_eq!(shown("a\u{1b}[31mb\u{202e}c\nd"), "a\\u{1b}[31mb\\u{202e}c\nd");
+        assert_eq!(
+            shown("a\u{1b}[31mb\u{202e}c\nd"),
+            "a\\u{1b}[31mb\\u{202e}c\nd"
+        );
         assert_eq!(shown("plain <b>"), "plain <b>");
     }
 

@@ -126,7 +126,11 @@ async fn ready(State(health): State<Health>) -> (StatusCode, String) {
 
 async fn console(State(health): State<Health>, request: Request) -> Response {
     let Some(cell) = &health.console else {
-        return (StatusCode::NOT_FOUND, "the console is off on this replica (IDEM_CONSOLE)\n").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "the console is off on this replica (IDEM_CONSOLE)\n",
+        )
+            .into_response();
     };
     match cell.get() {
         // `Router`'s error type is `Infallible`.

@@ -78,7 +78,8 @@ pub async fn run_with(
         // Its own small pool: pages and bulk retries never take the
         // connections the pipeline's roles need.
         let console_pool = idem_store::connect(config.database_url.expose(), 2).await?;
-        let console = idem_console::Console::new(console_pool, settings.with_own_replica(http_addr))?;
+        let console =
+            idem_console::Console::new(console_pool, settings.with_own_replica(http_addr))?;
         let _ = cell.set(console.router());
         let trend_stop = stop.clone();
         roles.spawn(async move {

@@ -170,9 +170,18 @@ pub async fn replay_kept(
     let props = properties(&r.properties, r.message_id.as_deref(), id);
     let published = publish_once(amqp_url, queue, &r.body, props).await;
     let outcome = published.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
-    admin::finish_replay(conn, id, audit_id, outcome.as_ref().map(|_| ()).map_err(String::as_str))
-        .await?;
-    published.map_err(|error| ReplayError::Publish { id, audit_id, error })?;
+    admin::finish_replay(
+        conn,
+        id,
+        audit_id,
+        outcome.as_ref().map(|_| ()).map_err(String::as_str),
+    )
+    .await?;
+    published.map_err(|error| ReplayError::Publish {
+        id,
+        audit_id,
+        error,
+    })?;
     Ok(audit_id)
 }
 

@@ -221,16 +221,32 @@ fn a_console_on_a_public_listener_needs_a_token() {
     let text = format!("{err:#}");
     assert!(text.contains("IDEM_HTTP_ADDR 0.0.0.0:9464"), "{text}");
     assert!(text.contains("IDEM_CONSOLE_TOKEN"), "{text}");
-    let short = parse(&["--console", "true", "--http-addr", "0.0.0.0:9464", "--console-token", "abc"])
-        .validate()
-        .expect_err("short token");
+    let short = parse(&[
+        "--console",
+        "true",
+        "--http-addr",
+        "0.0.0.0:9464",
+        "--console-token",
+        "abc",
+    ])
+    .validate()
+    .expect_err("short token");
     assert!(format!("{short:#}").contains("at least 16"), "{short:#}");
     let token = "0123456789abcdef0123";
-    let config = parse(&["--console", "true", "--http-addr", "0.0.0.0:9464", "--console-token", token])
-        .validate()
-        .expect("a token");
+    let config = parse(&[
+        "--console",
+        "true",
+        "--http-addr",
+        "0.0.0.0:9464",
+        "--console-token",
+        token,
+    ])
+    .validate()
+    .expect("a token");
     assert!(config.console.is_some());
     assert!(!format!("{config:?}").contains(token));
-    let off = parse(&["--http-addr", "0.0.0.0:9464"]).validate().expect("no console");
+    let off = parse(&["--http-addr", "0.0.0.0:9464"])
+        .validate()
+        .expect("no console");
     assert!(off.console.is_none(), "the console is off unless asked for");
 }

@@ -50,6 +50,13 @@ impl Browser {
     /// Start chromedriver and open a session. Fails with the line that says
     /// what to install when Chromium or chromedriver is missing.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags, e.g.
+    /// `--host-resolver-rules=MAP console.test 127.0.0.1` for a host name
+    /// that points at loopback (what a DNS-rebinding page uses).
+    pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<Self> {
         let programs = Programs::find()?;
         let ticket = gate::shared().await;
         let dir = std::env::temp_dir().join(format!("idem-browser-{}", Uuid::new_v4()));
@@ -57,7 +64,11 @@ impl Browser {
             .with_context(|| format!("creating {}", dir.display()))?;
         let driver = Driver::start(&programs.driver, &dir).await?;
         let client = ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities(&programs.chromium, &dir.join("profile")))
+            .capabilities(capabilities(
+                &programs.chromium,
+                &dir.join("profile"),
+                extra_args,
+            ))
             .connect(&driver.url)
             .await
             .map_err(|e| {
@@ -230,9 +241,9 @@ impl Drop for Browser {
 /// Headless Chromium with a fixed window and a profile of its own. As root
 /// (CI) Chromium refuses to start without `--no-sandbox`; `/dev/shm` is
 /// small in containers, hence `--disable-dev-shm-usage`.
-fn capabilities(chromium: &Path, profile: &Path) -> Capabilities {
+fn capabilities(chromium: &Path, profile: &Path, extra_args: &[&str]) -> Capabilities {
     let (width, height) = WINDOW;
-    let options = json!({
+    let mut options = json!({
         "binary": chromium.to_string_lossy(),
         "args": [
             "--headless=new",
@@ -245,6 +256,9 @@ fn capabilities(chromium: &Path, profile: &Path) -> Capabilities {
             format!("--user-data-dir={}", profile.display()),
         ],
     });
+    if let Some(args) = options["args"].as_array_mut() {
+        args.extend(extra_args.iter().map(|a| json!(a)));
+    }
     let mut caps = Capabilities::new();
     caps.insert("browserName".into(), json!("chrome"));
     caps.insert("goog:chromeOptions".into(), options);

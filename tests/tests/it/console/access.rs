@@ -20,14 +20,27 @@ async fn a_console_with_a_token_lets_in_only_who_has_it() {
     let mut b = Browser::new();
     let (status, location, _) = b.get(&console.url("/console/outbox?state=dead"), &[]).await;
     assert_eq!(status, 303);
-    assert_eq!(location, "/console/login?next=%2Fconsole%2Foutbox%3Fstate%3Ddead");
-    let (status, _, _) = b.post(&console.url("/console/outbox/1/retry"), &[("reason", "x")], &[]).await;
+    assert_eq!(
+        location,
+        "/console/login?next=%2Fconsole%2Foutbox%3Fstate%3Ddead"
+    );
+    let (status, _, _) = b
+        .post(
+            &console.url("/console/outbox/1/retry"),
+            &[("reason", "x")],
+            &[],
+        )
+        .await;
     assert_eq!(status, 401, "a change without the token");
     let wrong = format!("Bearer {TOKEN}x");
-    let (status, _, _) = b.get(&console.url("/console/"), &[("authorization", &wrong)]).await;
+    let (status, _, _) = b
+        .get(&console.url("/console/"), &[("authorization", &wrong)])
+        .await;
     assert_eq!(status, 303, "a wrong bearer is sent to sign in");
     let right = format!("Bearer {TOKEN}");
-    let (status, _, page) = b.get(&console.url("/console/"), &[("authorization", &right)]).await;
+    let (status, _, page) = b
+        .get(&console.url("/console/"), &[("authorization", &right)])
+        .await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Outbox rows per state"), "{page}");
 
@@ -35,12 +48,19 @@ async fn a_console_with_a_token_lets_in_only_who_has_it() {
     let (status, _, page) = b
         .post(
             &console.url("/console/login"),
-            &[("token", "not-the-token-at-all"), ("next", "/console/audit")],
+            &[
+                ("token", "not-the-token-at-all"),
+                ("next", "/console/audit"),
+            ],
             &[],
         )
         .await;
     assert_eq!(status, 401, "{page}");
-    assert!(b.set_cookies.iter().all(|c| !c.starts_with("idem_console_session")));
+    assert!(
+        b.set_cookies
+            .iter()
+            .all(|c| !c.starts_with("idem_console_session"))
+    );
     let (status, location, _) = b
         .post(
             &console.url("/console/login"),
@@ -58,7 +78,10 @@ async fn a_console_with_a_token_lets_in_only_who_has_it() {
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
         assert!(session.contains(attribute), "{session}");
     }
-    assert!(!session.contains(TOKEN), "the cookie is not the token: {session}");
+    assert!(
+        !session.contains(TOKEN),
+        "the cookie is not the token: {session}"
+    );
     let (status, _, page) = b.get(&console.url("/console/audit"), &[]).await;
     assert_eq!(status, 200, "{page}");
 
@@ -79,7 +102,10 @@ async fn a_console_with_a_token_lets_in_only_who_has_it() {
             &[],
         )
         .await;
-    assert_eq!(location, "/console/", "sign-in goes on only to console pages");
+    assert_eq!(
+        location, "/console/",
+        "sign-in goes on only to console pages"
+    );
     env.cleanup().await;
 }
 
@@ -102,7 +128,11 @@ async fn a_dead_row_is_retried_only_by_a_request_from_the_consoles_own_page() {
     let (status, _, page) = b.get(&row, &[]).await;
     assert_eq!(status, 200, "{page}");
     let csrf = csrf_of(&page);
-    let good = [("csrf", csrf.as_str()), ("actor", "ana"), ("reason", "provider fixed")];
+    let good = [
+        ("csrf", csrf.as_str()),
+        ("actor", "ana"),
+        ("reason", "provider fixed"),
+    ];
 
     // Another site's name for this machine (DNS rebinding).
     let (status, _, _) = b.get(&row, &[("host", "evil.example")]).await;
@@ -110,7 +140,9 @@ async fn a_dead_row_is_retried_only_by_a_request_from_the_consoles_own_page() {
     let (status, _, _) = b.post(&retry, &good, &[("host", "evil.example:80")]).await;
     assert_eq!(status, 421);
     // Another site's page.
-    let (status, _, _) = b.post(&retry, &good, &[("sec-fetch-site", "cross-site")]).await;
+    let (status, _, _) = b
+        .post(&retry, &good, &[("sec-fetch-site", "cross-site")])
+        .await;
     assert_eq!(status, 403);
     let (status, _, _) = b
         .post(&retry, &good, &[("origin", "http://evil.example")])
@@ -121,12 +153,20 @@ async fn a_dead_row_is_retried_only_by_a_request_from_the_consoles_own_page() {
     let (status, _, _) = stranger.post(&retry, &good, &[]).await;
     assert_eq!(status, 403, "the value without its nonce cookie");
     let (status, _, _) = b
-        .post(&retry, &[("csrf", "00"), ("actor", "ana"), ("reason", "r")], &[])
+        .post(
+            &retry,
+            &[("csrf", "00"), ("actor", "ana"), ("reason", "r")],
+            &[],
+        )
         .await;
     assert_eq!(status, 403);
     // No name or reason.
     let (status, _, _) = b
-        .post(&retry, &[("csrf", csrf.as_str()), ("actor", "ana"), ("reason", " ")], &[])
+        .post(
+            &retry,
+            &[("csrf", csrf.as_str()), ("actor", "ana"), ("reason", " ")],
+            &[],
+        )
         .await;
     assert_eq!(status, 400);
     assert_eq!(state_of(&env, id).await, "dead");
@@ -134,26 +174,50 @@ async fn a_dead_row_is_retried_only_by_a_request_from_the_consoles_own_page() {
 
     let origin = format!("http://{}", console.addr);
     let (status, location, _) = b
-        .post(&retry, &good, &[("origin", &origin), ("sec-fetch-site", "same-origin")])
+        .post(
+            &retry,
+            &good,
+            &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        )
         .await;
     assert_eq!(status, 303);
-    assert!(location.starts_with(&format!("/console/outbox/{id}?done=")), "{location}");
+    assert!(
+        location.starts_with(&format!("/console/outbox/{id}?done=")),
+        "{location}"
+    );
     assert_eq!(state_of(&env, id).await, "pending");
     let rows = audit(&env).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let (actor, action, target, reason, _) = &rows[0];
     assert_eq!(
-        (actor.as_str(), action.as_str(), target.as_str(), reason.as_deref()),
-        ("console:ana", "outbox.retry", format!("outbox:{id}").as_str(), Some("provider fixed"))
+        (
+            actor.as_str(),
+            action.as_str(),
+            target.as_str(),
+            reason.as_deref()
+        ),
+        (
+            "console:ana",
+            "outbox.retry",
+            format!("outbox:{id}").as_str(),
+            Some("provider fixed")
+        )
     );
-    let (_, _, page) = b.get(&format!("http://{}{location}", console.addr), &[]).await;
+    let (_, _, page) = b
+        .get(&format!("http://{}{location}", console.addr), &[])
+        .await;
     assert!(page.contains("id=\"done\""), "{page}");
-    assert!(page.contains("console:ana"), "the row page shows its audit row: {page}");
+    assert!(
+        page.contains("console:ana"),
+        "the row page shows its audit row: {page}"
+    );
 
     let worker = env.start_worker(&[]);
-    idem_tests::wait_for("the retried row charged", std::time::Duration::from_secs(30), || async {
-        state_of(&env, id).await == "succeeded"
-    })
+    idem_tests::wait_for(
+        "the retried row charged",
+        std::time::Duration::from_secs(30),
+        || async { state_of(&env, id).await == "succeeded" },
+    )
     .await;
     worker.stop().await.unwrap();
     let charges = env.charges_by_reference();
@@ -171,7 +235,9 @@ async fn a_read_only_console_shows_rows_and_changes_nothing() {
     let id = ids[0];
     let console = serve(&env, None, true).await;
     let mut b = Browser::new();
-    let (status, _, page) = b.get(&console.url(&format!("/console/outbox/{id}")), &[]).await;
+    let (status, _, page) = b
+        .get(&console.url(&format!("/console/outbox/{id}")), &[])
+        .await;
     assert_eq!(status, 200);
     assert!(!page.contains("method=\"post\""), "no change form: {page}");
     let (_, _, list) = b.get(&console.url("/console/outbox?state=dead"), &[]).await;
@@ -184,7 +250,11 @@ async fn a_read_only_console_shows_rows_and_changes_nothing() {
         "/console/quarantine/1/replay".to_owned(),
     ] {
         let (status, _, page) = b
-            .post(&console.url(&path), &[("actor", "ana"), ("reason", "r"), ("all", "on")], &[])
+            .post(
+                &console.url(&path),
+                &[("actor", "ana"), ("reason", "r"), ("all", "on")],
+                &[],
+            )
             .await;
         assert_eq!(status, 403, "{path}: {page}");
         assert!(page.contains("read-only"), "{page}");

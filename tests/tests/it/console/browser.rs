@@ -21,7 +21,8 @@ const TOKEN: &str = "browser-console-token-0123456789";
 /// healed, each row's page shows it succeeded; the provider charged each
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operator_bulk_retries_dead_rows_in_the_browser_and_sees_them_charged() -> anyhow::Result<()> {
+async fn an_operator_bulk_retries_dead_rows_in_the_browser_and_sees_them_charged()
+-> anyhow::Result<()> {
     let env = TestEnv::new(Faults::default()).await;
     let ids = dead_rows(&env, "browser-bulk", 3).await;
     let console = serve(&env, None, false).await;
@@ -37,12 +38,18 @@ async fn an_operator_bulk_retries_dead_rows_in_the_browser_and_sees_them_charged
     .await?;
     b.fill("#f-error", "400 bad request").await?;
     b.click("#apply").await?;
-    b.wait_until("the filtered list", WAIT, async |b| Ok(b.url().await?.contains("error=400"))).await?;
+    b.wait_until("the filtered list", WAIT, async |b| {
+        Ok(b.url().await?.contains("error=400"))
+    })
+    .await?;
     assert_eq!(b.texts("#rows .row").await?.len(), 3);
     b.screenshot("console-dead-rows").await?;
 
     b.click("#bulk-retry").await?;
-    b.wait_until("the preview", WAIT, async |b| Ok(b.text("#matched-count").await? == "3")).await?;
+    b.wait_until("the preview", WAIT, async |b| {
+        Ok(b.text("#matched-count").await? == "3")
+    })
+    .await?;
     b.fill("#bulk-actor", "dana").await?;
     b.fill("#bulk-reason", "provider fixed its 400s").await?;
     b.screenshot("console-bulk-retry").await?;
@@ -52,11 +59,17 @@ async fn an_operator_bulk_retries_dead_rows_in_the_browser_and_sees_them_charged
     })
     .await?;
     let trail = b.text(".audit-row").await?;
-    assert!(trail.contains("console:dana") && trail.contains("provider fixed its 400s"), "{trail}");
+    assert!(
+        trail.contains("console:dana") && trail.contains("provider fixed its 400s"),
+        "{trail}"
+    );
     b.screenshot("console-audit").await?;
     let rows = audit(&env).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), ("console:dana", "outbox.retry_bulk"));
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str()),
+        ("console:dana", "outbox.retry_bulk")
+    );
     assert_eq!(rows[0].4["retried"], 3, "{:?}", rows[0].4);
 
     let worker = env.start_worker(&[]);
@@ -68,14 +81,20 @@ async fn an_operator_bulk_retries_dead_rows_in_the_browser_and_sees_them_charged
     .await?;
     b.screenshot("console-row").await?;
     for id in &ids {
-        idem_tests::wait_for("every retried row charged", Duration::from_secs(30), || async {
-            state_of(&env, *id).await == "succeeded"
-        })
+        idem_tests::wait_for(
+            "every retried row charged",
+            Duration::from_secs(30),
+            || async { state_of(&env, *id).await == "succeeded" },
+        )
         .await;
     }
     worker.stop().await?;
     let charges = env.charges_by_reference();
-    assert_eq!((charges.len(), charges.values().sum::<usize>()), (3, 3), "{charges:?}");
+    assert_eq!(
+        (charges.len(), charges.values().sum::<usize>()),
+        (3, 3),
+        "{charges:?}"
+    );
     b.close().await?;
     env.cleanup().await;
     Ok(())
@@ -92,15 +111,22 @@ async fn without_the_token_a_browser_gets_only_the_sign_in_page() -> anyhow::Res
     let console = serve(&env, Some(TOKEN), false).await;
     let b = Browser::start().await?;
     b.goto(&console.url("/console/audit")).await?;
-    assert!(b.url().await?.contains("/console/login"), "{}", b.url().await?);
+    assert!(
+        b.url().await?.contains("/console/login"),
+        "{}",
+        b.url().await?
+    );
     assert!(b.texts("#states").await.map_or(true, |t| t.is_empty()));
     b.screenshot("console-sign-in").await?;
     b.fill("#token", "not-the-token-0123456789").await?;
-    b.submit("#sign-in").await?;
+    b.click("#sign-in").await?;
     assert!(b.text("#error").await?.contains("not the console's token"));
     b.fill("#token", TOKEN).await?;
-    b.submit("#sign-in").await?;
-    b.wait_until("the audit page", WAIT, async |b| Ok(b.url().await?.ends_with("/console/audit"))).await?;
+    b.click("#sign-in").await?;
+    b.wait_until("the audit page", WAIT, async |b| {
+        Ok(b.url().await?.ends_with("/console/audit"))
+    })
+    .await?;
     assert_eq!(b.script("return document.cookie;").await?, "");
     let cookies = b.cookies().await?;
     let session = cookies
@@ -121,11 +147,18 @@ async fn a_host_name_pointed_at_localhost_gets_no_console() -> anyhow::Result<()
     let env = TestEnv::new(Faults::default()).await;
     let console = serve(&env, None, false).await;
     let b = Browser::start_with(&["--host-resolver-rules=MAP console.test 127.0.0.1"]).await?;
-    b.goto(&format!("http://console.test:{}/console/", console.addr.port())).await?;
+    b.goto(&format!(
+        "http://console.test:{}/console/",
+        console.addr.port()
+    ))
+    .await?;
     assert!(b.text("#error").await?.contains("localhost"));
     assert!(b.texts("#states").await.map_or(true, |t| t.is_empty()));
     b.goto(&console.url("/console/")).await?;
-    assert!(!b.texts("#states").await?.is_empty(), "the same console by its loopback address");
+    assert!(
+        !b.texts("#states").await?.is_empty(),
+        "the same console by its loopback address"
+    );
     b.close().await?;
     env.cleanup().await;
     Ok(())

@@ -103,11 +103,6 @@ impl Browser {
         }
     }
 
-    /// Forget every cookie (another browser, same tests).
-    pub fn forget_cookies(&mut self) {
-        self.cookies.clear();
-    }
-
     /// GET `url` with `extra` headers: (status, location, body).
     pub async fn get(&mut self, url: &str, extra: &[(&str, &str)]) -> (u16, String, String) {
         let mut req = self.http.get(url);
@@ -128,7 +123,14 @@ impl Browser {
         fields: &[(&str, &str)],
         extra: &[(&str, &str)],
     ) -> (u16, String, String) {
-        let mut req = self.http.post(url).form(fields);
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let mut req = self
+            .http
+            .post(url)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
         if let Some(c) = self.cookie_header() {
             req = req.header(header::COOKIE, c);
         }
@@ -161,7 +163,9 @@ pub fn csrf_of(page: &str) -> String {
 }
 
 /// Every audit row: (actor, action, target, reason, details), oldest first.
-pub async fn audit(env: &TestEnv) -> Vec<(String, String, String, Option<String>, serde_json::Value)> {
+pub async fn audit(
+    env: &TestEnv,
+) -> Vec<(String, String, String, Option<String>, serde_json::Value)> {
     sqlx::query_as("SELECT actor, action, target, reason, details FROM audit ORDER BY id")
         .fetch_all(&env.pool)
         .await
