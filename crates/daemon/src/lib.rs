@@ -11,6 +11,8 @@
 //! - `secrets`: which settings are credentials, their `*_FILE` variables, and
 //!   types whose `Debug` never prints them.
 //! - `replica`: [`run`] — connect, migrate, run the roles until shutdown.
+//! - `check`: `idem run --check` — the database, broker and charge API a
+//!   configuration names, checked without changing anything.
 //! - `health`: `/healthz`, `/readyz` (database, and broker session when
 //!   consuming), `/metrics`, and with `--console` the operator console
 //!   (`idem_console`) under `/console`.
@@ -18,6 +20,7 @@
 //!   replicas), every crate's metric descriptions, the table-gauge sampler.
 //! - `telemetry`: logging, OTLP export, and the TLS crypto provider.
 
+pub mod check;
 pub mod config;
 pub mod health;
 pub mod metrics;

@@ -1,12 +1,14 @@
 //! `idem inbox lookup`: was a message seen, how often, with which conflicting
-//! payloads, and what became of it. Only reads: it never creates or migrates
-//! a database.
+//! payloads, and what became of it; `idem inbox conflicts`: every key's
+//! conflicts, newest first, a page at a time. Only reads: they never create
+//! or migrate a database.
 
 use clap::{Args, Subcommand};
 use idem_store::admin::{self, ConflictRow, InboxRow, OutboxRow, OutboxSelector};
 use serde_json::json;
 
 use crate::operator::Common;
+use crate::page::{self, PageArgs};
 use crate::render::{clip, escape, fields, row, table};
 
 /// `idem inbox ...`.
@@ -26,12 +28,57 @@ pub enum InboxAction {
         /// scope:message_id (the scope is the message's app_id, or `default`).
         key: String,
     },
+    /// Key conflicts of every key (the same key with another payload; never
+    /// charged), newest first, a page at a time.
+    Conflicts {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        page: PageArgs,
+    },
 }
 
 /// `idem inbox ...`.
 pub async fn run(cmd: InboxCommand) -> anyhow::Result<()> {
-    let InboxAction::Lookup { common, key } = cmd.action;
-    let (scope, message_id) = admin::parse_key(&key).map_err(anyhow::Error::msg)?;
+    match cmd.action {
+        InboxAction::Lookup { common, key } => lookup(common, &key).await,
+        InboxAction::Conflicts { common, page } => conflicts(common, page).await,
+    }
+}
+
+async fn conflicts(common: Common, args: PageArgs) -> anyhow::Result<()> {
+    let pool = common.read_only().await?;
+    let mut conn = pool.acquire().await?;
+    let page = admin::conflict_page(&mut conn, args.after.as_deref(), args.limit).await?;
+    if common.json {
+        let value = page::to_json(&page, |rows| rows.to_vec());
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let mut c = table(&[
+        "conflict",
+        "key",
+        "received",
+        "stored fingerprint",
+        "received fingerprint",
+        "body",
+    ]);
+    for k in &page.rows {
+        c.add_row(row(vec![
+            k.id.to_string(),
+            format!("{}:{}", k.scope, k.message_id),
+            k.received_at.to_rfc3339(),
+            clip(&k.stored_fingerprint, 16),
+            clip(&k.received_fingerprint, 16),
+            clip(&k.body, 60),
+        ]));
+    }
+    print!("{c}\n{}", page::footer(&page, "conflict"));
+    Ok(())
+}
+
+async fn lookup(common: Common, key: &str) -> anyhow::Result<()> {
+    let (scope, message_id) = admin::parse_key(key).map_err(anyhow::Error::msg)?;
     let pool = common.read_only().await?;
     let mut conn = pool.acquire().await?;
     let inbox = admin::find_inbox(&mut conn, &scope, &message_id).await?;

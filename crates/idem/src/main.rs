@@ -8,10 +8,11 @@
 //! - `cli`: the subcommands and where each goes.
 //! - `publish`: `idem publish`.
 //! - `reconcile`: `idem reconcile`, the one-shot run.
-//! - `outbox`, `quarantine`, `inbox`: the operators' commands, one module per
-//!   family (`idem outbox|quarantine|inbox ...`).
+//! - `outbox`, `quarantine`, `inbox`, `audit`: the operators' commands, one
+//!   module per family (`idem outbox|quarantine|inbox|audit ...`).
 //! - `console`: `idem console`, the operator console on its own listener.
 //! - `operator`: what they all take; reading without migrating, or changing.
+//! - `page`: what their lists take (`--after`, `--limit`) and print after a page.
 //! - `render`: their tables, key/value fields and JSON.
 //! - `status`: `idem status`.
 //! - `stack`: re-execute with `RUST_MIN_STACK` set, so no header a frame can
@@ -19,11 +20,13 @@
 //! - `reference` (tests only): docs/configuration.md's reference, generated
 //!   from the CLI and checked against the page.
 
+mod audit;
 mod cli;
 mod console;
 mod inbox;
 mod operator;
 mod outbox;
+mod page;
 mod publish;
 mod quarantine;
 mod reconcile;
@@ -54,8 +57,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> std::process::ExitCode {
-    // Like `Cli::parse()`, with secrets' `*_FILE` variables resolved.
-    let cli = match secrets::parse::<Cli>() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -80,6 +82,16 @@ async fn run() -> std::process::ExitCode {
     // Export the spans still buffered (blocks up to 5 s; nothing without OTLP).
     tokio::task::block_in_place(|| telemetry.shutdown());
     code
+}
+
+/// Like `Cli::parse()`, with secrets' `*_FILE` variables resolved
+/// (`secrets::parse`) and the subcommands grouped in the help.
+fn parse() -> anyhow::Result<Cli> {
+    use clap::FromArgMatches;
+    let cmd = secrets::command_from::<Cli>(|var| std::env::var_os(var))?;
+    let mut cmd = cli::grouped_help(cmd);
+    let matches = cmd.get_matches_mut();
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cmd).exit()))
 }
 
 /// SIGTERM or SIGINT: graceful shutdown. A second signal exits at once.

@@ -1,10 +1,11 @@
 //! `idem outbox list|show|retry|resolve`: outbox rows with their attempt
 //! history, and the two hand changes, each with its audit row in the change's
 //! transaction (crates/store/src/admin/outbox.rs). `list` and `show` only
-//! read: they never create or migrate a database. `retry` by filter is in
-//! `bulk`.
+//! read: they never create or migrate a database. `list` is in `list`,
+//! `retry` by filter in `bulk`.
 
 mod bulk;
+mod list;
 
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
@@ -30,17 +31,8 @@ pub struct OutboxCommand {
 /// What to do with outbox rows.
 #[derive(Subcommand, Debug)]
 pub enum OutboxAction {
-    /// List rows, oldest first (optionally only one state).
-    List {
-        #[command(flatten)]
-        common: Common,
-        /// Only rows in this state.
-        #[arg(long, value_enum)]
-        state: Option<StateArg>,
-        /// Most rows listed.
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
-    },
+    /// List rows by filter, newest first, a page at a time.
+    List(Box<list::ListArgs>),
     /// One row: its columns, inbox key, attempt history, result and audit.
     Show {
         #[command(flatten)]
@@ -136,11 +128,7 @@ pub enum ResolutionArg {
 /// `idem outbox ...`.
 pub async fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
     match cmd.action {
-        OutboxAction::List {
-            common,
-            state,
-            limit,
-        } => list(common, state, limit).await,
+        OutboxAction::List(args) => list::list(*args).await,
         OutboxAction::Show { common, selector } => show(common, &selector).await,
         OutboxAction::Retry {
             common,
@@ -169,18 +157,6 @@ pub async fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
             why,
         } => resolve(common, id, resolution, charge_id, force, why).await,
     }
-}
-
-async fn list(common: Common, state: Option<StateArg>, limit: i64) -> anyhow::Result<()> {
-    let pool = common.read_only().await?;
-    let mut conn = pool.acquire().await?;
-    let rows = admin::list_outbox(&mut conn, state.map(Into::into), limit.max(0)).await?;
-    if common.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print!("{}", outbox_list(&rows));
-    }
-    Ok(())
 }
 
 async fn show(common: Common, selector: &str) -> anyhow::Result<()> {
@@ -258,32 +234,6 @@ fn refused<T>(result: Result<T, Refused>) -> anyhow::Result<T> {
         Refused::Database(e) => anyhow::Error::new(e).context("nothing was changed"),
         other => anyhow::anyhow!("{other}; nothing was changed"),
     })
-}
-
-fn outbox_list(rows: &[OutboxRow]) -> String {
-    let mut t = table(&[
-        "id",
-        "state",
-        "key",
-        "account",
-        "amount",
-        "attempts",
-        "updated",
-        "last error",
-    ]);
-    for r in rows {
-        t.add_row(row(vec![
-            r.id.to_string(),
-            r.state.as_str().to_owned(),
-            format!("{}:{}", r.scope, r.message_id),
-            r.account_id.clone(),
-            format!("{} {}", r.amount, r.currency),
-            r.attempts.to_string(),
-            r.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            clip_tail(r.last_error.as_deref().unwrap_or_default(), 60),
-        ]));
-    }
-    format!("{t}\n{} row(s)\n", rows.len())
 }
 
 fn outbox_show(

@@ -12,6 +12,7 @@ use idem_store::admin::{self, QuarantineRow};
 use serde_json::json;
 
 use crate::operator::{Common, Why};
+use crate::page::{self, PageArgs};
 use crate::render::{audit_table, escape, escape_bytes, fields, raw, report, row, table};
 
 /// `idem quarantine ...`.
@@ -24,13 +25,12 @@ pub struct QuarantineCommand {
 /// What to do with quarantined messages.
 #[derive(Subcommand, Debug)]
 pub enum QuarantineAction {
-    /// List quarantined messages, newest first.
+    /// List quarantined messages, newest first, a page at a time.
     List {
         #[command(flatten)]
         common: Common,
-        /// Most rows listed.
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// One quarantined message: reason, properties and raw body.
     Show {
@@ -56,7 +56,7 @@ pub enum QuarantineAction {
 /// `idem quarantine ...`.
 pub async fn run(cmd: QuarantineCommand) -> anyhow::Result<()> {
     match cmd.action {
-        QuarantineAction::List { common, limit } => list(common, limit).await,
+        QuarantineAction::List { common, page } => list(common, page).await,
         QuarantineAction::Show { common, id } => show(common, id).await,
         QuarantineAction::Replay {
             common,
@@ -67,13 +67,15 @@ pub async fn run(cmd: QuarantineCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn list(common: Common, limit: i64) -> anyhow::Result<()> {
+async fn list(common: Common, args: PageArgs) -> anyhow::Result<()> {
     let pool = common.read_only().await?;
     let mut conn = pool.acquire().await?;
-    let rows = admin::list_quarantine(&mut conn, limit.max(0)).await?;
+    let page = admin::quarantine_page(&mut conn, args.after.as_deref(), args.limit).await?;
     if common.json {
-        let rows: Vec<_> = rows.iter().map(quarantine_json).collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let value = page::to_json(&page, |rows| {
+            rows.iter().map(quarantine_json).collect::<Vec<_>>()
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     let mut t = table(&[
@@ -84,7 +86,7 @@ async fn list(common: Common, limit: i64) -> anyhow::Result<()> {
         "bytes",
         "replays",
     ]);
-    for r in &rows {
+    for r in &page.rows {
         t.add_row(row(vec![
             r.id.to_string(),
             r.received_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -94,7 +96,7 @@ async fn list(common: Common, limit: i64) -> anyhow::Result<()> {
             r.replay_count.to_string(),
         ]));
     }
-    println!("{t}\n{} message(s)", rows.len());
+    print!("{t}\n{}", page::footer(&page, "message"));
     Ok(())
 }
 

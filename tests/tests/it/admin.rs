@@ -147,9 +147,10 @@ async fn show_tells_the_story_of_a_dropped_response() {
     assert_eq!(looked["outbox"]["id"], id);
     assert_eq!(looked["reference_id"], reference.as_str());
     let listed = idem_json(&env, &["outbox", "list", "--state", "succeeded"]);
-    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed["rows"].as_array().unwrap().len(), 1);
+    assert!(listed["next"].is_null(), "one page: {listed}");
     let listed = idem_json(&env, &["outbox", "list", "--state", "dead"]);
-    assert_eq!(listed.as_array().unwrap().len(), 0);
+    assert_eq!(listed["rows"].as_array().unwrap().len(), 0);
     assert!(audit_rows(&env, &format!("outbox:{id}")).await.is_empty());
     env.cleanup().await;
 }
@@ -180,7 +181,7 @@ async fn retry_and_resolve_change_state_with_their_audit_rows() {
     let a = row_id(&env, one(&messages, 0).message_id.as_deref().unwrap()).await;
     let b = row_id(&env, one(&messages, 1).message_id.as_deref().unwrap()).await;
     let dead = idem_json(&env, &["outbox", "list", "--state", "dead"]);
-    assert_eq!(dead.as_array().unwrap().len(), 2);
+    assert_eq!(dead["rows"].as_array().unwrap().len(), 2);
 
     // A dead row whose last outcome was uncertain (as a provider without
     // keys or lookup leaves it): a retry could charge twice, so it is
@@ -431,7 +432,7 @@ async fn replay_goes_through_the_normal_path_and_is_deduplicated() {
     worker.stop().await.unwrap();
 
     let listed = idem_json(&env, &["quarantine", "list"]);
-    let listed = listed.as_array().unwrap();
+    let listed = listed["rows"].as_array().unwrap();
     assert_eq!(listed.len(), 1);
     let qid = listed[0]["id"].as_i64().unwrap();
     assert_eq!(listed[0]["reason_code"], "too_large");

@@ -27,6 +27,7 @@
 //! - `admin`: the operator commands, through the binary.
 //! - `bulk_retry`: `idem outbox retry` by filter, batched, one audit row.
 //! - `pages`: the list pages: every match once, O(page) plans, hostile cursors.
+//! - `run_check`: `idem run --check` against the services, and with each one away.
 //! - `observability`, `tracing`: health, metrics, trace context.
 //! - `secrets`, `tls`: credentials never printed; TLS to every peer.
 //! - `upgrade`: the schema across releases.
@@ -70,6 +71,7 @@ mod reconcile;
 mod recovery;
 mod results;
 mod retention;
+mod run_check;
 mod salvage;
 mod secrets;
 mod settle;

@@ -212,6 +212,11 @@ pub struct RunArgs {
     pub console: bool,
     #[command(flatten)]
     pub console_args: ConsoleArgs,
+    /// Validate the configuration, check the database (schema current), the
+    /// broker (credentials, work queue) and the charge API without changing
+    /// anything, print one line per check, and exit (0 only if all pass).
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// A validated configuration for [`crate::run`]. Its `Debug` prints

@@ -80,9 +80,12 @@ pub async fn retry(
         "bulk retry stopped: the batches committed are retried and counted in its audit row \
          (status running); the other rows are still dead — run the same command again",
     )?;
+    // The audit row as written: its id, who, and the counts it holds (the
+    // same numbers `idem audit list --target outbox` shows in its details).
     let mut text = format!(
-        "{} row(s): dead -> pending (due now); audit #{} by {actor}",
-        done.retried, done.audit_id
+        "{} row(s): dead -> pending (due now), {} left dead (uncertain), in {} batch(es); \
+         audit #{} by {actor} (`idem audit list --target outbox`)",
+        done.retried, done.skipped_uncertain, done.batches, done.audit_id
     );
     if done.skipped_uncertain > 0 {
         text.push_str(&format!(
@@ -138,6 +141,6 @@ fn preview_text(p: &Preview, force: bool) -> String {
 }
 
 /// `--since`/`--until`: RFC 3339, or an age before now.
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(super) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     admin::parse_time(s, Utc::now())
 }

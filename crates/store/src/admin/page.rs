@@ -15,8 +15,10 @@
 //! - `dead`: `outbox_dead`, latest dead first; only dead rows are walked.
 //! - `pending`, `unknown`: `outbox_due`, latest due first (both states; the
 //!   other one is skipped within the budget, and is the rarer in practice).
-//! - `in_flight`: `outbox_lease`, latest lease first (at most the replicas'
-//!   dispatch concurrency of rows).
+//! - `in_flight`: `outbox_lease`, latest lease first. The index holds the
+//!   lease time only, so the plan sorts the in-flight rows below the cursor
+//!   by id within a time: they are at most the replicas' dispatch
+//!   concurrency (the rescuer returns expired ones), never the history.
 //! - `succeeded`: `outbox_claims_charge (created_at, id)`, newest first; the
 //!   time range bounds the walk itself (unknown rows are skipped).
 //! - `declined`: the primary key with the state checked within the budget
