@@ -145,10 +145,11 @@ pub(crate) async fn guard(
             .into_response()
         };
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        if let Some(refusal) = refuse_change(&console, req.headers(), &path) {
-            return refusal.into_response();
-        }
+    if req.method() != Method::GET
+        && req.method() != Method::HEAD
+        && let Some(refusal) = refuse_change(&console, req.headers(), &path)
+    {
+        return refusal.into_response();
     }
     let jar = CookieJar::from_headers(req.headers());
     let (nonce, fresh) = match jar.get(NONCE).map(Cookie::value) {

@@ -139,6 +139,8 @@ struct ListPage {
     states: Vec<&'static str>,
     rows: Vec<RowView>,
     examined: i64,
+    /// The page is short because the scan reached its budget.
+    scan_limited: bool,
     next: Option<String>,
     /// The bulk retry's preview for this list's dead rows, when it lists them.
     bulk: Option<String>,
@@ -172,6 +174,7 @@ pub(crate) async fn list(
         states: OutboxState::ALL.iter().map(|s| s.as_str()).collect(),
         rows: page.rows.iter().map(RowView::from).collect(),
         examined: page.examined,
+        scan_limited: page.scan_limited,
         next,
         bulk,
         q,

@@ -5,7 +5,7 @@
 //! before publishing and completed after (crates/store/src/admin/quarantine.rs).
 //! `list` and `show` only read: they never create or migrate a database.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use idem_daemon::config::AmqpArgs;
 use idem_store::admin::{self, QuarantineRow};
@@ -125,31 +125,17 @@ async fn replay(common: Common, amqp: AmqpArgs, id: i64, why: Why) -> anyhow::Re
     let actor = why.actor()?;
     let pool = common.for_change().await?;
     let mut conn = pool.acquire().await?;
-    let Some(r) = admin::find_quarantine(&mut conn, id).await? else {
-        bail!("no quarantined message {id} (retention may have deleted it)");
-    };
-    if let Some(why_not) = r.not_replayable() {
-        bail!("quarantined message {id} was not replayed: {why_not}");
-    }
     let action = why.action(&actor, false);
-    // The audit row first: no replay is published without one.
-    let Some(audit_id) = admin::begin_replay(&mut conn, id, &amqp.queue, &action).await? else {
-        bail!("no quarantined message {id} (retention deleted it meanwhile)");
-    };
-    let props = idem_inbox::replay::properties(&r.properties, r.message_id.as_deref(), id);
-    let published = publish_replay(&amqp, &r.body, props).await;
-    let outcome = published.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
-    admin::finish_replay(
+    // The audit row first, then the publish, then its outcome (shared with
+    // the console).
+    let audit_id = idem_inbox::replay::replay_kept(
         &mut conn,
+        amqp.broker.amqp_url.expose(),
+        &amqp.queue,
         id,
-        audit_id,
-        outcome.as_ref().map(|_| ()).map_err(String::as_str),
+        &action,
     )
-    .await
-    .with_context(|| {
-        format!("recording the outcome of replay #{audit_id} (audit row {audit_id} says requested)")
-    })?;
-    published.with_context(|| format!("replaying quarantined message {id} (audit #{audit_id})"))?;
+    .await?;
     report(
         common.json,
         json!({"quarantine_id": id, "queue": amqp.queue, "audit_id": audit_id, "actor": actor}),
@@ -158,22 +144,6 @@ async fn replay(common: Common, amqp: AmqpArgs, id: i64, why: Why) -> anyhow::Re
             amqp.queue
         ),
     )
-}
-
-/// Publish a replayed message to the work queue, confirmed.
-async fn publish_replay(
-    amqp: &AmqpArgs,
-    body: &[u8],
-    props: lapin::BasicProperties,
-) -> anyhow::Result<()> {
-    let connection = idem_inbox::connect_amqp(&amqp.broker.amqp_url).await?;
-    let channel = connection.create_channel().await?;
-    idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&amqp.queue))
-        .await
-        .context("declaring the queue")?;
-    idem_inbox::replay::publish(&channel, &amqp.queue, body, props).await?;
-    let _ = connection.close(200, "done".into()).await;
-    Ok(())
 }
 
 /// The stored body's size, and the whole body's when only a prefix is kept.

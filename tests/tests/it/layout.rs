@@ -420,8 +420,12 @@ fn the_binary_stays_thin() {
                 .count()
         })
         .sum();
+    // 2,000 until issue 15 gave the operator commands pages, filters, an
+    // audit list, completions and grouped help (argument parsing and
+    // printing: the binary's own work). Past this, the operator commands'
+    // handlers move into a library crate of their own.
     assert!(
-        lines < 2000,
+        lines < 2400,
         "crates/idem/src holds {lines} lines: the binary decides where and until when; \
          move what it decides (the what) into a library crate"
     );
