@@ -6,7 +6,7 @@ use askama::Template;
 use axum::Extension;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use idem_store::admin::{self, AuditRow};
+use idem_store::admin::{self, Action, AuditRow};
 use serde::Deserialize;
 
 use crate::Console;
@@ -42,6 +42,63 @@ pub(crate) fn who(actor: &str, reason: &str) -> Result<(String, String), Failure
         ));
     }
     Ok((format!("console:{actor}"), reason.to_owned()))
+}
+
+/// What every change's form carries besides its own fields.
+#[derive(Deserialize)]
+pub(crate) struct WhyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    reason: String,
+    /// "Despite uncertain outcome": a checkbox, present when ticked.
+    force: Option<String>,
+}
+
+/// Who acts, why, and whether despite an uncertain outcome: checked.
+pub(crate) struct Who {
+    pub(crate) actor: String,
+    reason: String,
+    force: bool,
+}
+
+impl WhyForm {
+    /// Refuse a form without this browser's CSRF value, a name or a reason.
+    pub(crate) fn check(&self, csrf: &Csrf) -> Result<Who, Failure> {
+        csrf.check(&self.csrf)?;
+        let (actor, reason) = who(&self.actor, &self.reason)?;
+        Ok(Who {
+            actor,
+            reason,
+            force: self.force.is_some(),
+        })
+    }
+}
+
+impl Who {
+    /// The audit's who and why.
+    pub(crate) fn action(&self) -> Action<'_> {
+        Action {
+            actor: &self.actor,
+            reason: Some(&self.reason),
+            force: self.force,
+        }
+    }
+}
+
+/// `?after=` of a list.
+#[derive(Deserialize)]
+pub(crate) struct After {
+    pub(crate) after: Option<String>,
+}
+
+impl After {
+    /// The cursor, if one was given.
+    pub(crate) fn cursor(&self) -> Option<&str> {
+        self.after.as_deref().filter(|a| !a.is_empty())
+    }
 }
 
 /// An audit row as the pages show it.

@@ -10,11 +10,11 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use idem_store::OutboxState;
-use idem_store::admin::{self, Action, RetryFilter};
+use idem_store::admin::{self, RetryFilter};
 use serde::Deserialize;
 
 use crate::Console;
-use crate::audit;
+use crate::audit::WhyForm;
 use crate::guard::{self, Csrf};
 use crate::outbox::{RowView, parse_time};
 use crate::view::{self, Chrome, Failure};
@@ -104,13 +104,8 @@ pub(crate) async fn preview(
 pub(crate) struct RunForm {
     #[serde(flatten)]
     f: FilterForm,
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    actor: String,
-    #[serde(default)]
-    reason: String,
-    force: Option<String>,
+    #[serde(flatten)]
+    why: WhyForm,
 }
 
 /// `POST /console/retry`: start the run and show the audit trail, where its
@@ -120,18 +115,13 @@ pub(crate) async fn run(
     Extension(csrf): Extension<Csrf>,
     Form(form): Form<RunForm>,
 ) -> Result<Response, Failure> {
-    csrf.check(&form.csrf)?;
+    let who = form.why.check(&csrf)?;
     let filter = form.f.filter()?;
-    let (actor, reason) = audit::who(&form.actor, &form.reason)?;
-    let force = form.force.is_some();
     let mut conn = console.pool().acquire().await?;
     let (started_tx, started) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let action = Action {
-            actor: &actor,
-            reason: Some(&reason),
-            force,
-        };
+        let action = who.action();
+        let actor = &who.actor;
         let mut started_tx = Some(started_tx);
         let result = admin::retry_matching(&mut conn, &filter, &action, BATCH, |p| {
             if let Some(tx) = started_tx.take() {

@@ -10,6 +10,7 @@ use idem_store::admin::{self, ConflictRow, InboxRow, OutboxRow, OutboxSelector};
 use serde::Deserialize;
 
 use crate::Console;
+use crate::audit::After;
 use crate::guard::{self, Csrf};
 use crate::view::{self, Chrome, Failure};
 
@@ -54,12 +55,6 @@ struct ListPage {
     next: Option<String>,
 }
 
-/// `?after=`.
-#[derive(Deserialize)]
-pub(crate) struct After {
-    after: Option<String>,
-}
-
 /// `GET /console/conflicts`, newest first.
 pub(crate) async fn conflicts(
     State(console): State<Console>,
@@ -67,8 +62,7 @@ pub(crate) async fn conflicts(
     Query(q): Query<After>,
 ) -> Result<Response, Failure> {
     let mut conn = console.pool().acquire().await?;
-    let after = q.after.as_deref().filter(|a| !a.is_empty());
-    let page = admin::conflict_page(&mut conn, after, 50).await?;
+    let page = admin::conflict_page(&mut conn, q.cursor(), 50).await?;
     Ok(view::render(&ListPage {
         chrome: guard::chrome(&console, &csrf, "Key conflicts"),
         rows: page.rows.into_iter().map(ConflictView::from).collect(),

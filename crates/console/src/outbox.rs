@@ -10,15 +10,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use chrono::Utc;
 use idem_store::OutboxState;
-use idem_store::admin::{
-    self, Action, OutboxFilter, OutboxRow, OutboxSelector, Refused, Resolution,
-};
+use idem_store::admin::{self, OutboxFilter, OutboxRow, OutboxSelector, Refused, Resolution};
 use idem_store::attempt::{self, AttemptRow};
 use idem_store::event::{self, PendingEvent};
 use serde::Deserialize;
 
 use crate::Console;
-use crate::audit::{self, AuditView};
+use crate::audit::{AuditView, WhyForm};
 use crate::guard::{self, Csrf};
 use crate::view::{self, Chrome, Failure};
 
@@ -331,14 +329,8 @@ pub(crate) fn parse_id(s: &str) -> Result<i64, Failure> {
 /// A change's form: who, why, and the CSRF value.
 #[derive(Deserialize)]
 pub(crate) struct ChangeForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    actor: String,
-    #[serde(default)]
-    reason: String,
-    /// A checkbox: present when ticked.
-    force: Option<String>,
+    #[serde(flatten)]
+    why: WhyForm,
     /// Resolve only: `succeeded` or `declined`.
     #[serde(default, rename = "as")]
     resolution: String,
@@ -354,19 +346,13 @@ pub(crate) async fn retry(
     Path(id): Path<String>,
     Form(form): Form<ChangeForm>,
 ) -> Result<Response, Failure> {
-    csrf.check(&form.csrf)?;
+    let who = form.why.check(&csrf)?;
     let id = parse_id(&id)?;
-    let (actor, reason) = audit::who(&form.actor, &form.reason)?;
-    let action = Action {
-        actor: &actor,
-        reason: Some(&reason),
-        force: form.force.is_some(),
-    };
     let mut conn = console.pool().acquire().await?;
-    let audit_id = admin::retry_dead(&mut conn, id, &action)
+    let audit_id = admin::retry_dead(&mut conn, id, &who.action())
         .await
         .map_err(refused)?;
-    tracing::info!(outbox_id = id, audit_id, %actor, "console: dead row retried");
+    tracing::info!(outbox_id = id, audit_id, actor = %who.actor, "console: dead row retried");
     Ok(Redirect::to(&format!("/console/outbox/{id}?done={audit_id}")).into_response())
 }
 
@@ -377,9 +363,8 @@ pub(crate) async fn resolve(
     Path(id): Path<String>,
     Form(form): Form<ChangeForm>,
 ) -> Result<Response, Failure> {
-    csrf.check(&form.csrf)?;
+    let who = form.why.check(&csrf)?;
     let id = parse_id(&id)?;
-    let (actor, reason) = audit::who(&form.actor, &form.reason)?;
     let charge_id = given(&form.charge_id);
     let resolution = match form.resolution.as_str() {
         "succeeded" => Resolution::Succeeded,
@@ -391,16 +376,17 @@ pub(crate) async fn resolve(
         }
         _ => return Err(Failure::bad_request("Resolve as succeeded or declined.")),
     };
-    let action = Action {
-        actor: &actor,
-        reason: Some(&reason),
-        force: form.force.is_some(),
-    };
     let mut conn = console.pool().acquire().await?;
-    let audit_id = admin::resolve(&mut conn, id, resolution, charge_id.as_deref(), &action)
-        .await
-        .map_err(refused)?;
-    tracing::info!(outbox_id = id, audit_id, %actor, "console: row resolved by hand");
+    let audit_id = admin::resolve(
+        &mut conn,
+        id,
+        resolution,
+        charge_id.as_deref(),
+        &who.action(),
+    )
+    .await
+    .map_err(refused)?;
+    tracing::info!(outbox_id = id, audit_id, actor = %who.actor, "console: row resolved by hand");
     Ok(Redirect::to(&format!("/console/outbox/{id}?done={audit_id}")).into_response())
 }
 

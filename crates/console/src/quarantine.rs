@@ -9,11 +9,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use idem_inbox::replay::{self, ReplayError};
-use idem_store::admin::{self, Action, QuarantineRow};
+use idem_store::admin::{self, QuarantineRow};
 use serde::Deserialize;
 
 use crate::Console;
-use crate::audit::{self, AuditView};
+use crate::audit::{After, AuditView, WhyForm};
 use crate::guard::{self, Csrf};
 use crate::outbox::parse_id;
 use crate::view::{self, Chrome, Failure};
@@ -54,12 +54,6 @@ struct ListPage {
     next: Option<String>,
 }
 
-/// `?after=` of a list.
-#[derive(Deserialize)]
-pub(crate) struct After {
-    after: Option<String>,
-}
-
 /// `GET /console/quarantine`, newest first.
 pub(crate) async fn list(
     State(console): State<Console>,
@@ -67,8 +61,7 @@ pub(crate) async fn list(
     Query(q): Query<After>,
 ) -> Result<Response, Failure> {
     let mut conn = console.pool().acquire().await?;
-    let after = q.after.as_deref().filter(|a| !a.is_empty());
-    let page = admin::quarantine_page(&mut conn, after, 50).await?;
+    let page = admin::quarantine_page(&mut conn, q.cursor(), 50).await?;
     Ok(view::render(&ListPage {
         chrome: guard::chrome(&console, &csrf, "Quarantine"),
         rows: page.rows.iter().map(ItemView::from).collect(),
@@ -159,12 +152,8 @@ pub(crate) async fn row(
 /// The replay form.
 #[derive(Deserialize)]
 pub(crate) struct ReplayForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    actor: String,
-    #[serde(default)]
-    reason: String,
+    #[serde(flatten)]
+    why: WhyForm,
 }
 
 /// `POST /console/quarantine/{id}/replay`.
@@ -174,9 +163,8 @@ pub(crate) async fn replay(
     Path(id): Path<String>,
     Form(form): Form<ReplayForm>,
 ) -> Result<Response, Failure> {
-    csrf.check(&form.csrf)?;
+    let who = form.why.check(&csrf)?;
     let id = parse_id(&id)?;
-    let (actor, reason) = audit::who(&form.actor, &form.reason)?;
     let Some(to) = console.settings().replay.clone() else {
         return Err(Failure::new(
             StatusCode::CONFLICT,
@@ -185,15 +173,15 @@ pub(crate) async fn replay(
              cannot replay. Nothing was changed.",
         ));
     };
-    let action = Action {
-        actor: &actor,
-        reason: Some(&reason),
+    // A replay is never "despite" anything: the consumer decides it anew.
+    let action = idem_store::admin::Action {
         force: false,
+        ..who.action()
     };
     let mut conn = console.pool().acquire().await?;
     match replay::replay_kept(&mut conn, &to.amqp_url, &to.queue, id, &action).await {
         Ok(audit_id) => {
-            tracing::info!(quarantine_id = id, audit_id, %actor, "console: quarantined message replayed");
+            tracing::info!(quarantine_id = id, audit_id, actor = %who.actor, "console: quarantined message replayed");
             Ok(Redirect::to(&format!("/console/quarantine/{id}?done={audit_id}")).into_response())
         }
         Err(ReplayError::Database(e)) => Err(e.into()),
