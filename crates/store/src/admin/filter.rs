@@ -103,14 +103,18 @@ impl RetryFilter {
     /// The `ILIKE` pattern of the error text: its own `%`, `_` and `\` are
     /// matched literally.
     pub(super) fn pattern(&self) -> Option<String> {
-        self.error.as_deref().map(|e| {
-            let escaped = e
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("%{escaped}%")
-        })
+        self.error.as_deref().map(contains_pattern)
     }
+}
+
+/// The `ILIKE` pattern "contains `text`", its own `%`, `_` and `\` matched
+/// literally. Shared by the bulk retry's filter and the list pages'.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// Why a row in `state` is not retried by hand (`None`: it is).

@@ -110,13 +110,9 @@ impl OutboxFilter {
 
     /// The `ILIKE` pattern of the error text, its `%`, `_` and `\` literal.
     fn pattern(&self) -> Option<String> {
-        self.error.as_deref().map(|e| {
-            let escaped = e
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("%{escaped}%")
-        })
+        self.error
+            .as_deref()
+            .map(crate::admin::filter::contains_pattern)
     }
 
     /// The index a page of this filter reads, in its order.
