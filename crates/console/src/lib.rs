@@ -21,8 +21,10 @@
 //! - `overview`: counts per state with trends, rates, lag, replicas'
 //!   breakers, the last reconciliation, quarantine and conflicts.
 //! - `trend`: the console's own ring of samples behind the overview's trends.
-//! - `replicas`: each configured replica's `/metrics`, read for its breaker
-//!   and broker session.
+//! - `replicas`: each configured replica's `/metrics`, read for its breaker,
+//!   broker session and publish lag histogram.
+//! - `lag`: a minute of the replicas' lag histograms, and the quantiles of
+//!   what changed in it.
 //! - `outbox`: the outbox list with filters, one row with everything around
 //!   it, retry and resolve.
 //! - `bulk`: retry by filter — the preview that counts, then the audited run.
@@ -34,6 +36,7 @@ mod audit;
 mod bulk;
 mod guard;
 mod inbox;
+mod lag;
 mod outbox;
 mod overview;
 mod quarantine;
@@ -72,6 +75,8 @@ struct Inner {
     keys: guard::Keys,
     /// The overview's trends.
     trend: trend::Trend,
+    /// The replicas' recent lag histograms.
+    lag: lag::Readings,
     /// Reads the replicas' `/metrics`.
     http: reqwest::Client,
 }
@@ -87,6 +92,7 @@ impl Console {
                 settings,
                 keys,
                 trend: trend::Trend::default(),
+                lag: lag::Readings::default(),
                 http,
             }),
         })
@@ -98,6 +104,18 @@ impl Console {
 
     fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// Read every configured replica, keeping their lag histograms.
+    async fn read_replicas(&self) -> Vec<replicas::Replica> {
+        let read = replicas::read_all(&self.inner.http, &self.settings().replicas).await;
+        let at = std::time::Instant::now();
+        for r in &read {
+            if let Some(h) = &r.lag {
+                self.inner.lag.push(&r.url, at, h.clone());
+            }
+        }
+        read
     }
 
     /// The console's routes under [`BASE`], guarded. Mount it on any router.
@@ -129,8 +147,8 @@ impl Console {
             .with_state(self.clone())
     }
 
-    /// Keep the overview's trends: a sample every [`trend::PERIOD`] until
-    /// `shutdown`. Spawn it beside the listener.
+    /// Keep the overview's trends and the replicas' lag readings: a sample
+    /// every [`trend::PERIOD`] until `shutdown`. Spawn it beside the listener.
     pub async fn keep_trends(self, shutdown: CancellationToken) {
         trend::keep(self, shutdown).await;
     }

@@ -10,7 +10,8 @@ use idem_store::status;
 
 use crate::Console;
 use crate::guard::{self, Csrf};
-use crate::replicas::{self, Replica};
+use crate::lag::LagView;
+use crate::replicas::Replica;
 use crate::trend;
 use crate::view::{self, Chrome, Failure};
 
@@ -50,6 +51,8 @@ struct Page {
     cap: i64,
     trend_since: String,
     replicas: Vec<Replica>,
+    /// Publish → recorded, from the replicas (`None`: none reports it).
+    lag: Option<LagView>,
     run: Option<RunView>,
 }
 
@@ -63,7 +66,8 @@ pub(crate) async fn page(
     let flow = overview::flow(&mut conn).await?;
     let run = overview::last_reconcile_run(&mut conn).await?;
     drop(conn);
-    let replicas = replicas::read_all(&console.inner.http, &console.settings().replicas).await;
+    let replicas = console.read_replicas().await;
+    let lag = console.inner.lag.view(std::time::Instant::now());
     let cards = OutboxState::ALL
         .iter()
         .map(|&s| StateCard {
@@ -86,6 +90,7 @@ pub(crate) async fn page(
             |t| format!("since {}", view::when(t)),
         ),
         replicas,
+        lag,
         run: run.map(run_view),
     }))
 }
@@ -136,15 +141,5 @@ fn run_view(run: overview::ReconcileRun) -> RunView {
         by_kind,
         counters: COUNTERS.iter().map(|&k| (k, number(k))).collect(),
         first,
-    }
-}
-
-/// Seconds as the page writes them: `-` when unknown.
-pub(crate) fn seconds(s: &Option<f64>) -> String {
-    match s {
-        None => "-".to_owned(),
-        Some(s) if *s < 1.0 => format!("{:.0} ms", s * 1000.0),
-        Some(s) if *s < 120.0 => format!("{s:.1} s"),
-        Some(s) => format!("{:.0} min", s / 60.0),
     }
 }

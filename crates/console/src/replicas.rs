@@ -1,13 +1,15 @@
 //! What the replicas say about themselves: each configured `/metrics`
 //! (`IDEM_CONSOLE_REPLICAS`, and a replica's own with `idem run --console`)
-//! is read when the overview is, for the provider breaker and the broker
-//! session. A replica's answer is input like any other: it is read with a
+//! is read when the overview is (and with the trends), for the provider
+//! breaker, the broker session and the publish lag histogram. A replica's answer is input like any other: it is read with a
 //! deadline, at most [`MAX_BODY`] bytes, and a line that does not parse is
 //! ignored.
 
 use std::time::Duration;
 
 use url::Url;
+
+use crate::lag::Histogram;
 
 /// A replica's `/metrics` must answer within this.
 const DEADLINE: Duration = Duration::from_secs(2);
@@ -36,6 +38,9 @@ pub(crate) struct Replica {
     pub(crate) breaker_open: Option<bool>,
     /// Its consumer has a broker session (`None`: it does not consume).
     pub(crate) broker_connected: Option<bool>,
+    /// Its publish → recorded lag since it started (`None`: it does not
+    /// consume, or has not decided a stamped message yet).
+    pub(crate) lag: Option<Histogram>,
 }
 
 /// Read every replica at once.
@@ -60,6 +65,7 @@ async fn read(client: &reqwest::Client, url: &Url) -> Replica {
             version: None,
             breaker_open: None,
             broker_connected: None,
+            lag: None,
         },
     }
 }
@@ -96,7 +102,12 @@ fn redacted(url: &Url) -> String {
     u.to_string()
 }
 
-/// Read the three figures out of a Prometheus text exposition.
+/// The lag histogram's bucket series.
+fn lag_buckets() -> String {
+    format!("{}_bucket", idem_inbox::metrics::PUBLISH_LAG_SECONDS)
+}
+
+/// Read the figures out of a Prometheus text exposition.
 fn parse(url: String, text: &str) -> Replica {
     let mut replica = Replica {
         url,
@@ -104,7 +115,10 @@ fn parse(url: String, text: &str) -> Replica {
         version: None,
         breaker_open: None,
         broker_connected: None,
+        lag: None,
     };
+    let buckets = lag_buckets();
+    let mut lag = Histogram::default();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -120,8 +134,13 @@ fn parse(url: String, text: &str) -> Replica {
                 Some(replica.broker_connected.unwrap_or(true) && value > 0.0);
         } else if name == "idem_build_info" {
             replica.version = label(series, "version");
+        } else if name == buckets
+            && let Some(le) = label(series, "le")
+        {
+            lag.add(&le, value);
         }
     }
+    replica.lag = (lag.count() > 0.0).then_some(lag);
     replica
 }
 
@@ -142,15 +161,27 @@ mod tests {
     fn the_figures_are_read_and_anything_else_ignored() {
         let text = "# HELP x\nidem_build_info{version=\"0.1.0\",profile=\"release\"} 1\n\
                     idem_dispatch_breaker_open 1\nidem_broker_connected 0\ngarbage\n\
-                    idem_dispatch_breaker_open not-a-number\n\u{0}\u{ff}";
+                    idem_dispatch_breaker_open not-a-number\n\u{0}\u{ff}\n\
+                    idem_inbox_publish_lag_seconds_bucket{le=\"1\"} 3\n\
+                    idem_inbox_publish_lag_seconds_bucket{le=\"+Inf\"} 4\n\
+                    idem_inbox_publish_lag_seconds_bucket{le=\"NaN\"} 4\n\
+                    idem_inbox_publish_lag_seconds_sum 9.5\n";
         let r = parse("u".into(), text);
+        let lag = r.lag.as_ref().expect("the lag histogram");
+        assert_eq!(lag.count(), 4.0);
+        assert_eq!(lag.quantile(0.5), Some(Ok(2.0 / 3.0)));
         assert_eq!(r.version.as_deref(), Some("0.1.0"));
         assert_eq!(r.breaker_open, Some(true));
         assert_eq!(r.broker_connected, Some(false));
         let none = parse("u".into(), "");
         assert_eq!(
-            (none.breaker_open, none.broker_connected, none.version),
-            (None, None, None)
+            (
+                none.breaker_open,
+                none.broker_connected,
+                none.version,
+                none.lag
+            ),
+            (None, None, None, None)
         );
     }
 

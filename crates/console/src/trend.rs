@@ -1,7 +1,8 @@
 //! The overview's trends: the console samples the gauges' statement
 //! (`idem_store::status::sample`, O(open rows)) every [`PERIOD`] and keeps
 //! the last [`KEPT`] samples in memory. A fresh console has a short trend;
-//! long histories are Prometheus's job (the Grafana dashboard).
+//! long histories are Prometheus's job (the Grafana dashboard). The same
+//! tick reads the replicas, for the lag's window (`lag`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -66,6 +67,8 @@ pub(crate) async fn keep(console: Console, shutdown: CancellationToken) {
             Ok(sample) => console.inner.trend.push(Utc::now(), sample),
             Err(e) => tracing::debug!(error = %e, "console trend sample skipped"),
         }
+        // The lag's window needs readings between the overview's visits.
+        console.read_replicas().await;
     }
 }
 

@@ -243,6 +243,16 @@ pub(crate) fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// Seconds as the page writes them: `-` when unknown.
+pub(crate) fn seconds(s: &Option<f64>) -> String {
+    match s {
+        None => "-".to_owned(),
+        Some(s) if *s < 1.0 => format!("{:.0} ms", s * 1000.0),
+        Some(s) if *s < 120.0 => format!("{s:.1} s"),
+        Some(s) => format!("{:.0} min", s / 60.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

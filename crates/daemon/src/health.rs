@@ -57,6 +57,8 @@ pub async fn serve(
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/console", any(console))
+        // A wildcard matches no empty rest: the overview needs its own route.
+        .route("/console/", any(console))
         .route("/console/{*rest}", any(console))
         .with_state(health);
     axum::serve(listener, app)

@@ -78,6 +78,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
                     BATCH_BUCKETS,
                 )
                 .map_err(|e| e.to_string())?
+                .set_buckets_for_metric(
+                    Matcher::Full(idem_inbox::metrics::PUBLISH_LAG_SECONDS.into()),
+                    idem_inbox::metrics::LAG_BUCKETS,
+                )
+                .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
             describe();

@@ -428,6 +428,7 @@ async fn settle_batch(
                         ::metrics::counter!(metrics::QUARANTINED, "reason" => *code).increment(1);
                     }
                 }
+                crate::lag::observe(items.iter().map(|i| i.properties));
                 admission.report_refused_replies(&items, &decisions);
                 if decisions.iter().any(|d| matches!(d, Decision::New { .. })) {
                     status.new_work.notify_one();

@@ -20,6 +20,8 @@
 //!   header, with its `trace_id` (DEBUG: free unless logged or exported).
 //! - `replay`: a quarantined message's properties rebuilt, published again
 //!   with a confirm (`idem quarantine replay`).
+//! - `lag`: publish → recorded lag, read from a delivery's stamp (broker
+//!   header in ms, or the AMQP timestamp) when its transaction commits.
 //! - `metrics`: the names and help texts of the metrics the consumer records.
 //! - `credit`: the prefetch count, kept within a byte budget
 //!   (`IDEM_PREFETCH_BYTES`) by the sizes of the bodies seen.
@@ -47,6 +49,7 @@ pub mod credit;
 mod decision;
 pub mod delivery;
 pub mod drain;
+pub mod lag;
 pub mod limits;
 pub mod metrics;
 pub mod raw;

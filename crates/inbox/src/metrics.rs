@@ -44,6 +44,20 @@ pub const PREFETCH: &str = "idem_inbox_prefetch";
 /// refused a frame (`salvage`), by queue (`work`|`dead_letter`).
 pub const SALVAGED: &str = "idem_inbox_salvaged_total";
 
+/// Histogram, seconds: publish → recorded lag of each delivery a committed
+/// inbox transaction decided, from its `timestamp_in_ms` header or AMQP
+/// `timestamp` (`lag`); buckets [`LAG_BUCKETS`].
+pub const PUBLISH_LAG_SECONDS: &str = "idem_inbox_publish_lag_seconds";
+/// Counter: decided deliveries whose publish stamp cannot be one (not an
+/// integer, far in the future, older than `lag::OLDEST`), not observed.
+pub const PUBLISH_STAMP_UNUSABLE: &str = "idem_inbox_publish_stamp_unusable_total";
+
+/// Buckets in seconds of [`PUBLISH_LAG_SECONDS`]: a queue's wait spans
+/// milliseconds (a broker-stamped header) to an hour of backlog.
+pub const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 /// Every metric of this crate.
 pub const ALL: &[&str] = &[
     MESSAGES,
@@ -57,6 +71,8 @@ pub const ALL: &[&str] = &[
     BROKER_CONNECTED,
     PREFETCH,
     SALVAGED,
+    PUBLISH_LAG_SECONDS,
+    PUBLISH_STAMP_UNUSABLE,
 ];
 
 /// The `decision` label of [`MESSAGES`] (and of the `message` span).
@@ -119,6 +135,15 @@ pub fn describe() {
         PREFETCH,
         "Prefetch count in force for the inbox consumer, kept within IDEM_PREFETCH_BYTES by the bodies' sizes (1..=IDEM_PREFETCH)"
     );
+    describe_histogram!(
+        PUBLISH_LAG_SECONDS,
+        Unit::Seconds,
+        "Publish to recorded lag of each decided delivery, from its timestamp_in_ms header (broker-stamped, ms) or AMQP timestamp (seconds, truncated)"
+    );
+    describe_counter!(
+        PUBLISH_STAMP_UNUSABLE,
+        "Decided deliveries whose publish stamp cannot be one (not an integer, over a minute in the future, over 30 days old); not in the lag histogram"
+    );
 
     // One of each kind of decision; the match in `decision_label` names them all.
     let decisions = [
@@ -139,6 +164,7 @@ pub fn describe() {
         BATCH_RETRIES,
         BATCH_FALLBACKS,
         RECONNECTS,
+        PUBLISH_STAMP_UNUSABLE,
     ] {
         counter!(name).increment(0);
     }

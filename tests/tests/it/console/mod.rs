@@ -8,6 +8,7 @@
 mod access;
 mod actions;
 mod browser;
+mod lag;
 mod pages;
 mod plans;
 
