@@ -61,11 +61,17 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Its AMQP properties: persistent JSON with its message id and app id.
+    /// Its AMQP properties: persistent JSON with its message id and app id,
+    /// stamped now (the `timestamp` a producer should set: the inbox's
+    /// publish → recorded lag reads it). Call it when publishing.
     pub fn properties(&self) -> BasicProperties {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut props = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_delivery_mode(2);
+            .with_delivery_mode(2)
+            .with_timestamp(now);
         if let Some(id) = &self.message_id {
             props = props.with_message_id(id.as_str().into());
         }
