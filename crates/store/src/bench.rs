@@ -131,12 +131,13 @@ pub async fn count_settled(conn: &mut PgConnection, scope: &str) -> Result<i64, 
         .await
 }
 
-/// Each row of `scope`: its message id and when it settled (if it has).
-pub async fn settled_times(
+/// Each row of `scope`: its message id, when it was recorded (the inbox
+/// transaction's `now()`, its start) and when it settled (if it has).
+pub async fn row_times(
     conn: &mut PgConnection,
     scope: &str,
-) -> Result<Vec<(String, Option<DateTime<Utc>>)>, sqlx::Error> {
-    sqlx::query_as("SELECT message_id, settled_at FROM outbox WHERE scope = $1")
+) -> Result<Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)>, sqlx::Error> {
+    sqlx::query_as("SELECT message_id, created_at, settled_at FROM outbox WHERE scope = $1")
         .bind(scope)
         .fetch_all(conn)
         .await

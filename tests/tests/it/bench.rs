@@ -69,6 +69,12 @@ fn a_small_bench_reports_every_part_and_charges_each_message_once() {
             assert!(c["latency_ms"][p].as_f64().unwrap() > 0.0, "{name} {p}");
         }
         assert!(c["latency_ms"]["p50"].as_f64() <= c["latency_ms"]["max"].as_f64());
+        // Recorded comes before settled, for every message and so for each
+        // quantile.
+        for p in ["p50", "p99", "max"] {
+            let (recorded, settled) = (c["recorded_ms"][p].as_f64(), c["latency_ms"][p].as_f64());
+            assert!(recorded.unwrap() > 0.0 && recorded <= settled, "{name} {p}");
+        }
         for k in ["idem_us", "pipeline_us", "simulator_us", "publisher_us"] {
             assert!(c["cpu"][k].as_f64().is_some(), "{name} cpu {k}");
         }
@@ -221,7 +227,8 @@ fn the_table_names_every_part() {
     );
     for expected in [
         "END-TO-END msg/s",
-        "latency p99",
+        "publish → recorded p99",
+        "publish → settled p99",
         "CPU µs/msg",
         "ceiling",
         "end to end / ceiling",

@@ -87,8 +87,12 @@ pub struct PipelineReport {
     pub elapsed_s: f64,
     /// N / elapsed.
     pub end_to_end_msg_per_s: f64,
-    /// Publish → recorded.
+    /// Publish → settled (charged, and its result recorded).
     pub latency_ms: Latency,
+    /// Publish → recorded: the inbox transaction that recorded the message
+    /// began (`outbox.created_at`); it commits within that transaction's
+    /// time (`idem_inbox_batch_seconds`).
+    pub recorded_ms: Latency,
     /// CPU per message, per process.
     pub cpu: PerMessage,
     /// WAL and row writes per message.
@@ -468,12 +472,17 @@ async fn report(
     elapsed: Duration,
     cpu: PerMessage,
 ) -> anyhow::Result<PipelineReport> {
-    let rows = idem_store::bench::settled_times(&mut *scratch.pool.acquire().await?, SCOPE).await?;
+    let rows = idem_store::bench::row_times(&mut *scratch.pool.acquire().await?, SCOPE).await?;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut recorded = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let first_publish = stamps.values().copied().min().unwrap_or(0);
     let mut last_settled = first_publish;
-    for (message_id, settled_at) in &rows {
-        let (Some(at), Some(settled)) = (stamps.get(message_id), settled_at) else {
+    for (message_id, created_at, settled_at) in &rows {
+        let Some(at) = stamps.get(message_id) else {
+            continue;
+        };
+        recorded.saturating_record((created_at.timestamp_micros() - at).max(1) as u64);
+        let Some(settled) = settled_at else {
             continue;
         };
         let settled = settled.timestamp_micros();
@@ -484,8 +493,8 @@ async fn report(
     let trace = Trace::of(
         first_publish,
         rows.iter()
-            .filter(|(id, _)| stamps.contains_key(id))
-            .filter_map(|(_, at)| at.map(|t| t.timestamp_micros())),
+            .filter(|(id, _, _)| stamps.contains_key(id))
+            .filter_map(|(_, _, at)| at.map(|t| t.timestamp_micros())),
     );
     let by_reference = provider.sim.ledger().gross_by_reference();
     let (mut charged, mut double) = (0, 0);
@@ -515,6 +524,7 @@ async fn report(
         elapsed_s: span.as_secs_f64(),
         end_to_end_msg_per_s: messages as f64 / span.as_secs_f64(),
         latency_ms: Latency::of(&histogram),
+        recorded_ms: Latency::of(&recorded),
         cpu,
         writes,
         trace,
