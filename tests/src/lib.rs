@@ -21,6 +21,8 @@
 //!   ([`pg::PgCluster`]).
 //! - [`rabbit`]: queues on the shared broker, private nodes
 //!   ([`rabbit::RabbitNode`]).
+//! - [`schema`]: the producer contract's JSON Schemas (`docs/schema/`),
+//!   compiled once, for the suites that check bodies against them.
 //! - [`ca`]: a private CA and certificates, made with `openssl`.
 //! - [`proxy`]: a TCP proxy that cuts connections ([`proxy::TcpProxy`]).
 //! - [`chaos`]: the chaos suite.
@@ -40,6 +42,7 @@ pub mod pg;
 pub mod private;
 pub mod proxy;
 pub mod rabbit;
+pub mod schema;
 mod scratch;
 pub mod sim;
 pub mod worker;

@@ -41,6 +41,7 @@
 
 mod admin;
 mod alerts;
+mod asyncapi;
 mod batch;
 mod bench;
 mod big_bodies;
@@ -73,6 +74,7 @@ mod results;
 mod retention;
 mod run_check;
 mod salvage;
+mod schema;
 mod secrets;
 mod settle;
 mod skew;

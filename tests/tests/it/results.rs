@@ -168,7 +168,10 @@ fn request(message_id: &str, reply: Option<(&str, &str)>) -> BasicProperties {
     props
 }
 
+/// The event's body; every body a suite here receives must also be one the
+/// published schema (docs/schema/result-event.v1.schema.json) accepts.
 fn body(d: &Delivery) -> ResultBody {
+    idem_tests::schema::assert_result_event(&d.data);
     serde_json::from_slice(&d.data).unwrap()
 }
 

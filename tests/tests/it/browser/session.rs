@@ -133,13 +133,29 @@ impl Browser {
     }
 
     /// Submit the form matching `css` by clicking its submit button, so the
-    /// button's own name and value are sent as a user's click sends them.
+    /// button's own name and value are sent as a user's click sends them,
+    /// and wait until the browser has left the page (its document is gone):
+    /// a click returns before the navigation it starts, and a loaded machine
+    /// showed that gap (the post not yet made when the caller looked).
     pub async fn submit(&self, css: &str) -> anyhow::Result<()> {
         self.find(css).await?;
+        let page = self.client.find(Locator::Css("html")).await?;
         let form = self.client.form(Locator::Css(css)).await?;
         form.submit()
             .await
-            .with_context(|| format!("clicking the submit button of `{css}`"))
+            .with_context(|| format!("clicking the submit button of `{css}`"))?;
+        self.wait_until(
+            &format!("the page to be left after submitting `{css}`"),
+            Duration::from_secs(20),
+            async |_| match page.tag_name().await {
+                Ok(_) => Ok(false),
+                Err(CmdError::Standard(e)) if e.error == ErrorStatus::StaleElementReference => {
+                    Ok(true)
+                }
+                Err(e) => Err(e.into()),
+            },
+        )
+        .await
     }
 
     /// Run `script` in the page (`return ...;` gives its value).
