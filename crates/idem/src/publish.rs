@@ -1,4 +1,6 @@
-//! `idem publish`: sample charge messages, with publisher confirms.
+//! `idem publish`: sample charge messages, with publisher confirms; or one
+//! real request (`--key`, `--body`) through `idem-client`, the producers'
+//! crate, optionally waiting for its result (`--wait`).
 
 use anyhow::Context;
 use clap::Args;
@@ -24,10 +26,25 @@ pub struct PublishArgs {
     /// `app_id` (scope) of the messages.
     #[arg(long)]
     pub scope: Option<String>,
+    /// Publish one request with this key (its `message_id`) and `--body`,
+    /// instead of sample messages; validated first by idem's own rules.
+    #[arg(long, requires = "body", conflicts_with_all = ["count", "duplicate_ratio", "rate", "prefix"])]
+    pub key: Option<String>,
+    /// The JSON body of `--key`'s request, e.g.
+    /// '{"account_id":"acc_1","amount":1250,"currency":"EUR"}'.
+    #[arg(long, requires = "key")]
+    pub body: Option<String>,
+    /// With `--key`: wait this many seconds for the request's result (sent
+    /// back over Direct Reply-To) and print it.
+    #[arg(long, requires = "key")]
+    pub wait: Option<u64>,
 }
 
-/// Publish the sample messages and report the rate.
+/// Publish the sample messages and report the rate, or the one request.
 pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
+    if let (Some(key), Some(body)) = (&args.key, &args.body) {
+        return one(&args, key, body).await;
+    }
     anyhow::ensure!(
         (0.0..1.0).contains(&args.duplicate_ratio),
         "--duplicate-ratio must be in [0, 1)"
@@ -63,5 +80,47 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         messages.len() as f64 / secs.max(1e-9)
     );
     let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// `--key`: one request through `idem-client`.
+async fn one(args: &PublishArgs, key: &str, body: &str) -> anyhow::Result<()> {
+    let mut request = idem_client::Request::new(key, body.as_bytes());
+    if let Some(scope) = &args.scope {
+        request = request.in_scope(scope);
+    }
+    // Refuse before touching the broker what idem would quarantine.
+    request
+        .check()
+        .context("idem would quarantine this request")?;
+    let connection = idem_inbox::connect_amqp(&args.amqp.broker.amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&args.amqp.queue))
+        .await
+        .context("declaring the queue")?;
+    let _ = connection.close(200, "declared".into()).await;
+    let client = idem_client::Client::connect(&args.amqp.broker.amqp_url, &args.amqp.queue).await?;
+    match args.wait {
+        None => {
+            let sent = client.publish(&request).await?;
+            println!(
+                "published {key} to {} (reference {}), confirmed",
+                args.amqp.queue, sent.reference_id
+            );
+        }
+        Some(secs) => {
+            let outcome = client
+                .call(&request, std::time::Duration::from_secs(secs))
+                .await?;
+            println!(
+                "{key}: {:?} ({:?}), reference {}, charge {}, error {}",
+                outcome.state,
+                outcome.kind,
+                outcome.reference_id,
+                outcome.charge_id.as_deref().unwrap_or("-"),
+                outcome.error.as_deref().unwrap_or("-"),
+            );
+        }
+    }
     Ok(())
 }

@@ -388,6 +388,19 @@ fn the_data_path_reads_left_to_right() {
             ],
         ),
         ("idem-retention", &["idem-daemon", "clap"]),
+        // A producer's crate carries the contract and a broker client, never
+        // idem's database, replica or tools.
+        (
+            "idem-client",
+            &[
+                "idem-store",
+                "sqlx",
+                "idem-daemon",
+                "idem-events",
+                "idem-workload",
+                "reqwest",
+            ],
+        ),
         // The console is the operators' pages over the store: no replica, no
         // tools, no command line.
         (

@@ -48,6 +48,7 @@ mod big_bodies;
 mod browser;
 mod bulk_retry;
 mod chaos;
+mod client;
 mod commit_cut;
 mod console;
 mod crash;

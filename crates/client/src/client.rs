@@ -1,0 +1,198 @@
+//! The connection to the broker: publishing with confirms, and waiting for
+//! a request's result over Direct Reply-To.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::outcome::{Kind, Outcome};
+use crate::request::Request;
+
+/// RabbitMQ's pseudo-queue for replies straight to this channel.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// What can go wrong. Only [`Error::Refused`] is certain to have sent
+/// nothing; after any other error the message may or may not be with the
+/// broker, and the remedy is the same: publish the same request again (same
+/// key), which idem deduplicates.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// idem would quarantine this request; nothing was sent.
+    #[error("request refused before publishing ({code}): {0}", code = .0.code())]
+    Refused(idem_message::Rejection),
+    /// The broker could not be reached or refused the connection.
+    #[error("cannot connect to RabbitMQ: {0}")]
+    Connect(#[source] lapin::Error),
+    /// The channel failed while publishing or waiting.
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker refused the message (a `nack`): not stored; publish again.
+    #[error("the broker did not accept the message (nack); publish it again")]
+    Nacked,
+    /// No queue of that name: the message was returned, not stored.
+    #[error("no queue {queue} on the broker: the message was returned (is idem's queue declared?)")]
+    Unroutable {
+        /// The queue published to.
+        queue: String,
+    },
+    /// No result within the time given. The request may still be charged;
+    /// calling again with the same key gets its result.
+    #[error(
+        "no result within {0:?}; the request is recorded or on its way: call again with the same key for its result"
+    )]
+    Timeout(Duration),
+    /// A reply that is not a result event this client reads.
+    #[error("unreadable reply: {0}")]
+    BadReply(String),
+}
+
+/// A request the broker confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The charge's idempotency key at the provider, UUIDv5 over (scope, key).
+    pub reference_id: Uuid,
+    /// The correlation id it carried, if any.
+    pub correlation_id: Option<String>,
+}
+
+/// One connection and one channel (publisher confirms on) to the broker,
+/// publishing to idem's work queue. [`Client::call`]s are served one at a
+/// time (they share the channel's reply consumer); publishes run freely.
+pub struct Client {
+    /// Kept open for the channel's life.
+    _connection: Connection,
+    channel: Channel,
+    queue: String,
+    /// The channel's Direct Reply-To consumer, started by the first call.
+    replies: Mutex<Option<Consumer>>,
+}
+
+impl Client {
+    /// Connect to `amqp_url` (`amqp://` or `amqps://`) to publish to
+    /// `queue` (idem's `IDEM_QUEUE`, `idem.charges` by default).
+    pub async fn connect(amqp_url: &str, queue: &str) -> Result<Self, Error> {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .map_err(Error::Connect)?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            _connection: connection,
+            channel,
+            queue: queue.to_owned(),
+            replies: Mutex::new(None),
+        })
+    }
+
+    /// Validate `request` and publish it, persistent, `mandatory`, and wait
+    /// for the broker's confirm: once this returns `Ok`, idem will charge it
+    /// exactly once, however often it is published again.
+    pub async fn publish(&self, request: &Request) -> Result<Published, Error> {
+        let reference_id = request.check().map_err(Error::Refused)?;
+        self.send(request).await?;
+        Ok(Published {
+            reference_id,
+            correlation_id: request.correlation_id.clone(),
+        })
+    }
+
+    /// Publish `request` with its reply sent straight to this channel, and
+    /// wait at most `timeout` for its result. A correlation id is made up
+    /// when the request has none; replies to earlier calls that timed out
+    /// are skipped. Calling again with the same key after a timeout is the
+    /// way to get the result: idem answers a duplicate with the stored one.
+    pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Outcome, Error> {
+        let mut request = request.clone();
+        let correlation = request
+            .correlation_id
+            .get_or_insert_with(|| Uuid::new_v4().to_string())
+            .clone();
+        request.reply_to = Some(DIRECT_REPLY_TO.to_owned());
+        request.check().map_err(Error::Refused)?;
+        let mut replies = self.replies.lock().await;
+        if replies.is_none() {
+            // Direct Reply-To: consume (no ack) before the first publish
+            // that names it, on the channel that publishes.
+            let consumer = self
+                .channel
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    "idem-client-replies".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            *replies = Some(consumer);
+        }
+        let consumer = replies
+            .as_mut()
+            .ok_or_else(|| Error::BadReply("no reply consumer".into()))?;
+        self.send(&request).await?;
+        let wait = async {
+            while let Some(delivery) = consumer.next().await {
+                let delivery = delivery?;
+                let matches = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .is_some_and(|c| c.as_str() == correlation);
+                if !matches {
+                    continue;
+                }
+                let kind = delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| match h.inner().get("x-idem-kind") {
+                        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+                        Some(AMQPValue::ShortString(s)) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .map(str::to_owned);
+                return Outcome::parse(&delivery.data, Kind::of(kind.as_deref()))
+                    .map_err(Error::BadReply);
+            }
+            Err(Error::BadReply("the reply consumer ended".into()))
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    async fn send(&self, request: &Request) -> Result<(), Error> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &request.body,
+                request.properties(),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
+                queue: self.queue.clone(),
+            }),
+            Confirmation::Nack(_) => Err(Error::Nacked),
+            // Confirms are selected at connect; a channel without them is
+            // not one this client made.
+            Confirmation::NotRequested => Err(Error::Nacked),
+        }
+    }
+}
