@@ -154,3 +154,72 @@ async fn idem_publish_sends_one_request_and_prints_its_result() {
     assert_eq!(env.queue_depth().await, 0);
     env.cleanup().await;
 }
+
+/// `python3 docs/examples/python/producer.py <args>` with `env`'s broker,
+/// publishing to `queue`.
+async fn python_producer(env: &TestEnv, queue: &str, args: &[&str]) -> (bool, String, String) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/examples/python/producer.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .env("IDEM_AMQP_URL", &env.amqp_url)
+        .env("IDEM_QUEUE", queue)
+        .env("IDEM_SCOPE", "shop-py")
+        .output()
+        .await
+        .expect("python3 runs (the example producer needs Python 3 and `pip install pika`)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.contains("No module named 'pika'"),
+        "the Python example needs pika: python3 -m pip install pika (.ci/run does)"
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+/// Invariants: the documented Python producer (pika) is a correct one: its
+/// request is charged once and it prints the `settled` result, whose body
+/// the published schema accepts; run again with the same key it prints the
+/// stored result (`replayed`, same event id) and the provider still holds
+/// one charge; a publish to a missing queue exits 2, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_producer_charges_once_and_reads_its_result() {
+    let env = TestEnv::new(Faults::default()).await;
+    let worker = env.start_worker(&[]);
+    let args = ["py-order-1", "acc_py", "1250", "EUR"];
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        let (ok, stdout, stderr) = python_producer(&env, &env.queue, &args).await;
+        assert!(ok, "{stdout}\n{stderr}");
+        let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        idem_tests::schema::assert_result_event(line["event"].to_string().as_bytes());
+        events.push(line);
+    }
+    let reference = idem_message::reference_id("shop-py", "py-order-1").to_string();
+    assert_eq!(events[0]["kind"], "settled", "{events:?}");
+    assert_eq!(events[1]["kind"], "replayed", "{events:?}");
+    for e in &events {
+        assert_eq!(e["event"]["state"], "succeeded");
+        assert_eq!(e["event"]["reference_id"], reference.as_str());
+    }
+    assert_eq!(
+        events[0]["event"]["event_id"],
+        events[1]["event"]["event_id"]
+    );
+    assert_eq!(env.charges_by_reference().get(&reference), Some(&1));
+    worker.stop().await.unwrap();
+
+    let missing = format!("{}.missing", env.queue);
+    let (ok, _, stderr) = python_producer(&env, &missing, &args).await;
+    assert!(
+        !ok && stderr.contains("the broker returned the message"),
+        "{stderr}"
+    );
+    env.cleanup().await;
+}
