@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use futures_lite::StreamExt;
+use idem_message::ScopeAuth;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -41,9 +43,12 @@ pub enum Error {
         queue: String,
     },
     /// No result within the time given. The request may still be charged;
-    /// calling again with the same key gets its result.
+    /// calling again with the same key gets its result. (If it never comes:
+    /// idem may have quarantined it — a key conflict, a deployment rule this
+    /// client cannot see — or its `IDEM_REPLY_TO_ALLOW` refuses Direct
+    /// Reply-To; the results exchange still has the result.)
     #[error(
-        "no result within {0:?}; the request is recorded or on its way: call again with the same key for its result"
+        "no result within {0:?}: call again with the same key for it (if none ever comes, look for the key in idem's quarantine, or at the deployment's IDEM_REPLY_TO_ALLOW)"
     )]
     Timeout(Duration),
     /// A reply that is not a result event this client reads.
@@ -62,12 +67,18 @@ pub struct Published {
 
 /// One connection and one channel (publisher confirms on) to the broker,
 /// publishing to idem's work queue. [`Client::call`]s are served one at a
-/// time (they share the channel's reply consumer); publishes run freely.
+/// time (they share the channel's reply consumer; each call's timeout
+/// counts its wait for the others); publishes run freely. A client does not
+/// reconnect: after an [`Error::Broker`], make a new one.
 pub struct Client {
     /// Kept open for the channel's life.
     _connection: Connection,
     channel: Channel,
     queue: String,
+    /// The broker user of the URL, sent as `user_id`.
+    user: Option<String>,
+    /// The deployment's scope rules, for the reference id and the check.
+    auth: ScopeAuth,
     /// The channel's Direct Reply-To consumer, started by the first call.
     replies: Mutex<Option<Consumer>>,
 }
@@ -76,6 +87,11 @@ impl Client {
     /// Connect to `amqp_url` (`amqp://` or `amqps://`) to publish to
     /// `queue` (idem's `IDEM_QUEUE`, `idem.charges` by default).
     pub async fn connect(amqp_url: &str, queue: &str) -> Result<Self, Error> {
+        let user = amqp_url
+            .parse::<AMQPUri>()
+            .ok()
+            .map(|u| u.authority.userinfo.username)
+            .filter(|u| !u.is_empty());
         let connection = Connection::connect(amqp_url, ConnectionProperties::default())
             .await
             .map_err(Error::Connect)?;
@@ -87,15 +103,34 @@ impl Client {
             _connection: connection,
             channel,
             queue: queue.to_owned(),
+            user,
+            auth: ScopeAuth::Open,
             replies: Mutex::new(None),
         })
     }
 
+    /// The deployment's scope rules (`IDEM_SCOPE_AUTH`; open by default),
+    /// so that requests are checked, and their reference ids computed, as
+    /// that deployment will.
+    pub fn with_scope_auth(mut self, auth: ScopeAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    fn check(&self, request: &Request) -> Result<Uuid, Error> {
+        request
+            .check_as(&self.auth, self.user.as_deref())
+            .map_err(Error::Refused)
+    }
+
     /// Validate `request` and publish it, persistent, `mandatory`, and wait
-    /// for the broker's confirm: once this returns `Ok`, idem will charge it
-    /// exactly once, however often it is published again.
+    /// for the broker's confirm. `Ok` means the broker holds it: idem will
+    /// decide it and lose nothing — charge it at most once however often it
+    /// is published again, or, for what this client cannot check (a key
+    /// already used with another payload, a deployment's smaller body
+    /// limit), quarantine it with the reason.
     pub async fn publish(&self, request: &Request) -> Result<Published, Error> {
-        let reference_id = request.check().map_err(Error::Refused)?;
+        let reference_id = self.check(request)?;
         self.send(request).await?;
         Ok(Published {
             reference_id,
@@ -104,10 +139,11 @@ impl Client {
     }
 
     /// Publish `request` with its reply sent straight to this channel, and
-    /// wait at most `timeout` for its result. A correlation id is made up
-    /// when the request has none; replies to earlier calls that timed out
-    /// are skipped. Calling again with the same key after a timeout is the
-    /// way to get the result: idem answers a duplicate with the stored one.
+    /// wait at most `timeout` (in all) for its result. The request's own
+    /// `reply_to` is replaced by Direct Reply-To; a correlation id is made
+    /// up when it has none; replies to earlier calls that timed out are
+    /// skipped. Calling again with the same key after a timeout is the way
+    /// to get the result: idem answers a duplicate with the stored one.
     pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Outcome, Error> {
         let mut request = request.clone();
         let correlation = request
@@ -115,7 +151,13 @@ impl Client {
             .get_or_insert_with(|| Uuid::new_v4().to_string())
             .clone();
         request.reply_to = Some(DIRECT_REPLY_TO.to_owned());
-        request.check().map_err(Error::Refused)?;
+        self.check(&request)?;
+        tokio::time::timeout(timeout, self.call_checked(&request, &correlation))
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    async fn call_checked(&self, request: &Request, correlation: &str) -> Result<Outcome, Error> {
         let mut replies = self.replies.lock().await;
         if replies.is_none() {
             // Direct Reply-To: consume (no ack) before the first publish
@@ -137,36 +179,31 @@ impl Client {
         let consumer = replies
             .as_mut()
             .ok_or_else(|| Error::BadReply("no reply consumer".into()))?;
-        self.send(&request).await?;
-        let wait = async {
-            while let Some(delivery) = consumer.next().await {
-                let delivery = delivery?;
-                let matches = delivery
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .is_some_and(|c| c.as_str() == correlation);
-                if !matches {
-                    continue;
-                }
-                let kind = delivery
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| match h.inner().get("x-idem-kind") {
-                        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
-                        Some(AMQPValue::ShortString(s)) => Some(s.as_str()),
-                        _ => None,
-                    })
-                    .map(str::to_owned);
-                return Outcome::parse(&delivery.data, Kind::of(kind.as_deref()))
-                    .map_err(Error::BadReply);
+        self.send(request).await?;
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            let matches = delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .is_some_and(|c| c.as_str() == correlation);
+            if !matches {
+                continue;
             }
-            Err(Error::BadReply("the reply consumer ended".into()))
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+            let kind = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| match h.inner().get("x-idem-kind") {
+                    Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+                    Some(AMQPValue::ShortString(s)) => Some(s.as_str()),
+                    _ => None,
+                })
+                .map(str::to_owned);
+            return Outcome::parse(&delivery.data, Kind::of(kind.as_deref()))
+                .map_err(Error::BadReply);
+        }
+        Err(Error::BadReply("the reply consumer ended".into()))
     }
 
     async fn send(&self, request: &Request) -> Result<(), Error> {
@@ -180,7 +217,7 @@ impl Client {
                     ..BasicPublishOptions::default()
                 },
                 &request.body,
-                request.properties(),
+                request.properties(self.user.as_deref()),
             )
             .await?
             .await?;

@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use idem_message::{Inbound, Rejection};
+use idem_message::{Inbound, Rejection, ScopeAuth};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use uuid::Uuid;
@@ -71,10 +71,21 @@ impl Request {
         &self.key
     }
 
-    /// Validate as idem will (key, scope, body, reply_to, correlation_id;
+    /// Validate as idem will under its default scope rules
+    /// (`IDEM_SCOPE_AUTH=open`; key, scope, body, reply_to, correlation_id;
     /// bodies up to [`MAX_BODY`]) and return the charge's reference id: the
     /// idempotency key idem sends the provider, UUIDv5 over (scope, key).
     pub fn check(&self) -> Result<Uuid, Rejection> {
+        self.check_as(&ScopeAuth::Open, None)
+    }
+
+    /// [`Request::check`] under the deployment's scope rules `auth`
+    /// (`IDEM_SCOPE_AUTH`), publishing as broker user `user_id`: under
+    /// `user_id` the scope is the user, under `allow_list` the scope must be
+    /// listed for it; the reference id is computed from the scope idem will
+    /// use. What it cannot see: a deployment's smaller `IDEM_MAX_BODY_BYTES`,
+    /// and a key already used with another payload (a conflict).
+    pub fn check_as(&self, auth: &ScopeAuth, user_id: Option<&str>) -> Result<Uuid, Rejection> {
         let parsed = Inbound {
             message_id: Some(&self.key),
             app_id: self.scope.as_deref(),
@@ -84,14 +95,16 @@ impl Request {
             traceparent: self.traceparent.as_deref(),
             body: &self.body,
         }
-        .parse(MAX_BODY)?;
+        .parse_as(MAX_BODY, auth, user_id)?;
         Ok(parsed.reference_id())
     }
 
-    /// The AMQP properties: persistent JSON, the key, the scope, stamped
-    /// now (the `timestamp` idem's publish → recorded lag reads), the
-    /// correlation id, the reply queue and the trace context.
-    pub(crate) fn properties(&self) -> BasicProperties {
+    /// The AMQP properties: persistent JSON, the key, the scope, the broker
+    /// user publishing (`user_id`, which RabbitMQ checks against the
+    /// connection: the scope's proof under `IDEM_SCOPE_AUTH=user_id` or
+    /// `allow_list`), stamped now (the `timestamp` idem's publish → recorded
+    /// lag reads), the correlation id, the reply queue and the trace context.
+    pub(crate) fn properties(&self, user_id: Option<&str>) -> BasicProperties {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -102,6 +115,9 @@ impl Request {
             .with_timestamp(now);
         if let Some(scope) = &self.scope {
             p = p.with_app_id(scope.as_str().into());
+        }
+        if let Some(user) = user_id {
+            p = p.with_user_id(user.into());
         }
         if let Some(c) = &self.correlation_id {
             p = p.with_correlation_id(c.as_str().into());
@@ -153,7 +169,7 @@ mod tests {
             .in_scope("shop-a")
             .correlation_id("c-1")
             .reply_to("shop-a.replies")
-            .properties();
+            .properties(Some("alice"));
         assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("order-1"));
         assert_eq!(p.app_id().as_ref().map(|s| s.as_str()), Some("shop-a"));
         assert_eq!(*p.delivery_mode(), Some(2));
@@ -167,7 +183,21 @@ mod tests {
             Some("shop-a.replies")
         );
         assert!(p.timestamp().is_some_and(|t| t > 1_700_000_000));
+        assert_eq!(p.user_id().as_ref().map(|s| s.as_str()), Some("alice"));
         // Without a scope there is no app_id: idem's default scope.
-        assert_eq!(*Request::new("k", BODY).properties().app_id(), None);
+        let bare = Request::new("k", BODY).properties(None);
+        assert_eq!((bare.app_id(), bare.user_id()), (&None, &None));
+    }
+
+    #[test]
+    fn the_reference_id_follows_the_deployments_scope_rules() {
+        let r = Request::new("order-1", BODY).in_scope("shop-a");
+        // Under user_id the scope is the broker user; another app_id is refused.
+        assert_eq!(
+            Request::new("order-1", BODY).check_as(&ScopeAuth::UserId, Some("alice")),
+            Ok(idem_message::reference_id("alice", "order-1"))
+        );
+        assert!(r.check_as(&ScopeAuth::UserId, Some("alice")).is_err());
+        assert!(r.check_as(&ScopeAuth::UserId, None).is_err());
     }
 }

@@ -8,9 +8,10 @@
 //!
 //! A replica's histogram is input: at most [`MAX_BUCKETS`] buckets, finite
 //! non-negative counts, and only replicas with the same bucket bounds are
-//! added together (a fleet half upgraded may differ).
+//! added together (a fleet half upgraded may differ): those of the first
+//! replica by URL, and the page says how many of the replicas it covers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -87,15 +88,18 @@ impl Histogram {
         Some(Self { buckets })
     }
 
-    /// Add `other`'s counts when it has the same bounds (else leave self).
-    fn absorb(&mut self, other: &Self) {
+    /// Add `other`'s counts when it has the same bounds; whether it did.
+    fn absorb(&mut self, other: &Self) -> bool {
         if self.buckets.is_empty() {
             *self = other.clone();
         } else if self.same_bounds(other) {
             for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
                 mine.1 += theirs.1;
             }
+        } else {
+            return false;
         }
+        true
     }
 
     /// The `q` quantile as Prometheus's `histogram_quantile` estimates it
@@ -104,7 +108,8 @@ impl Histogram {
     /// rise (not a histogram).
     pub(crate) fn quantile(&self, q: f64) -> Option<Result<f64, f64>> {
         let total = self.count();
-        if total <= 0.0 || self.buckets.windows(2).any(|w| w[1].1 < w[0].1) {
+        // Hostile counts can add up to infinity: no quantile then.
+        if !total.is_finite() || total <= 0.0 || self.buckets.windows(2).any(|w| w[1].1 < w[0].1) {
             return None;
         }
         let rank = q * total;
@@ -134,14 +139,17 @@ pub(crate) struct LagView {
     pub(crate) over: String,
     /// Messages observed over it.
     pub(crate) messages: u64,
+    /// Replicas whose readings it adds up, of those that reported one.
+    pub(crate) replicas: (usize, usize),
     pub(crate) p50: String,
     pub(crate) p99: String,
 }
 
-/// Each replica's recent readings, by its URL, oldest first.
+/// Each replica's recent readings, by its URL (in order, so which replicas
+/// are added up is the same on every view), oldest first.
 #[derive(Default)]
 pub(crate) struct Readings {
-    by_replica: Mutex<HashMap<String, VecDeque<(Instant, Histogram)>>>,
+    by_replica: Mutex<BTreeMap<String, VecDeque<(Instant, Histogram)>>>,
 }
 
 impl Readings {
@@ -170,23 +178,28 @@ impl Readings {
     pub(crate) fn view(&self, now: Instant) -> Option<LagView> {
         let all = self.by_replica.lock().unwrap_or_else(|p| p.into_inner());
         let (mut window, mut totals) = (Histogram::default(), Histogram::default());
+        let (mut in_window, mut in_totals, mut reporting) = (0, 0, 0);
         let mut span = Duration::ZERO;
         for ring in all.values() {
             let (Some((first_at, first)), Some((last_at, last))) = (ring.front(), ring.back())
             else {
                 continue;
             };
-            totals.absorb(last);
+            reporting += 1;
+            in_totals += usize::from(totals.absorb(last));
             if ring.len() > 1 && now.saturating_duration_since(*last_at) <= WINDOW {
                 // A restart between the two: all it counted is recent.
-                window.absorb(&last.since(first).unwrap_or_else(|| last.clone()));
-                span = span.max(last_at.saturating_duration_since(*first_at));
+                let delta = last.since(first).unwrap_or_else(|| last.clone());
+                if window.absorb(&delta) {
+                    in_window += 1;
+                    span = span.max(last_at.saturating_duration_since(*first_at));
+                }
             }
         }
-        let (over, h) = if window.buckets.is_empty() {
-            ("since the replicas started".to_owned(), totals)
+        let (over, h, counted) = if window.buckets.is_empty() {
+            ("since the replicas started".to_owned(), totals, in_totals)
         } else {
-            (format!("last {} s", span.as_secs()), window)
+            (format!("last {} s", span.as_secs()), window, in_window)
         };
         if h.buckets.is_empty() {
             return None;
@@ -199,6 +212,7 @@ impl Readings {
         Some(LagView {
             over,
             messages: h.count() as u64,
+            replicas: (counted, reporting),
             p50: shown(0.5),
             p99: shown(0.99),
         })
@@ -264,11 +278,27 @@ mod tests {
         );
         let v = r.view(t0 + Duration::from_secs(20)).expect("a view");
         assert_eq!((v.over.as_str(), v.messages), ("last 20 s", 15));
+        assert_eq!(v.replicas, (2, 2));
         assert_eq!(v.p50, "over 1.0 s");
         // Readings past the window are dropped; close ones replace the newest.
         r.push("a", t0 + Duration::from_secs(90), old.clone());
         r.push("a", t0 + Duration::from_secs(91), old.clone());
         r.push("a", t0 + Duration::from_secs(92), old);
         assert_eq!(r.by_replica.lock().expect("not poisoned")["a"].len(), 2);
+    }
+
+    #[test]
+    fn replicas_with_other_buckets_are_left_out_and_counted_so() {
+        let r = Readings::default();
+        let t0 = Instant::now();
+        r.push("a", t0, histogram(&[("1", 4.0), ("+Inf", 4.0)]));
+        r.push("b", t0, histogram(&[("2", 4.0), ("+Inf", 4.0)]));
+        let v = r.view(t0).expect("a view");
+        assert_eq!((v.messages, v.replicas), (4, (1, 2)));
+        // Counts that add up to infinity give no quantile, not NaN.
+        let huge = Readings::default();
+        huge.push("a", t0, histogram(&[("1", f64::MAX), ("+Inf", f64::MAX)]));
+        huge.push("b", t0, histogram(&[("1", f64::MAX), ("+Inf", f64::MAX)]));
+        assert_eq!(huge.view(t0).expect("a view").p50, "-");
     }
 }

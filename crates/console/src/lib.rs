@@ -77,6 +77,8 @@ struct Inner {
     trend: trend::Trend,
     /// The replicas' recent lag histograms.
     lag: lag::Readings,
+    /// Held while the replicas are read.
+    reading: tokio::sync::Mutex<()>,
     /// Reads the replicas' `/metrics`.
     http: reqwest::Client,
 }
@@ -93,6 +95,7 @@ impl Console {
                 keys,
                 trend: trend::Trend::default(),
                 lag: lag::Readings::default(),
+                reading: tokio::sync::Mutex::new(()),
                 http,
             }),
         })
@@ -106,8 +109,12 @@ impl Console {
         &self.inner.settings
     }
 
-    /// Read every configured replica, keeping their lag histograms.
+    /// Read every configured replica, keeping their lag histograms. One
+    /// read at a time (the trends' tick and the pages'), so that an older
+    /// scrape is never kept after a newer one (it would look like a
+    /// restart).
     async fn read_replicas(&self) -> Vec<replicas::Replica> {
+        let _one = self.inner.reading.lock().await;
         let read = replicas::read_all(&self.inner.http, &self.settings().replicas).await;
         let at = std::time::Instant::now();
         for r in &read {

@@ -223,3 +223,40 @@ async fn the_python_example_producer_charges_once_and_reads_its_result() {
     );
     env.cleanup().await;
 }
+
+/// Invariant: against a deployment that binds the scope to the broker user
+/// (`IDEM_SCOPE_AUTH=user_id`), the client sends its user as `user_id`, so
+/// its request is charged (not quarantined `scope_not_allowed`), and the
+/// reference id it reports is the one idem uses (scope = the user).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_user_id_scopes_the_client_proves_its_scope() {
+    let env = TestEnv::new(Faults::default()).await;
+    let worker = env.start_worker(&["--scope-auth", "user_id"]);
+    let client = Client::connect(&env.amqp_url, &env.queue)
+        .await
+        .unwrap()
+        .with_scope_auth(idem_message::ScopeAuth::UserId);
+    let request = Request::new("client-user-1", body("acc_user", 3));
+    let outcome = client.call(&request, WAIT).await.unwrap();
+    let reference = idem_message::reference_id("guest", "client-user-1");
+    assert_eq!(
+        (outcome.state, outcome.reference_id),
+        (State::Succeeded, reference)
+    );
+    let sent = client
+        .publish(&Request::new("client-user-2", body("acc_user", 4)))
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.reference_id,
+        idem_message::reference_id("guest", "client-user-2")
+    );
+    // Another scope than the user's is refused here, before sending.
+    let other = Request::new("client-user-3", body("acc_user", 5)).in_scope("shop-b");
+    assert!(matches!(
+        client.publish(&other).await,
+        Err(Error::Refused(_))
+    ));
+    worker.stop().await.unwrap();
+    env.cleanup().await;
+}
