@@ -38,6 +38,7 @@ mod world;
 
 pub use faults::FaultKind;
 use plan::Plan;
+pub use publisher::Publisher;
 pub use report::Report;
 use workers::Workers;
 pub use world::Profile;

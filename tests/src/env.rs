@@ -82,6 +82,12 @@ impl TestEnv {
         Self::with_ticket(faults, gate::alone().await, Servers::shared()).await
     }
 
+    /// [`TestEnv::alone`] on `servers`: a test that starts servers of its
+    /// own and times faults against them.
+    pub async fn alone_on(faults: Faults, servers: &Servers) -> Self {
+        Self::with_ticket(faults, gate::alone().await, servers.clone()).await
+    }
+
     async fn with_ticket(faults: Faults, ticket: Ticket, servers: Servers) -> Self {
         init();
         let name = format!("idem_t_{}", Uuid::new_v4().simple());
@@ -91,7 +97,7 @@ impl TestEnv {
         let sim = Simulator::new(faults);
         let (sim_url, sim_stop) = sim::serve(&sim).await.unwrap();
         let (connection, channel) = rabbit::confirming_channel(&servers.amqp_url).await;
-        idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&queue))
+        idem_inbox::declare(&connection, &idem_inbox::Topology::for_queue(&queue))
             .await
             .unwrap();
         Self {

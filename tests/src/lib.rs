@@ -20,7 +20,7 @@
 //! - [`pg`]: scratch databases (and their one teardown), private clusters
 //!   ([`pg::PgCluster`]).
 //! - [`rabbit`]: queues on the shared broker, private nodes
-//!   ([`rabbit::RabbitNode`]).
+//!   ([`rabbit::RabbitNode`]) and clusters of them ([`rabbit::RabbitCluster`]).
 //! - [`schema`]: the producer contract's JSON Schemas (`docs/schema/`),
 //!   compiled once, for the suites that check bodies against them.
 //! - [`ca`]: a private CA and certificates, made with `openssl`.

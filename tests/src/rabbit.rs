@@ -1,6 +1,8 @@
 //! RabbitMQ: the shared broker on 5672, where each test has its own queues,
-//! and [`RabbitNode`], a private node a test may stop, restart and crash.
+//! and [`RabbitNode`], a private node a test may stop, restart and crash,
+//! and [`RabbitCluster`], several of them joined into one cluster.
 
+mod cluster;
 mod lifecycle;
 mod node;
 pub mod raw_publish;
@@ -9,6 +11,7 @@ use anyhow::{Context, bail};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::{BasicProperties, Channel, Connection};
 
+pub use cluster::RabbitCluster;
 pub use node::RabbitNode;
 
 /// Local RabbitMQ (the shared service).

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use idem_message::ScopeAuth;
+use idem_periodic::endpoints;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
@@ -83,18 +84,31 @@ pub struct Client {
     replies: Mutex<Option<Consumer>>,
 }
 
+/// An endpoint as logs may show it: host and port, never the credentials.
+fn host_of(url: &str) -> String {
+    url.parse::<AMQPUri>().map_or_else(
+        |_| "<unparseable AMQP URL>".to_owned(),
+        |u| format!("{}:{}", u.authority.host, u.authority.port),
+    )
+}
+
 impl Client {
     /// Connect to `amqp_url` (`amqp://` or `amqps://`) to publish to
-    /// `queue` (idem's `IDEM_QUEUE`, `idem.charges` by default).
+    /// `queue` (idem's `IDEM_QUEUE`, `idem.charges` by default). Like
+    /// `IDEM_AMQP_URL`, `amqp_url` may name several nodes of one cluster,
+    /// comma-separated: the first to answer, from a random one on, is used
+    /// (the client does not move to another node by itself later).
     pub async fn connect(amqp_url: &str, queue: &str) -> Result<Self, Error> {
-        let user = amqp_url
+        let (connection, endpoint) = endpoints::first_answering(amqp_url, host_of, |url| {
+            Connection::connect(url, ConnectionProperties::default())
+        })
+        .await
+        .map_err(|failed| Error::Connect(failed.into_last()))?;
+        let user = endpoint
             .parse::<AMQPUri>()
             .ok()
             .map(|u| u.authority.userinfo.username)
             .filter(|u| !u.is_empty());
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-            .await
-            .map_err(Error::Connect)?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

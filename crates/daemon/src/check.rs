@@ -89,11 +89,24 @@ async fn database(config: &Config) -> Result<String, String> {
 /// Reachable with the configured credentials; a consuming role's work queue
 /// declared, or absent (then `idem run` declares it).
 async fn broker(config: &Config, consumes: bool) -> Result<String, String> {
-    let url = &config.inbox.amqp_url;
-    let shown = idem_store::redact_url(url);
-    let connection = idem_inbox::consumer::connect_amqp(url)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+    let list = &config.inbox.amqp_url;
+    // Every endpoint on its own: a node down is worth saying even when the
+    // others answer; none answering is the failure.
+    let mut answered = None;
+    let mut down = Vec::new();
+    for endpoint in idem_periodic::endpoints::split(list) {
+        match idem_inbox::connect_amqp(endpoint).await {
+            Ok(connection) if answered.is_none() => answered = Some((endpoint, connection)),
+            Ok(other) => {
+                let _ = other.close(200, "idem run --check".into()).await;
+            }
+            Err(e) => down.push(format!("{e:#}")),
+        }
+    }
+    let Some((endpoint, connection)) = answered else {
+        return Err(down.join("; "));
+    };
+    let shown = idem_store::redact_url(endpoint);
     let mut found = format!("{shown} reachable");
     if consumes {
         let queue = &config.inbox.queue;
@@ -117,6 +130,9 @@ async fn broker(config: &Config, consumes: bool) -> Result<String, String> {
         }
     }
     let _ = connection.close(200, "idem run --check".into()).await;
+    if !down.is_empty() {
+        found.push_str(&format!("; not answering: {}", down.join("; ")));
+    }
     Ok(found)
 }
 

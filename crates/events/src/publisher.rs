@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use idem_periodic::{Backoff, Reconnect};
+use idem_periodic::{Backoff, Reconnect, endpoints};
 use idem_store::event::{self, ResultEvent};
 use idem_store::redact_url;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -126,6 +126,19 @@ pub struct Publisher {
     config: PublisherConfig,
 }
 
+/// One endpoint, within the 15 s a handshake gets.
+async fn connect(url: &str) -> anyhow::Result<Connection> {
+    match tokio::time::timeout(
+        Duration::from_secs(15),
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    {
+        Ok(connected) => Ok(connected?),
+        Err(_) => bail!("timed out after 15 s"),
+    }
+}
+
 impl Publisher {
     /// A publisher over `pool`.
     pub fn new(pool: PgPool, config: PublisherConfig) -> Self {
@@ -135,18 +148,16 @@ impl Publisher {
     /// Connect, enable confirms and declare the results exchange: a channel
     /// ready for [`Publisher::publish_once`].
     pub async fn open(&self) -> anyhow::Result<(Connection, Channel)> {
-        let shown = redact_url(&self.config.amqp_url);
-        let hint = || {
-            format!(
-                "result publisher cannot connect to RabbitMQ at {shown}: check that the broker is \
-                 running and reachable and that IDEM_AMQP_URL is right; results wait in the database"
-            )
-        };
-        let connect = Connection::connect(&self.config.amqp_url, ConnectionProperties::default());
-        let connection = match tokio::time::timeout(Duration::from_secs(15), connect).await {
-            Ok(connected) => connected.with_context(hint)?,
-            Err(_) => bail!("{}: timed out after 15 s", hint()),
-        };
+        // Every endpoint of the list, from a random one on: a cluster's
+        // nodes share the exchange, so any of them takes the results.
+        let (connection, _) = endpoints::first_answering(&self.config.amqp_url, redact_url, connect)
+            .await
+            .map_err(|failed| {
+                anyhow::anyhow!(
+                    "result publisher cannot connect to RabbitMQ ({failed}): check that the broker is \
+                     running and reachable and that IDEM_AMQP_URL is right; results wait in the database"
+                )
+            })?;
         let channel = connection
             .create_channel()
             .await

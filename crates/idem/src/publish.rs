@@ -65,9 +65,12 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     let messages = idem_workload::generate(&spec);
     let connection = idem_inbox::connect_amqp(&args.amqp.broker.amqp_url).await?;
     let channel = connection.create_channel().await?;
-    idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&args.amqp.queue))
-        .await
-        .context("declaring the queue")?;
+    idem_inbox::declare(
+        &connection,
+        &idem_inbox::Topology::for_queue(&args.amqp.queue),
+    )
+    .await
+    .context("declaring the queue")?;
     let started = std::time::Instant::now();
     idem_workload::publish(&channel, &args.amqp.queue, &messages, args.rate, |_| {}).await?;
     let secs = started.elapsed().as_secs_f64();
@@ -94,10 +97,12 @@ async fn one(args: &PublishArgs, key: &str, body: &str) -> anyhow::Result<()> {
         .check()
         .context("idem would quarantine this request")?;
     let connection = idem_inbox::connect_amqp(&args.amqp.broker.amqp_url).await?;
-    let channel = connection.create_channel().await?;
-    idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(&args.amqp.queue))
-        .await
-        .context("declaring the queue")?;
+    idem_inbox::declare(
+        &connection,
+        &idem_inbox::Topology::for_queue(&args.amqp.queue),
+    )
+    .await
+    .context("declaring the queue")?;
     let _ = connection.close(200, "declared".into()).await;
     let client = idem_client::Client::connect(&args.amqp.broker.amqp_url, &args.amqp.queue).await?;
     match args.wait {

@@ -16,15 +16,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use idem_periodic::{Backoff, Reconnect};
-use idem_store::redact_url;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::{Connection, ConnectionProperties};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::batch::record_batch;
+use crate::connect::{broker_waiting_helps, connect_amqp, connect_raw};
 use crate::credit::Credit;
 use crate::decision::{Decision, Incoming};
 use crate::metrics::{self, decision_label};
@@ -60,6 +59,9 @@ pub struct InboxConfig {
     pub admission: Admission,
     /// The work queue's type (a quorum queue has a delivery limit).
     pub queue_type: QueueType,
+    /// Whether a queue found classic is used as it is although quorum was
+    /// the type (`IDEM_QUEUE_TYPE` unset: [`Topology::keep_existing_classic`]).
+    pub keep_existing_classic: bool,
     /// Consumer tag, to tell replicas apart in the broker's UI.
     pub consumer_tag: String,
 }
@@ -111,29 +113,6 @@ impl BrokerStatus {
             *stalled = why;
         }
     }
-}
-
-/// Connect to the broker, or say clearly what to check.
-pub async fn connect_amqp(url: &str) -> anyhow::Result<Connection> {
-    let shown = redact_url(url);
-    let connect = Connection::connect(url, ConnectionProperties::default());
-    match tokio::time::timeout(Duration::from_secs(15), connect).await {
-        Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(e)) => Err(e).with_context(|| broker_hint(&shown)),
-        Err(_) => Err(ConnectTimedOut {
-            hint: broker_hint(&shown),
-        }
-        .into()),
-    }
-}
-
-fn broker_hint(shown: &str) -> String {
-    format!(
-        "cannot connect to RabbitMQ at {shown}: check that the broker is running and reachable, \
-         and that IDEM_AMQP_URL (or --amqp-url) has the right host, port, credentials and vhost \
-         (amqps://: the broker's certificate must be issued for that host by a CA in the system \
-         store, or in SSL_CERT_FILE)"
-    )
 }
 
 /// Consume until `shutdown` is cancelled. The first session must come up (a
@@ -210,7 +189,7 @@ pub async fn run_reporting(
 /// login mechanism, a TLS difference, an address it cannot parse) is refused
 /// here, since without that reader a message lapin refuses would stop the queue.
 async fn preflight(config: &InboxConfig) -> anyhow::Result<()> {
-    let broker = match raw::Connection::connect(&config.amqp_url).await {
+    let broker = match connect_raw(&config.amqp_url, raw::ConnectOptions::default()).await {
         Ok(broker) => broker,
         Err(e) if e.is_transient() => return Ok(()),
         Err(e) => {
@@ -223,42 +202,6 @@ async fn preflight(config: &InboxConfig) -> anyhow::Result<()> {
     let frame_max = broker.server_frame_max();
     let _ = broker.close().await;
     crate::stack::check(frame_max, crate::stack::current()).map_err(anyhow::Error::msg)
-}
-
-/// Whether a failed session's error is one waiting can fix: the broker is
-/// away, restarting or closing connections (`CONNECTION_FORCED`), or cut the
-/// connection. Refused credentials or vhost, a queue declared with other
-/// arguments, an unknown host and a certificate that does not verify are not.
-fn broker_waiting_helps(error: &anyhow::Error) -> bool {
-    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-    error.chain().any(|cause| {
-        if cause.downcast_ref::<ConnectTimedOut>().is_some() {
-            return true;
-        }
-        let Some(e) = cause.downcast_ref::<lapin::Error>() else {
-            return false;
-        };
-        match e.kind() {
-            lapin::ErrorKind::IOError(io) => idem_store::outage::io_waiting_helps(io),
-            lapin::ErrorKind::InvalidConnectionState(_)
-            | lapin::ErrorKind::InvalidChannelState(..)
-            | lapin::ErrorKind::MissingHeartbeatError => true,
-            lapin::ErrorKind::ProtocolError(amqp) => matches!(
-                amqp.kind(),
-                AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED)
-                    | AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)
-                    | AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED)
-            ),
-            _ => false,
-        }
-    })
-}
-
-/// The broker did not finish the AMQP handshake in time.
-#[derive(Debug, thiserror::Error)]
-#[error("{hint}: timed out after 15 s")]
-struct ConnectTimedOut {
-    hint: String,
 }
 
 /// Whether a session ended because lapin refused a frame the broker sent:
@@ -325,15 +268,22 @@ async fn session(
     progressed: &mut bool,
 ) -> anyhow::Result<()> {
     let connection = connect_amqp(&config.amqp_url).await?;
+    let topology = Topology {
+        keep_existing_classic: config.keep_existing_classic,
+        ..Topology::for_queue(&config.queue).with_type(config.queue_type)
+    };
+    let declared = declare(&connection, &topology).await?;
     let channel = connection.create_channel().await?;
-    let topology = Topology::for_queue(&config.queue).with_type(config.queue_type);
-    declare(&channel, &topology).await?;
     let credit = Credit::new(config.prefetch_bytes, config.prefetch);
     let mut window =
         Window::open(channel.clone(), &config.queue, &config.consumer_tag, credit).await?;
     *ready = true;
     status.set(true);
-    tracing::info!(queue = %config.queue, prefetch = config.prefetch, prefetch_bytes = config.prefetch_bytes, starting_prefetch = window.count(), "inbox consuming");
+    let queue_type = match declared.queue {
+        QueueType::Classic => "classic",
+        QueueType::Quorum { .. } => "quorum",
+    };
+    tracing::info!(queue = %config.queue, queue_type, prefetch = config.prefetch, prefetch_bytes = config.prefetch_bytes, starting_prefetch = window.count(), "inbox consuming");
 
     while let Some(Gathered {
         batch,

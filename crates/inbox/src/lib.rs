@@ -4,7 +4,11 @@
 //! transaction, commit, and only then ack.
 //!
 //! ## Layout
-//! - `topology`: the durable queue and its dead-letter exchange and queue.
+//! - `topology`: the durable queue (quorum unless told or found otherwise)
+//!   and its dead-letter exchange and queue.
+//! - `connect`: reaching the broker over every endpoint of `IDEM_AMQP_URL`
+//!   (lapin's connection and the raw reader's), and which failures waiting
+//!   fixes.
 //! - `delivery`: read a lapin delivery into the message contract's raw parts,
 //!   and its properties as JSON for quarantine.
 //! - `admission`: the rules a delivery is admitted by ([`Admission`]: body
@@ -44,6 +48,7 @@
 pub mod admission;
 pub mod batch;
 mod bulk;
+pub mod connect;
 pub mod consumer;
 pub mod credit;
 mod decision;
@@ -62,6 +67,7 @@ mod window;
 
 pub use admission::Admission;
 pub use batch::{record_batch, record_one_by_one};
-pub use consumer::{InboxConfig, connect_amqp, run};
+pub use connect::connect_amqp;
+pub use consumer::{InboxConfig, run};
 pub use decision::{Decision, Incoming};
 pub use topology::{QueueType, Topology, declare};

@@ -14,8 +14,12 @@
 //!   cancellable pause between them (the inside of a bounded-delete job).
 //! - `reconnect`: [`Backoff`] (exponential, jittered, reset) and
 //!   [`Reconnect`], the pacing of a loop that rebuilds a lost broker session.
+//! - `endpoints`: a broker given as several nodes (`IDEM_AMQP_URL` as a
+//!   list): [`endpoints::split`], and [`endpoints::first_answering`], which
+//!   tries them from a random one on.
 
 mod batches;
+pub mod endpoints;
 mod job;
 mod pause;
 mod reconnect;

@@ -21,6 +21,16 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 /// one in the authority and a `password=` query parameter (libpq style). A
 /// host list (`h1:p1,h2:p2`) is kept as given.
 pub fn redact_url(raw: &str) -> String {
+    // A broker list (`IDEM_AMQP_URL` naming a cluster's nodes): each URL
+    // has its own password.
+    let endpoints = idem_periodic::endpoints::split(raw);
+    if endpoints.len() > 1 {
+        return endpoints
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     match targets::split_hosts(raw) {
         Some((template, list)) => match redact_one_host(&template) {
             shown if shown.starts_with('<') => shown,
@@ -324,5 +334,10 @@ mod tests {
         let shown = redact_url("postgres://u@h/db?sslmode=require&password=s3cret");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("sslmode=require"), "{shown}");
+        // A broker list: every node's password, a raw comma in one included.
+        assert_eq!(
+            redact_url("amqp://u:p1@a:5672/%2f,amqps://u:p,2@b:5671/%2f"),
+            "amqp://u:***@a:5672/%2f,amqps://u:***@b:5671/%2f"
+        );
     }
 }

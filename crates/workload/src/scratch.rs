@@ -20,7 +20,7 @@ pub async fn fresh_queue(amqp_url: &str, queue: &str) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     let topology = idem_inbox::Topology::for_queue(queue);
     delete_queues(&channel, &topology).await?;
-    idem_inbox::declare(&channel, &topology).await?;
+    idem_inbox::declare(&connection, &topology).await?;
     let _ = connection.close(200, "ready".into()).await;
     Ok(())
 }

@@ -149,7 +149,7 @@ async fn connect(url: &str, queue: &str) -> anyhow::Result<(Connection, Channel,
     let connection = idem_inbox::connect_amqp(url).await?;
     let first = connection.create_channel().await?;
     let second = connection.create_channel().await?;
-    idem_inbox::declare(&first, &idem_inbox::Topology::for_queue(queue)).await?;
+    idem_inbox::declare(&connection, &idem_inbox::Topology::for_queue(queue)).await?;
     for channel in [&first, &second] {
         channel
             .confirm_select(ConfirmSelectOptions::default())

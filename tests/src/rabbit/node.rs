@@ -54,18 +54,19 @@ pub struct RabbitNode {
 impl RabbitNode {
     /// Configure and boot a fresh node; returns once AMQP connections succeed.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::boot(false).await
+        Self::boot(false, None).await
     }
 
     /// [`RabbitNode::start`] with a TLS listener as well: a CA and a server
     /// certificate (`localhost`, `127.0.0.1`) are made with `openssl` in the
     /// node's dir. Returns once plain and TLS AMQP connections both succeed.
     pub async fn start_with_tls() -> anyhow::Result<Self> {
-        Self::boot(true).await
+        Self::boot(true, None).await
     }
 
-    /// Configure and boot a fresh node, with a TLS listener if `tls`.
-    async fn boot(tls: bool) -> anyhow::Result<Self> {
+    /// Configure and boot a fresh node, with a TLS listener if `tls`, with
+    /// Erlang cookie `cookie` (nodes of one cluster share theirs) or a new one.
+    pub(super) async fn boot(tls: bool, cookie: Option<&str>) -> anyhow::Result<Self> {
         sweep_orphans();
         let started = Instant::now();
         let sbin = rabbit_sbin()?;
@@ -103,14 +104,7 @@ impl RabbitNode {
         fs::write(path.join("rabbitmq.conf"), config)?;
         fs::write(path.join("rabbitmq-env.conf"), "")?;
         let cookie_path = path.join(".erlang.cookie");
-        let cookie: String = Uuid::new_v4()
-            .simple()
-            .to_string()
-            .to_uppercase()
-            .chars()
-            .filter(char::is_ascii_alphabetic)
-            .chain("IDEMCOOKIE".chars())
-            .collect();
+        let cookie = cookie.map_or_else(new_cookie, str::to_owned);
         fs::write(&cookie_path, cookie)?;
         fs::set_permissions(&cookie_path, fs::Permissions::from_mode(0o400))?;
         let rabbit = Self {
@@ -211,6 +205,18 @@ impl Drop for RabbitNode {
             kill_child_tree(child);
         }
     }
+}
+
+/// A fresh Erlang cookie: letters only, as Erlang accepts.
+pub(super) fn new_cookie() -> String {
+    Uuid::new_v4()
+        .simple()
+        .to_string()
+        .to_uppercase()
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .chain("IDEMCOOKIE".chars())
+        .collect()
 }
 
 /// RabbitMQ's scripts dir: `$IDEM_RABBITMQ_SBIN`, Debian's

@@ -61,8 +61,7 @@ async fn the_dead_letter_queue_is_decided_like_any_delivery() {
     });
     {
         let connection = idem_inbox::connect_amqp(AMQP_URL).await.unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        idem_inbox::declare(&channel, &topology).await.unwrap();
+        idem_inbox::declare(&connection, &topology).await.unwrap();
         let _ = connection.close(200, "declared".into()).await;
     }
     for (id, body) in [

@@ -14,6 +14,7 @@
 //!   server read-only, both stopped, locks, timeouts, privileges, connection
 //!   limits, ended sessions, a renamed table), every charge once.
 //! - `dead_letters`: the quorum delivery limit and the dead-letter drain.
+//! - `cluster`: a three-node RabbitMQ cluster losing the queue's leader and another node.
 //! - `salvage`: what lapin refuses, taken by that reader inside a real replica.
 //! - `hostile_body`: oversize and terminal-hostile input, bounded and escaped.
 //! - `big_bodies`: a replica's peak RSS within its byte budget while huge bodies arrive.
@@ -49,6 +50,7 @@ mod browser;
 mod bulk_retry;
 mod chaos;
 mod client;
+mod cluster;
 mod commit_cut;
 mod console;
 mod crash;

@@ -194,7 +194,7 @@ async fn the_provider_over_https_with_a_private_ca() {
 /// `messages` to it, confirmed; then close the connection.
 async fn publish_over(connection: Connection, queue: &str, messages: &[Outgoing]) {
     let channel = connection.create_channel().await.unwrap();
-    idem_inbox::declare(&channel, &idem_inbox::Topology::for_queue(queue))
+    idem_inbox::declare(&connection, &idem_inbox::Topology::for_queue(queue))
         .await
         .unwrap();
     channel

@@ -59,6 +59,9 @@ pub struct DatabaseArgs {
 #[derive(Args, Debug, Clone)]
 pub struct BrokerUrl {
     /// RabbitMQ URL (default: the local broker as guest); `amqps://` for TLS.
+    /// A cluster: its nodes' URLs comma-separated
+    /// (`amqp://u:p@rabbit-0:5672/%2f,amqp://u:p@rabbit-1:5672/%2f`); every
+    /// session starts at a random node and fails over to the next.
     #[arg(
         long,
         env = "IDEM_AMQP_URL",
@@ -398,7 +401,7 @@ impl RunArgs {
             &idem_store::targets::one_host_form(&a.database.database_url),
             &["postgres", "postgresql"],
         )?;
-        check_url("IDEM_AMQP_URL", &a.amqp.broker.amqp_url, &["amqp", "amqps"])?;
+        check_amqp_urls(&a.amqp.broker.amqp_url)?;
         check_url("IDEM_CHARGE_API_URL", &a.charge_api_url, &["http", "https"])?;
         // The client's transport errors quote the URL: credentials there
         // would be printed. The key has its own setting.
@@ -468,6 +471,7 @@ impl RunArgs {
                 batch_linger: Duration::from_millis(a.inbox_batch_linger_ms),
                 admission,
                 queue_type: queue.queue_type,
+                keep_existing_classic: queue.keep_existing_classic,
                 consumer_tag: format!("idem-{owner}"),
             },
             dispatch: DispatchConfig {
@@ -495,6 +499,26 @@ impl RunArgs {
             console,
         })
     }
+}
+
+/// `IDEM_AMQP_URL`: one URL, or the nodes of a cluster comma-separated
+/// (`idem_periodic::endpoints`), each a valid `amqp(s)://` URL.
+fn check_amqp_urls(list: &str) -> anyhow::Result<()> {
+    let endpoints = idem_periodic::endpoints::split(list);
+    ensure!(
+        !endpoints.is_empty(),
+        "IDEM_AMQP_URL is empty: give the broker as amqp://user:password@host:5672/vhost (several \
+         nodes of one cluster: comma-separated)"
+    );
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let var = if endpoints.len() == 1 {
+            "IDEM_AMQP_URL".to_owned()
+        } else {
+            format!("IDEM_AMQP_URL (endpoint {} of {})", i + 1, endpoints.len())
+        };
+        check_url(&var, endpoint, &["amqp", "amqps"])?;
+    }
+    Ok(())
 }
 
 fn check_url(var: &str, raw: &str, schemes: &[&str]) -> anyhow::Result<()> {

@@ -20,10 +20,13 @@ pub enum QueueKind {
 /// The queue settings of `idem run`.
 #[derive(Args, Debug, Clone)]
 pub struct QueueArgs {
-    /// Type of the work queue and its dead-letter queue. A queue's type cannot
-    /// change once declared: see docs/upgrades.md to move an existing queue.
-    #[arg(long, env = "IDEM_QUEUE_TYPE", value_enum, default_value_t = QueueKind::Classic)]
-    pub queue_type: QueueKind,
+    /// Type of the work queue and its dead-letter queue. Unset: quorum, but a
+    /// queue that already exists as classic is used as it is, with a warning
+    /// (a deployment from before quorum was the default). Set: that type
+    /// only. A queue's type cannot change once declared: docs/upgrades.md
+    /// says how to move one.
+    #[arg(long, env = "IDEM_QUEUE_TYPE", value_enum)]
+    pub queue_type: Option<QueueKind>,
     /// Quorum queues: deliveries of one message without an ack before the
     /// broker dead-letters it (a message that keeps killing its consumers).
     #[arg(long, env = "IDEM_DELIVERY_LIMIT", default_value_t = 5)]
@@ -39,6 +42,8 @@ pub struct QueueArgs {
 pub struct QueueSettings {
     /// The work queue's type, with its delivery limit.
     pub queue_type: QueueType,
+    /// Whether an existing classic queue is kept (the type was not chosen).
+    pub keep_existing_classic: bool,
     /// The dead-letter drain's period.
     pub drain_every: Duration,
 }
@@ -58,14 +63,16 @@ impl QueueArgs {
              and a message found there waits at most this long for its decision",
             self.dead_letter_drain_secs
         );
+        let quorum = QueueType::Quorum {
+            delivery_limit: self.delivery_limit,
+        };
         let queue_type = match self.queue_type {
-            QueueKind::Classic => QueueType::Classic,
-            QueueKind::Quorum => QueueType::Quorum {
-                delivery_limit: self.delivery_limit,
-            },
+            Some(QueueKind::Classic) => QueueType::Classic,
+            Some(QueueKind::Quorum) | None => quorum,
         };
         Ok(QueueSettings {
             queue_type,
+            keep_existing_classic: self.queue_type.is_none(),
             drain_every: Duration::from_secs(self.dead_letter_drain_secs),
         })
     }
@@ -75,9 +82,9 @@ impl QueueArgs {
 mod tests {
     use super::*;
 
-    fn args(kind: QueueKind, limit: u32, drain: u64) -> QueueArgs {
+    fn args(kind: impl Into<Option<QueueKind>>, limit: u32, drain: u64) -> QueueArgs {
         QueueArgs {
-            queue_type: kind,
+            queue_type: kind.into(),
             delivery_limit: limit,
             dead_letter_drain_secs: drain,
         }
@@ -87,9 +94,17 @@ mod tests {
     fn quorum_carries_its_limit_and_bad_values_name_their_variable() {
         let ok = args(QueueKind::Quorum, 3, 10).validate().expect("valid");
         assert_eq!(ok.queue_type, QueueType::Quorum { delivery_limit: 3 });
+        assert!(!ok.keep_existing_classic, "quorum asked for: quorum only");
+        let unset = args(None, 4, 10).validate().expect("valid");
+        assert_eq!(unset.queue_type, QueueType::Quorum { delivery_limit: 4 });
+        assert!(
+            unset.keep_existing_classic,
+            "unset: an existing classic queue is kept"
+        );
         assert_eq!(ok.drain_every, Duration::from_secs(10));
         let classic = args(QueueKind::Classic, 5, 30).validate().expect("valid");
         assert_eq!(classic.queue_type, QueueType::Classic);
+        assert!(!classic.keep_existing_classic);
         let err = args(QueueKind::Quorum, 0, 10)
             .validate()
             .expect_err("limit 0");

@@ -30,7 +30,7 @@ use sqlx::PgPool;
 
 use crate::admission::Admission;
 use crate::decision::{Decision, Incoming};
-use crate::raw::{self, ConnectOptions, ParseError, RawDelivery, RawProperties};
+use crate::raw::{ConnectOptions, ParseError, RawDelivery, RawProperties};
 
 pub use convert::{Unreadable, to_lapin};
 pub use record::{CODE_HEADER_LIMITS, CODE_MALFORMED_HEADER, CODE_NOT_UTF8};
@@ -113,7 +113,7 @@ pub async fn take_head(pool: &PgPool, s: &Salvage<'_>) -> anyhow::Result<Taken> 
         frame_max: SALVAGE_FRAME_MAX,
         ..ConnectOptions::default()
     };
-    let mut broker = raw::Connection::connect_with(s.amqp_url, options)
+    let mut broker = crate::connect::connect_raw(s.amqp_url, options)
         .await
         .context("idem's own AMQP reader: connecting")?;
     let mut taken = Vec::new();
