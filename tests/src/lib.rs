@@ -56,6 +56,40 @@ pub use pg::PG_ADMIN_URL;
 pub use rabbit::AMQP_URL;
 pub use worker::Worker;
 
+/// The socket address of `url`'s host and port (`default_port` when it has
+/// none); panics with the URL's variable named when it does not resolve.
+pub fn resolve(url: &str, default_port: u16) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let parsed = url::Url::parse(url).expect("IDEM_TEST_DATABASE_URL / IDEM_TEST_AMQP_URL parse");
+    let host = parsed.host_str().expect("a test server URL names its host");
+    let port = parsed.port().unwrap_or(default_port);
+    (host.trim_matches(['[', ']']), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("the test server {host}:{port} does not resolve"))
+}
+
+/// `url` with its host and port replaced by `addr` (a proxy in front of the
+/// server it names), everything else kept.
+pub fn via(url: &str, addr: std::net::SocketAddr) -> String {
+    let mut parsed = url::Url::parse(url).expect("a test server URL parses");
+    parsed
+        .set_ip_host(addr.ip())
+        .expect("a URL with a host takes another");
+    parsed
+        .set_port(Some(addr.port()))
+        .expect("a URL with a host takes a port");
+    parsed.to_string()
+}
+
+/// `host:port` of `url` as written (what a redacted URL shows).
+pub fn authority(url: &str, default_port: u16) -> String {
+    let parsed = url::Url::parse(url).expect("a test server URL parses");
+    let host = parsed.host_str().unwrap_or_default().to_owned();
+    format!("{host}:{}", parsed.port().unwrap_or(default_port))
+}
+
 /// Logging for tests (`RUST_LOG` to see it) and the crypto provider, both
 /// process-wide: every suite calls it, the first call wins.
 pub fn init() {

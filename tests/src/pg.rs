@@ -9,8 +9,20 @@ use sqlx::PgPool;
 
 pub use cluster::PgCluster;
 
-/// Local PostgreSQL (the shared service), admin database.
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The shared PostgreSQL server, as a superuser URL of its `postgres`
+/// database: `IDEM_TEST_DATABASE_URL` when the tests were built, else the
+/// local service (`postgres@127.0.0.1:5432`, trust authentication). Read at
+/// build time: `IDEM_TEST_DATABASE_URL=… cargo test` rebuilds what uses it.
+pub const PG_ADMIN_URL: &str = match option_env!("IDEM_TEST_DATABASE_URL") {
+    Some(url) => url,
+    None => "postgres://postgres@127.0.0.1:5432/postgres",
+};
+
+/// The shared server's address (`host:port` of [`PG_ADMIN_URL`], resolved),
+/// for the tests that put a proxy in front of it.
+pub fn addr() -> std::net::SocketAddr {
+    crate::resolve(PG_ADMIN_URL, 5432)
+}
 
 /// URL of database `name` on the shared server.
 pub fn url(name: &str) -> String {

@@ -14,8 +14,19 @@ use lapin::{BasicProperties, Channel, Connection};
 pub use cluster::RabbitCluster;
 pub use node::RabbitNode;
 
-/// Local RabbitMQ (the shared service).
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The shared RabbitMQ broker: `IDEM_TEST_AMQP_URL` when the tests were
+/// built, else the local service (`guest@127.0.0.1:5672`, default vhost).
+/// Read at build time, like [`crate::PG_ADMIN_URL`].
+pub const AMQP_URL: &str = match option_env!("IDEM_TEST_AMQP_URL") {
+    Some(url) => url,
+    None => "amqp://guest:guest@127.0.0.1:5672/%2f",
+};
+
+/// The shared broker's address (`host:port` of [`AMQP_URL`], resolved), for
+/// the tests that put a proxy in front of it.
+pub fn addr() -> std::net::SocketAddr {
+    crate::resolve(AMQP_URL, 5672)
+}
 
 /// Messages ready in `queue` (not counting unacked ones), on `channel`.
 pub async fn depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {

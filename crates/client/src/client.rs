@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use idem_message::ScopeAuth;
-use idem_periodic::endpoints;
+use idem_periodic::endpoints::{self, AllFailed};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
@@ -15,6 +15,9 @@ use uuid::Uuid;
 
 use crate::outcome::{Kind, Outcome};
 use crate::request::Request;
+
+/// How long one endpoint gets to finish the AMQP handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// RabbitMQ's pseudo-queue for replies straight to this channel.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -31,6 +34,9 @@ pub enum Error {
     /// The broker could not be reached or refused the connection.
     #[error("cannot connect to RabbitMQ: {0}")]
     Connect(#[source] lapin::Error),
+    /// The broker took the connection but did not finish the handshake.
+    #[error("cannot connect to RabbitMQ: no handshake within {0:?}")]
+    ConnectTimeout(Duration),
     /// The channel failed while publishing or waiting.
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
@@ -84,6 +90,16 @@ pub struct Client {
     replies: Mutex<Option<Consumer>>,
 }
 
+/// One endpoint, within [`CONNECT_TIMEOUT`]: a node that takes the TCP
+/// connection and never answers the handshake must not hold the caller.
+async fn connect_one(url: &str) -> Result<Connection, Error> {
+    let connect = Connection::connect(url, ConnectionProperties::default());
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(connected) => connected.map_err(Error::Connect),
+        Err(_) => Err(Error::ConnectTimeout(CONNECT_TIMEOUT)),
+    }
+}
+
 /// An endpoint as logs may show it: host and port, never the credentials.
 fn host_of(url: &str) -> String {
     url.parse::<AMQPUri>().map_or_else(
@@ -99,11 +115,9 @@ impl Client {
     /// comma-separated: the first to answer, from a random one on, is used
     /// (the client does not move to another node by itself later).
     pub async fn connect(amqp_url: &str, queue: &str) -> Result<Self, Error> {
-        let (connection, endpoint) = endpoints::first_answering(amqp_url, host_of, |url| {
-            Connection::connect(url, ConnectionProperties::default())
-        })
-        .await
-        .map_err(|failed| Error::Connect(failed.into_last()))?;
+        let (connection, endpoint) = endpoints::first_answering(amqp_url, host_of, connect_one)
+            .await
+            .map_err(AllFailed::into_last)?;
         let user = endpoint
             .parse::<AMQPUri>()
             .ok()

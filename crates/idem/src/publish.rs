@@ -4,13 +4,17 @@
 
 use anyhow::Context;
 use clap::Args;
-use idem_daemon::config::AmqpArgs;
+use idem_daemon::config::{AmqpArgs, QueueArgs};
 
 /// `idem publish`.
 #[derive(Args, Debug)]
 pub struct PublishArgs {
     #[command(flatten)]
     pub amqp: AmqpArgs,
+    /// The queue's type and limits, read as `idem run` reads them, so that
+    /// a queue this command declares first is the one the replicas expect.
+    #[command(flatten)]
+    pub queue: QueueArgs,
     /// Messages to publish in all.
     #[arg(long, default_value_t = 1000)]
     pub count: usize,
@@ -67,7 +71,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     idem_inbox::declare(
         &connection,
-        &idem_inbox::Topology::for_queue(&args.amqp.queue),
+        &args.queue.validate()?.topology(&args.amqp.queue),
     )
     .await
     .context("declaring the queue")?;
@@ -99,7 +103,7 @@ async fn one(args: &PublishArgs, key: &str, body: &str) -> anyhow::Result<()> {
     let connection = idem_inbox::connect_amqp(&args.amqp.broker.amqp_url).await?;
     idem_inbox::declare(
         &connection,
-        &idem_inbox::Topology::for_queue(&args.amqp.queue),
+        &args.queue.validate()?.topology(&args.amqp.queue),
     )
     .await
     .context("declaring the queue")?;

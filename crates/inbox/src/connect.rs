@@ -14,17 +14,23 @@ use crate::raw;
 
 /// Connect to the broker, or say clearly what to check. `list` is one URL or
 /// several (the nodes of a cluster, `idem_periodic::endpoints`): the first to
-/// answer, from a random one on. When none does, the error is a refusal that
-/// waiting cannot fix if any node gave one (a login refused on one node is
-/// refused on all), else the last node's, each node's shown before it.
+/// answer, from a random one on. When none does, the error is one waiting
+/// can fix unless every node refused for good
+/// ([`endpoints::AllFailed::into_verdict`]), each node's cause shown before it.
 pub async fn connect_amqp(list: &str) -> anyhow::Result<Connection> {
     match endpoints::first_answering(list, redact_url, connect_one).await {
         Ok((connection, _)) => Ok(connection),
         Err(failed) if failed.tried() == 1 => Err(failed.into_last()),
         Err(failed) => {
-            let each = failed.to_string();
+            let each = failed
+                .others
+                .iter()
+                .chain([&failed.last])
+                .map(|(shown, e)| format!("{shown}: {}", e.root_cause()))
+                .collect::<Vec<_>>()
+                .join("; ");
             let n = failed.tried();
-            let error = failed.into_decisive(|e| !broker_waiting_helps(e));
+            let error = failed.into_verdict(|e| !broker_waiting_helps(e));
             Err(error.context(format!(
                 "none of the {n} endpoints of IDEM_AMQP_URL answered ({each})"
             )))
@@ -41,7 +47,7 @@ pub(crate) async fn connect_raw(
     let connect = |url| raw::Connection::connect_with(url, options.clone());
     match endpoints::first_answering(list, redact_url, connect).await {
         Ok((connection, _)) => Ok(connection),
-        Err(failed) => Err(failed.into_decisive(|e| !e.is_transient())),
+        Err(failed) => Err(failed.into_verdict(|e| !e.is_transient())),
     }
 }
 

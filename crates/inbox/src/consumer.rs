@@ -139,7 +139,7 @@ pub async fn run_reporting(
     loop {
         // Before every session: a reconnect may reach another node, with
         // another frame size.
-        preflight(&config).await?;
+        preflight(&config, ever_ready).await?;
         let mut ready = false;
         let mut progressed = false;
         let result = session(
@@ -188,10 +188,16 @@ pub async fn run_reporting(
 /// for); one that idem's own reader cannot use while lapin could (another
 /// login mechanism, a TLS difference, an address it cannot parse) is refused
 /// here, since without that reader a message lapin refuses would stop the queue.
-async fn preflight(config: &InboxConfig) -> anyhow::Result<()> {
+async fn preflight(config: &InboxConfig, ever_ready: bool) -> anyhow::Result<()> {
     let broker = match connect_raw(&config.amqp_url, raw::ConnectOptions::default()).await {
         Ok(broker) => broker,
         Err(e) if e.is_transient() => return Ok(()),
+        // After a session has run, a refusal is a node's, not the settings'
+        // (they worked): the session's own connect decides, and waits.
+        Err(e) if ever_ready => {
+            tracing::warn!(error = %e, "idem's own reader could not reach the broker before reconnecting");
+            return Ok(());
+        }
         Err(e) => {
             return Err(anyhow::Error::new(e).context(
                 "idem's own AMQP reader (which takes the messages lapin refuses off the queue) \

@@ -104,12 +104,9 @@ impl Topology {
         }
     }
 
-    /// The work queue's arguments: its type, its limit, where it dead-letters.
-    fn queue_arguments(&self, queue_type: QueueType) -> FieldTable {
+    /// Where the work queue dead-letters (its arguments but the type).
+    fn dead_letter_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
-        if let QueueType::Quorum { delivery_limit } = queue_type {
-            quorum(&mut args, i64::from(delivery_limit));
-        }
         args.insert(
             ShortString::from("x-dead-letter-exchange"),
             AMQPValue::LongString(self.dead_letter_exchange.as_str().into()),
@@ -162,13 +159,19 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> anyhow::Re
     // default, even beside a quorum work queue: one found classic is kept
     // whatever was asked (it holds only what waits for the drain).
     let dead_letter_queue = &topology.dead_letter_queue;
-    let dead = declare_queue(connection, dead_letter_queue, want_quorum, true, |q| {
-        let mut args = FieldTable::default();
-        if q {
-            quorum(&mut args, DEAD_LETTER_DELIVERY_LIMIT);
-        }
-        args
-    })
+    let dead = declare_queue(
+        connection,
+        Wanted {
+            name: dead_letter_queue,
+            base: FieldTable::default(),
+            quorum: want_quorum.then_some(DEAD_LETTER_DELIVERY_LIMIT),
+            kept: Some(
+                "dead-letter queue exists as a classic queue beside a quorum work queue: kept as it \
+                 is, but while its one node is down what the work queue dead-letters is dropped \
+                 (RabbitMQ dead-letters at most once): docs/upgrades.md says how to move it",
+            ),
+        },
+    )
     .await?;
     let channel = connection
         .create_channel()
@@ -185,14 +188,23 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> anyhow::Re
         .await
         .context("binding the dead-letter queue")?;
     let _ = channel.close(200, "declared".into()).await;
-    let keep = topology.keep_existing_classic;
-    let work = declare_queue(connection, &topology.queue, want_quorum, keep, |q| {
-        topology.queue_arguments(if q {
-            topology.queue_type
-        } else {
-            QueueType::Classic
-        })
-    })
+    let limit = match topology.queue_type {
+        QueueType::Quorum { delivery_limit } => Some(i64::from(delivery_limit)),
+        QueueType::Classic => None,
+    };
+    let work = declare_queue(
+        connection,
+        Wanted {
+            name: &topology.queue,
+            base: topology.dead_letter_arguments(),
+            quorum: limit,
+            kept: topology.keep_existing_classic.then_some(
+                "queue exists as a classic queue: kept as it is (one node holds it, no delivery \
+                 limit); docs/upgrades.md says how to move it to a quorum queue, and \
+                 IDEM_QUEUE_TYPE=classic silences this",
+            ),
+        },
+    )
     .await?;
     Ok(Declared {
         queue: if work {
@@ -204,71 +216,123 @@ pub async fn declare(connection: &Connection, topology: &Topology) -> anyhow::Re
     })
 }
 
-/// Declare `name` as quorum when `quorum` (arguments from `args`), falling
-/// back to classic when it exists as one and `keep_classic`. `Ok(true)`: it
-/// is a quorum queue.
-async fn declare_queue(
-    connection: &Connection,
-    name: &str,
-    quorum: bool,
-    keep_classic: bool,
-    args: impl Fn(bool) -> FieldTable,
-) -> anyhow::Result<bool> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+/// One queue to declare: its name, its arguments but the type, and the type
+/// wanted.
+struct Wanted<'a> {
+    name: &'a str,
+    /// Arguments other than `x-queue-type` and `x-delivery-limit`.
+    base: FieldTable,
+    /// `Some(delivery limit)`: quorum; `None`: classic.
+    quorum: Option<i64>,
+    /// What to log when the queue exists as classic and is kept (`None`:
+    /// a classic queue found is an error).
+    kept: Option<&'static str>,
+}
+
+/// Declare `wanted`: as quorum if asked, kept classic when it exists as one
+/// and `wanted.kept` says so; classic with `x-queue-type: classic` named (a
+/// broker whose default queue type is quorum, RabbitMQ 4's option, would
+/// otherwise make a quorum queue without idem's arguments), and without it
+/// for a queue an older release declared so. `Ok(true)`: a quorum queue.
+async fn declare_queue(connection: &Connection, wanted: Wanted<'_>) -> anyhow::Result<bool> {
+    let name = wanted.name;
     let hint = || {
         format!(
             "declaring queue {name} (if it exists with other arguments or another type, see \
              docs/upgrades.md: move it to a new queue, or set IDEM_QUEUE_TYPE to the queue's type)"
         )
     };
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
-    let first = channel
-        .queue_declare(name.into(), durable, args(quorum))
-        .await;
-    match first {
-        Ok(_) => {
-            let _ = channel.close(200, "declared".into()).await;
-            Ok(quorum)
+    if let Some(limit) = wanted.quorum {
+        let mut args = wanted.base.clone();
+        quorum(&mut args, limit);
+        match try_declare(connection, name, args).await? {
+            Ok(()) => return Ok(true),
+            Err(e)
+                if wanted.kept.is_some() && current_type(&e).is_some_and(Current::is_classic) =>
+            {
+                tracing::warn!(queue = name, "{}", wanted.kept.unwrap_or_default());
+            }
+            Err(e) => return Err(e).with_context(hint),
         }
-        Err(e) if quorum && keep_classic && exists_as_classic(&e) => {
-            let channel = connection
-                .create_channel()
-                .await
-                .context("opening a channel")?;
-            channel
-                .queue_declare(name.into(), durable, args(false))
-                .await
+    }
+    let mut named = wanted.base.clone();
+    named.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("classic".into()),
+    );
+    match try_declare(connection, name, named).await? {
+        Ok(()) => Ok(false),
+        Err(e) if current_type(&e) == Some(Current::Unnamed) => {
+            try_declare(connection, name, wanted.base)
+                .await?
                 .with_context(hint)?;
-            let _ = channel.close(200, "declared".into()).await;
-            tracing::warn!(
-                queue = name,
-                "queue exists as a classic queue: kept as it is (one node holds it, no delivery limit); \
-                 docs/upgrades.md says how to move it to a quorum queue, IDEM_QUEUE_TYPE=classic silences this"
-            );
             Ok(false)
         }
         Err(e) => Err(e).with_context(hint),
     }
 }
 
-/// Whether a refused declaration says the queue exists without
-/// `x-queue-type: quorum` (a classic queue, declared with or without the
-/// argument).
-fn exists_as_classic(error: &lapin::Error) -> bool {
+/// One declaration on a channel of its own (a refusal closes it). The outer
+/// error: no channel; the inner: the broker's refusal.
+async fn try_declare(
+    connection: &Connection,
+    name: &str,
+    args: FieldTable,
+) -> anyhow::Result<Result<(), lapin::Error>> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel.queue_declare(name.into(), durable, args).await;
+    if declared.is_ok() {
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    Ok(declared.map(|_| ()))
+}
+
+/// The existing queue's `x-queue-type`, as a refused declaration states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    /// Declared without the argument: classic (what older releases made).
+    Unnamed,
+    /// `classic`, named.
+    Classic,
+    /// Any other type.
+    Other,
+}
+
+impl Current {
+    fn is_classic(self) -> bool {
+        matches!(self, Self::Unnamed | Self::Classic)
+    }
+}
+
+/// What a `406 PRECONDITION_FAILED` about `x-queue-type` says the queue's
+/// current type is: read after "but current is", so a queue or vhost named
+/// `classic` cannot be mistaken for the type. `None`: another refusal.
+fn current_type(error: &lapin::Error) -> Option<Current> {
     use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
     let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
-        return false;
+        return None;
     };
-    let text = amqp.get_message().as_str();
-    matches!(
+    let precondition = matches!(
         amqp.kind(),
         AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
-    ) && text.contains("'x-queue-type'")
-        && (text.contains("current is none") || text.contains("'classic'"))
+    );
+    let text = amqp.get_message().as_str();
+    if !precondition || !text.contains("'x-queue-type'") {
+        return None;
+    }
+    let (_, current) = text.rsplit_once("but current is ")?;
+    Some(if current.starts_with("none") {
+        Current::Unnamed
+    } else if current.starts_with("the value 'classic'") {
+        Current::Classic
+    } else {
+        Current::Other
+    })
 }

@@ -2,9 +2,11 @@
 //! nodes of one RabbitMQ cluster, tried in turn when a session is (re)built.
 //!
 //! The list is comma-separated, but only a comma followed by `amqp://` or
-//! `amqps://` separates two endpoints: RFC 3986 allows a raw comma in a
-//! password, and a split there would connect to half a URL and print the other
-//! half. Each connect starts at a random endpoint and walks the rest in order,
+//! `amqps://` (any case) separates two endpoints: RFC 3986 allows a raw comma
+//! in a password, and a split there would connect to half a URL and print the
+//! other half. Whitespace and `;` before a scheme separate too, so a list
+//! written one URL per line (a YAML block) is read as the list it is, not as
+//! one URL whose path holds the others' passwords. Each connect starts at a random endpoint and walks the rest in order,
 //! so replicas started together spread over the nodes instead of all landing on
 //! the first, and one that loses its node moves on to the next without waiting
 //! for the backoff (the backoff paces whole rounds).
@@ -20,16 +22,35 @@ use rand::Rng;
 pub fn split(list: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
-    for (at, _) in list.match_indices(',') {
-        let rest = list[at + 1..].trim_start();
-        if rest.starts_with("amqp://") || rest.starts_with("amqps://") {
+    let separators = list.match_indices(|c: char| c == ',' || c == ';' || c.is_whitespace());
+    for (at, separator) in separators {
+        if at < start {
+            continue;
+        }
+        let rest = list[at + separator.len()..].trim_start();
+        if starts_with_scheme(rest) {
             out.push(list[start..at].trim());
-            start = at + 1;
+            start = at + separator.len();
         }
     }
     out.push(list[start..].trim());
     out.retain(|endpoint| !endpoint.is_empty());
     out
+}
+
+/// Whether `text` starts with `amqp://` or `amqps://`, in any case (URL
+/// schemes are case-insensitive).
+pub fn starts_with_scheme(text: &str) -> bool {
+    let lower = |n: usize| text.get(..n).map(str::to_ascii_lowercase);
+    lower(7).as_deref() == Some("amqp://") || lower(8).as_deref() == Some("amqps://")
+}
+
+/// Whether `endpoint` holds a second URL (`://` after its own scheme's): a
+/// list written with a separator [`split`] does not know, or another scheme.
+pub fn holds_another(endpoint: &str) -> bool {
+    endpoint
+        .find("://")
+        .is_some_and(|at| endpoint[at + 3..].contains("://"))
 }
 
 /// The endpoints of `list` starting at a random one, the others following in
@@ -64,25 +85,34 @@ impl<E> AllFailed<E> {
         self.last.1
     }
 
-    /// The first error (in the order tried) that `decisive` picks, else the
-    /// last: a caller that tells "wait and retry" from "fix the settings"
-    /// reports a refused login even when another node was merely down.
-    pub fn into_decisive(self, decisive: impl Fn(&E) -> bool) -> E {
+    /// For a caller that tells "wait and retry" from "fix the settings": the
+    /// first error if every endpoint's is `permanent`, else the last that is
+    /// not. One node refusing (a certificate of its own, a login not yet
+    /// replicated) while another is merely down is worth waiting for: only
+    /// a refusal from every node is a setting to fix.
+    pub fn into_verdict(self, permanent: impl Fn(&E) -> bool) -> E {
         let Self { others, last } = self;
-        others
-            .into_iter()
-            .map(|(_, error)| error)
-            .find(|error| decisive(error))
-            .unwrap_or(last.1)
+        if !permanent(&last.1) {
+            return last.1;
+        }
+        let mut others: Vec<E> = others.into_iter().map(|(_, error)| error).collect();
+        if let Some(at) = others.iter().rposition(|error| !permanent(error)) {
+            return others.swap_remove(at);
+        }
+        if others.is_empty() {
+            last.1
+        } else {
+            others.swap_remove(0)
+        }
     }
 }
 
 impl<E: Display> Display for AllFailed<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (shown, error) in &self.others {
-            write!(f, "{shown}: {error}; ")?;
+            write!(f, "{shown}: {error:#}; ")?;
         }
-        write!(f, "{}: {}", self.last.0, self.last.1)
+        write!(f, "{}: {:#}", self.last.0, self.last.1)
     }
 }
 
@@ -98,6 +128,7 @@ pub async fn first_answering<'a, T, E, F, Fut>(
 where
     F: FnMut(&'a str) -> Fut,
     Fut: Future<Output = Result<T, E>>,
+    E: Display,
 {
     let endpoints = rotated(list);
     let (last, rest) = endpoints
@@ -108,7 +139,7 @@ where
         match connect(endpoint).await {
             Ok(value) => return Ok(answered(value, endpoint, &others, &show)),
             Err(error) => {
-                tracing::info!(endpoint = %show(endpoint), "broker endpoint did not answer; trying the next");
+                tracing::warn!(endpoint = %show(endpoint), error = %format!("{error:#}"), "broker endpoint did not answer; trying the next");
                 others.push((show(endpoint), error));
             }
         }
@@ -155,6 +186,13 @@ mod tests {
             vec!["amqp://u:p,w@a", "amqp://u:p,amqp@b"]
         );
         assert_eq!(split(" amqp://a ,"), vec!["amqp://a ,"]);
+        // One per line, `;`, spaces, any case of the scheme.
+        assert_eq!(
+            split("amqp://u:p@a\n  AMQPS://u:p@b;amqp://c amqp://d"),
+            vec!["amqp://u:p@a", "AMQPS://u:p@b", "amqp://c", "amqp://d"]
+        );
+        assert!(holds_another("amqp://u:p@a/%2famqp://u:q@b"));
+        assert!(!holds_another("amqp://u:p,w@a:5672/%2f"));
         assert!(split("").is_empty());
         assert!(split(" ").is_empty());
     }
@@ -204,10 +242,23 @@ mod tests {
         let shown = failed.to_string();
         assert!(shown.contains("amqp://x: amqp://x refused"), "{shown}");
         assert!(shown.contains("amqp://y: amqp://y refused"), "{shown}");
+        let order: Vec<String> = failed.others.iter().map(|(_, e)| e.clone()).collect();
+        let first = order[0].clone();
         assert_eq!(
-            failed.into_decisive(|e| e.starts_with("amqp://y")),
-            "amqp://y refused",
-            "the decisive error wins wherever it was tried"
+            failed.into_verdict(|e| e.starts_with("amqp://y")),
+            "amqp://x refused",
+            "one node's permanent refusal beside another's outage: the outage ({first} first)"
+        );
+        let failed = first_answering("amqp://x,amqp://y", str::to_owned, |e| async move {
+            Err::<(), _>(format!("{e} refused"))
+        })
+        .await
+        .expect_err("none is up");
+        let first = failed.others[0].1.clone();
+        assert_eq!(
+            failed.into_verdict(|_| true),
+            first,
+            "all permanent: the first"
         );
     }
 

@@ -284,7 +284,9 @@ mod tests {
     #[tokio::test]
     async fn a_host_list_connects_and_read_only_connections_are_recycled() {
         let name = format!("idem_store_t_{}", uuid::Uuid::new_v4().simple());
-        let url = format!("postgres://postgres@127.0.0.1:1,127.0.0.1:5432/{name}");
+        // The first host refuses (port 1), the second is the test server.
+        let server = crate::test_server::server().replacen('@', "@127.0.0.1:1,", 1);
+        let url = format!("{server}/{name}");
         let pool = connect(&url, 1).await.unwrap();
         let pid = |pool: PgPool| async move {
             let mut conn = pool.acquire().await.unwrap();
@@ -308,7 +310,7 @@ mod tests {
         assert!(writable(&mut conn).await.unwrap());
         drop(conn);
         pool.close().await;
-        crate::scratch::drop_database(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+        crate::scratch::drop_database(&format!("{}/{name}", crate::test_server::server()))
             .await
             .unwrap();
     }

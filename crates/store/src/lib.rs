@@ -69,3 +69,20 @@ pub use db::{connect, connect_existing, redact_url};
 pub use inbox::Recorded;
 pub use outbox::{Claimed, OutboxState, Settlement};
 pub use schema::{MIGRATOR, SchemaBehind, check_schema, migrate};
+
+/// The server the unit tests use: `IDEM_TEST_DATABASE_URL` (a superuser URL
+/// of its `postgres` database) when they were built, else the local one.
+#[cfg(test)]
+pub(crate) mod test_server {
+    const ADMIN_URL: &str = match option_env!("IDEM_TEST_DATABASE_URL") {
+        Some(url) => url,
+        None => "postgres://postgres@127.0.0.1:5432/postgres",
+    };
+
+    /// `postgres://user@host:port`, without the database.
+    pub fn server() -> &'static str {
+        ADMIN_URL
+            .rsplit_once('/')
+            .map_or(ADMIN_URL, |(server, _)| server)
+    }
+}

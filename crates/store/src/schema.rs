@@ -115,7 +115,9 @@ mod tests {
 
     use super::*;
 
-    const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+    fn server() -> &'static str {
+        crate::test_server::server()
+    }
 
     /// A database of its own for one test, dropped by [`Scratch::drop_now`]
     /// (a failed test leaves it behind, under a name of its own).
@@ -134,11 +136,11 @@ mod tests {
         }
 
         fn url(&self) -> String {
-            format!("{SERVER}/{}", self.name)
+            format!("{}/{}", server(), self.name)
         }
 
         async fn exists(&self) -> bool {
-            let mut conn = PgConnection::connect(&format!("{SERVER}/postgres"))
+            let mut conn = PgConnection::connect(&format!("{}/postgres", server()))
                 .await
                 .unwrap();
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -154,7 +156,7 @@ mod tests {
     }
 
     async fn admin(sql: &str) {
-        let mut conn = PgConnection::connect(&format!("{SERVER}/postgres"))
+        let mut conn = PgConnection::connect(&format!("{}/postgres", server()))
             .await
             .unwrap();
         sqlx::query(sql).execute(&mut conn).await.unwrap();

@@ -17,16 +17,20 @@ pub struct RabbitCluster {
 }
 
 impl RabbitCluster {
-    /// Boot `n` nodes at once, then join nodes 1.. to node 0, one by one
-    /// (`stop_app`, `join_cluster`, `start_app`); returns once every node
+    /// Boot node 0, then nodes 1.. at once, each joining node 0's cluster
+    /// as it boots (peer discovery, `classic_config`); returns once a node
     /// lists all `n` as running.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
         let started = Instant::now();
         let cookie = new_cookie();
+        let seed = RabbitNode::boot(false, Some(&cookie), None).await?;
+        let seed_name = seed.node_name().to_owned();
         let mut boots = tokio::task::JoinSet::new();
-        for i in 0..n {
-            let cookie = cookie.clone();
-            boots.spawn(async move { (i, RabbitNode::boot(false, Some(&cookie)).await) });
+        for i in 1..n {
+            let (cookie, seed) = (cookie.clone(), seed_name.clone());
+            boots.spawn(
+                async move { (i, RabbitNode::boot(false, Some(&cookie), Some(&seed)).await) },
+            );
         }
         let mut nodes = Vec::new();
         while let Some(booted) = boots.join_next().await {
@@ -34,15 +38,10 @@ impl RabbitCluster {
             nodes.push((i, node?));
         }
         nodes.sort_by_key(|(i, _)| *i);
-        let nodes: Vec<RabbitNode> = nodes.into_iter().map(|(_, node)| node).collect();
-        let seed = nodes[0].node_name().to_owned();
-        for node in &nodes[1..] {
-            node.ctl(&["stop_app"]).await?;
-            node.ctl(&["join_cluster", &seed])
-                .await
-                .with_context(|| format!("{} joining {seed}", node.node_name()))?;
-            node.start_app().await?;
-        }
+        let nodes: Vec<RabbitNode> = [seed]
+            .into_iter()
+            .chain(nodes.into_iter().map(|(_, node)| node))
+            .collect();
         let cluster = Self { nodes };
         cluster.await_running(n).await?;
         tracing::info!(n, took = ?started.elapsed(), "RabbitCluster formed");

@@ -54,19 +54,24 @@ pub struct RabbitNode {
 impl RabbitNode {
     /// Configure and boot a fresh node; returns once AMQP connections succeed.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::boot(false, None).await
+        Self::boot(false, None, None).await
     }
 
     /// [`RabbitNode::start`] with a TLS listener as well: a CA and a server
     /// certificate (`localhost`, `127.0.0.1`) are made with `openssl` in the
     /// node's dir. Returns once plain and TLS AMQP connections both succeed.
     pub async fn start_with_tls() -> anyhow::Result<Self> {
-        Self::boot(true, None).await
+        Self::boot(true, None, None).await
     }
 
     /// Configure and boot a fresh node, with a TLS listener if `tls`, with
-    /// Erlang cookie `cookie` (nodes of one cluster share theirs) or a new one.
-    pub(super) async fn boot(tls: bool, cookie: Option<&str>) -> anyhow::Result<Self> {
+    /// Erlang cookie `cookie` (nodes of one cluster share theirs) or a new
+    /// one, joining the cluster of node `seed` as it boots if given.
+    pub(super) async fn boot(
+        tls: bool,
+        cookie: Option<&str>,
+        seed: Option<&str>,
+    ) -> anyhow::Result<Self> {
         sweep_orphans();
         let started = Instant::now();
         let sbin = rabbit_sbin()?;
@@ -99,6 +104,14 @@ impl RabbitNode {
                 tls_dir.join("ca.pem").display(),
                 tls_dir.join("server.pem").display(),
                 tls_dir.join("server.key").display(),
+            ));
+        }
+        if let Some(seed) = seed {
+            // Peer discovery at boot (no stop_app/join_cluster/start_app
+            // round): the node joins the seed's cluster as it starts.
+            config.push_str(&format!(
+                "cluster_formation.peer_discovery_backend = classic_config\n\
+                 cluster_formation.classic_config.nodes.1 = {seed}\n"
             ));
         }
         fs::write(path.join("rabbitmq.conf"), config)?;

@@ -551,7 +551,10 @@ async fn read_only_commands_never_create_or_migrate_a_database() {
             "idem {args:?}: {text}"
         );
         assert!(
-            text.contains(":***@127.0.0.1:5432") && !text.contains("n0t-printed"),
+            text.contains(&format!(
+                ":***@{}",
+                idem_tests::authority(idem_tests::PG_ADMIN_URL, 5432)
+            )) && !text.contains("n0t-printed"),
             "idem {args:?}: {text}"
         );
         assert_eq!(

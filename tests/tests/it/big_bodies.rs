@@ -143,7 +143,7 @@ async fn full_profile() {
 /// Which work queue the replica consumes.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    /// The env's queue (classic, idem's default).
+    /// A classic queue beside the env's, declared by the replica.
     Classic,
     /// A quorum queue beside it, declared by the replica.
     Quorum,
@@ -161,7 +161,13 @@ struct Queue {
 impl Queue {
     async fn new(env: &TestEnv, kind: Kind, budget: u64) -> Self {
         let (name, mut flags) = match kind {
-            Kind::Classic => (env.queue.clone(), env.run_flags()),
+            Kind::Classic => {
+                let name = format!("{}.classic", env.queue);
+                let mut flags = run_flags_without(env, &["--queue"]);
+                let own = ["--queue", &name, "--queue-type", "classic"];
+                flags.extend(own.map(str::to_owned));
+                (name, flags)
+            }
             Kind::Quorum => {
                 let name = format!("{}.quorum", env.queue);
                 let mut flags = run_flags_without(env, &["--queue"]);

@@ -61,7 +61,7 @@ async fn cut_one_commit(prefix: &str, n: usize) {
     // all of them land in the consumer's first batch: one transaction, one
     // COMMIT.
     env.publish(&messages).await;
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxy = TcpProxy::start(idem_tests::pg::addr()).await;
     // Armed before the worker starts: with the schema already applied, its
     // start-up sends no COMMIT, so the first one is the consumer's.
     proxy.cut_after_client_sends(PG_COMMIT, HOLD);
@@ -101,9 +101,8 @@ fn start_consumer_through(env: &TestEnv, proxy: &TcpProxy, n: usize) -> Worker {
     // Plaintext, or the proxy would see only TLS records (the local server
     // accepts TLS and sqlx prefers it).
     let proxied_url = format!(
-        "postgres://postgres@{}/{}?sslmode=disable",
-        proxy.addr(),
-        env.name
+        "{}?sslmode=disable",
+        idem_tests::via(&env.database_url, proxy.addr())
     );
     let batch = n.to_string();
     env.start_worker(&[

@@ -4,8 +4,8 @@
 //! broker's frame allows, a header table of 13,000+ entries, unknown field
 //! types, a body 48 times the limit — each class followed by 100 valid
 //! charges, into one queue consumed by 3 `idem run` replicas on the real
-//! broker and database; on a classic queue (the default) and on a quorum
-//! queue with its delivery limit and dead-letter drain. Prints the per-class
+//! broker and database; on a classic queue and on a quorum
+//! queue (the default) with its delivery limit and dead-letter drain. Prints the per-class
 //! table of `docs/guarantees.md`.
 //!
 //! `IDEM_TEST_HOSTILE_CLASSES=message_id,deep_tables` runs only the named
@@ -52,12 +52,16 @@ struct Target {
 }
 
 impl Target {
-    /// The env's queue, as the env declared it (classic: idem's default).
+    /// A classic queue beside the env's (declared by the replicas, told
+    /// `IDEM_QUEUE_TYPE=classic`): no delivery limit, idem's reader alone.
     fn classic(env: &TestEnv) -> Self {
+        let queue = format!("{}.classic", env.queue);
+        let mut flags = run_flags_without(env, &["--queue"]);
+        flags.extend(["--queue", &queue, "--queue-type", "classic"].map(str::to_owned));
         Self {
             what: "classic queue",
-            queue: env.queue.clone(),
-            flags: env.run_flags(),
+            queue,
+            flags,
         }
     }
 

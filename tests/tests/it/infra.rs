@@ -275,8 +275,8 @@ async fn rabbit_node_keeps_confirmed_persistent_messages_across_restarts_and_cra
 async fn proxy_cuts_connections_and_simulates_outages() {
     init();
     let _shared = gate::shared().await;
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let url = format!("postgres://postgres@{}/postgres", proxy.addr());
+    let proxy = TcpProxy::start(idem_tests::pg::addr()).await;
+    let url = idem_tests::via(idem_tests::PG_ADMIN_URL, proxy.addr());
     let select_one = "SELECT 1::int4";
 
     let mut conn = PgConnection::connect(&url).await.unwrap();

@@ -15,6 +15,7 @@
 //!   limits, ended sessions, a renamed table), every charge once.
 //! - `dead_letters`: the quorum delivery limit and the dead-letter drain.
 //! - `cluster`: a three-node RabbitMQ cluster losing the queue's leader and another node.
+//! - `queue_type`: quorum by default; an existing classic queue kept, or refused when quorum is asked for.
 //! - `salvage`: what lapin refuses, taken by that reader inside a real replica.
 //! - `hostile_body`: oversize and terminal-hostile input, bounded and escaped.
 //! - `big_bodies`: a replica's peak RSS within its byte budget while huge bodies arrive.
@@ -70,6 +71,7 @@ mod pages;
 mod pipeline;
 mod production_size;
 mod provider_refusals;
+mod queue_type;
 mod raw_reader;
 mod reconcile;
 mod recovery;

@@ -247,7 +247,8 @@ impl BrokerProxy {
                     guard.1.clone()
                 };
                 tokio::spawn(async move {
-                    let Ok(mut upstream) = TcpStream::connect("127.0.0.1:5672").await else {
+                    let Ok(mut upstream) = TcpStream::connect(idem_tests::rabbit::addr()).await
+                    else {
                         return;
                     };
                     let mut client = client;

@@ -108,15 +108,13 @@ async fn a_read_only_database_holds_the_batch_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_during_an_outage_waits_for_it() {
     let env = TestEnv::new(Faults::default()).await;
-    let pg = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mq = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let pg = TcpProxy::start(idem_tests::pg::addr()).await;
+    let mq = TcpProxy::start(idem_tests::rabbit::addr()).await;
     pg.set_down(true);
     mq.set_down(true);
     let addr = free_addr();
-    let database_url = env
-        .database_url
-        .replace("127.0.0.1:5432", &pg.addr().to_string());
-    let amqp_url = AMQP_URL.replace("127.0.0.1:5672", &mq.addr().to_string());
+    let database_url = idem_tests::via(&env.database_url, pg.addr());
+    let amqp_url = idem_tests::via(AMQP_URL, mq.addr());
     let mut flags = run_flags_without(&env, &["--http-addr", "--database-url", "--amqp-url"]);
     flags.extend(
         [

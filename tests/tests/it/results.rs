@@ -509,9 +509,9 @@ async fn record(env: &TestEnv, message_id: &str) -> Uuid {
 async fn events_wait_out_a_broker_outage() {
     let env = TestEnv::new(Faults::default()).await;
     let results = Results::new(&env).await;
-    let proxy = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let proxy = TcpProxy::start(idem_tests::rabbit::addr()).await;
     proxy.set_down(true);
-    let url = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let url = idem_tests::via(AMQP_URL, proxy.addr());
     let mut flags = vec!["--role", "dispatcher", "--amqp-url", &url];
     flags.extend(results.flags());
     let worker = env.start_worker(&flags);

@@ -182,11 +182,10 @@ impl World {
         let amqp_password = format!("amqp-secret-{tag}");
         let api_key = format!("api-key-{tag}");
         let accounts = Accounts::create(&name, &pg_password, &amqp_password).await;
-        let database_url = format!(
-            "postgres://{name}:{pg_password}@127.0.0.1:5432/{}",
-            env.name
-        );
-        let amqp_url = format!("amqp://{name}:{amqp_password}@127.0.0.1:5672/%2f");
+        let pg_at = idem_tests::authority(idem_tests::PG_ADMIN_URL, 5432);
+        let database_url = format!("postgres://{name}:{pg_password}@{pg_at}/{}", env.name);
+        let mq_at = idem_tests::authority(idem_tests::AMQP_URL, 5672);
+        let amqp_url = format!("amqp://{name}:{amqp_password}@{mq_at}/%2f");
         let dir = std::env::temp_dir().join(format!("idem-secrets-{}", env.name));
         std::fs::create_dir_all(&dir).unwrap();
         let file = |name: &str, value: &str| {
@@ -471,7 +470,7 @@ impl World {
             )
             .await;
         assert!(refused.contains("ACCESS_REFUSED"), "{refused}");
-        let unreachable = db_url.replace("127.0.0.1:5432", "127.0.0.1:1");
+        let unreachable = idem_tests::via(&db_url, "127.0.0.1:1".parse().unwrap());
         let unreachable = [("IDEM_DATABASE_URL", unreachable.as_str())];
         let down = self
             .command("an unreachable database", &["status"], &unreachable, false)

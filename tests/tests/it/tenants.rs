@@ -53,7 +53,8 @@ impl BrokerUser {
 
     /// Connect as this user; a channel with publisher confirms on.
     async fn connect(&self) -> (Connection, Channel) {
-        let url = format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password);
+        let at = idem_tests::authority(idem_tests::AMQP_URL, 5672);
+        let url = format!("amqp://{}:{}@{at}/%2f", self.name, self.password);
         idem_tests::rabbit::confirming_channel(&url).await
     }
 }

@@ -70,7 +70,8 @@ async fn postgres_connections_are_encrypted_as_sslmode_says() {
     for (i, (mode, host, encrypted)) in modes.into_iter().enumerate() {
         let app = format!("idem-tls-{i}-{}", &tag[..12]);
         let url = format!(
-            "postgres://postgres@{host}:5432/{}?sslmode={mode}&application_name={app}",
+            "postgres://postgres@{host}:{}/{}?sslmode={mode}&application_name={app}",
+            idem_tests::pg::addr().port(),
             env.name
         );
         let worker = env.start_worker(&["--database-url", &url]);

@@ -516,6 +516,19 @@ fn check_amqp_urls(list: &str) -> anyhow::Result<()> {
         } else {
             format!("IDEM_AMQP_URL (endpoint {} of {})", i + 1, endpoints.len())
         };
+        // A list written with a separator `split` does not know, or a
+        // stray comma, would be one URL whose path holds the rest (and its
+        // passwords, printed by the broker's vhost refusal).
+        ensure!(
+            !idem_periodic::endpoints::holds_another(endpoint),
+            "{var} holds another URL after its own: separate a cluster's nodes with commas \
+             (amqp://user:password@node-1:5672/%2f,amqp://user:password@node-2:5672/%2f)"
+        );
+        ensure!(
+            !endpoint.ends_with(',') && !endpoint.chars().any(char::is_whitespace),
+            "{var} ends in a comma or holds whitespace: write the URLs comma-separated, each \
+             percent-encoded (a space in a password is %20)"
+        );
         check_url(&var, endpoint, &["amqp", "amqps"])?;
     }
     Ok(())

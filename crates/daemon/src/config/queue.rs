@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use clap::{Args, ValueEnum};
-use idem_inbox::QueueType;
+use idem_inbox::{QueueType, Topology};
 
 /// Which kind of queue idem declares.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,16 @@ pub struct QueueSettings {
     pub keep_existing_classic: bool,
     /// The dead-letter drain's period.
     pub drain_every: Duration,
+}
+
+impl QueueSettings {
+    /// The topology of `queue` with these settings: what `idem run` declares.
+    pub fn topology(&self, queue: &str) -> Topology {
+        Topology {
+            keep_existing_classic: self.keep_existing_classic,
+            ..Topology::for_queue(queue).with_type(self.queue_type)
+        }
+    }
 }
 
 impl QueueArgs {

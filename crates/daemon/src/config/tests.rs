@@ -250,3 +250,23 @@ fn a_console_on_a_public_listener_needs_a_token() {
         .expect("no console");
     assert!(off.console.is_none(), "the console is off unless asked for");
 }
+
+#[test]
+fn a_broker_list_is_checked_node_by_node_and_never_printed_with_passwords() {
+    let ok = "amqp://u:p1@a:5672/%2f,amqps://u:p,2@b:5671/%2f";
+    check_amqp_urls(ok).expect("two nodes, a comma in a password");
+    for (bad, says) in [
+        ("", "IDEM_AMQP_URL is empty"),
+        ("amqp://u:p@a/%2f,", "ends in a comma"),
+        ("amqp://u:p@a/%2famqp://u:s3cret@b/%2f", "holds another URL"),
+        ("amqp://u:p@a/%2f,http://b/", "holds another URL"),
+        ("amqp://u:p@a/%2f,AMQP://u:p@b/%2f,http://c", "endpoint 2 of 2"),
+    ] {
+        let error = check_amqp_urls(bad).expect_err(bad).to_string();
+        assert!(error.contains(says), "{bad}: {error}");
+        assert!(
+            !error.contains("s3cret") && !error.contains("u:p@"),
+            "{error}"
+        );
+    }
+}
