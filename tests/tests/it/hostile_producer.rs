@@ -127,7 +127,48 @@ async fn start_replicas(target: &Target) -> Vec<Replica> {
     for replica in &mut replicas {
         replica.wait_listening(Duration::from_secs(60)).await;
     }
+    // Listening is not consuming: the queue (the replicas declare it) must
+    // exist before the first publish, or the broker drops what it cannot
+    // route. Every replica's consumer on it is the sign.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let consumers = consumers_on(&target.queue).await;
+        if consumers >= REPLICAS as u32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {REPLICAS} replicas consume {} after 60 s",
+            consumers,
+            target.queue
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     replicas
+}
+
+/// Consumers on `queue` (0 while it does not exist), on a fresh connection:
+/// a passive declare of a missing queue closes its channel.
+async fn consumers_on(queue: &str) -> u32 {
+    let Ok(connection) = idem_inbox::connect_amqp(AMQP_URL).await else {
+        return 0;
+    };
+    let declared = match connection.create_channel().await {
+        Ok(channel) => channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .map_or(0, |q| q.consumer_count()),
+        Err(_) => 0,
+    };
+    let _ = connection.close(200, "counted".into()).await;
+    declared
 }
 
 /// Each class's hostile messages (raw), then its valid charges (lapin,

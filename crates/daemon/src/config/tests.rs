@@ -260,7 +260,10 @@ fn a_broker_list_is_checked_node_by_node_and_never_printed_with_passwords() {
         ("amqp://u:p@a/%2f,", "ends in a comma"),
         ("amqp://u:p@a/%2famqp://u:s3cret@b/%2f", "holds another URL"),
         ("amqp://u:p@a/%2f,http://b/", "holds another URL"),
-        ("amqp://u:p@a/%2f,AMQP://u:p@b/%2f,http://c", "endpoint 2 of 2"),
+        (
+            "amqp://u:p@a/%2f,AMQP://u:p@b/%2f,http://c",
+            "endpoint 2 of 2",
+        ),
     ] {
         let error = check_amqp_urls(bad).expect_err(bad).to_string();
         assert!(error.contains(says), "{bad}: {error}");
