@@ -43,6 +43,23 @@ pub async fn depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
     Ok(declared.message_count())
 }
 
+/// Consumers on `queue` (0 while it does not exist yet), asked on a channel
+/// of its own: a passive declare of a missing queue closes its channel.
+pub async fn consumers(connection: &Connection, queue: &str) -> u32 {
+    let Ok(channel) = connection.create_channel().await else {
+        return 0;
+    };
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, Default::default())
+        .await;
+    let _ = channel.close(200, "done".into()).await;
+    declared.map_or(0, |q| q.consumer_count())
+}
+
 /// [`depth`] on a fresh connection to `url`.
 pub async fn queue_depth(url: &str, queue: &str) -> anyhow::Result<u32> {
     let connection = idem_inbox::connect_amqp(url).await?;

@@ -45,7 +45,6 @@ use idem_tests::binary::{run, run_flags_without};
 use idem_tests::{AMQP_URL, TestEnv, rabbit, spec, wait_for};
 use idem_workload as workload;
 use lapin::BasicProperties;
-use lapin::options::QueueDeclareOptions;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Child;
@@ -200,16 +199,7 @@ impl Queue {
     /// Consumers on the queue (0 while it does not exist yet). On a channel
     /// of its own: a passive declare of a missing queue closes its channel.
     async fn consumers(&self) -> u32 {
-        let channel = self.connection.create_channel().await.unwrap();
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .queue_declare(self.name.as_str().into(), options, Default::default())
-            .await;
-        let _ = channel.close(200, "done".into()).await;
-        declared.map_or(0, |q| q.consumer_count())
+        rabbit::consumers(&self.connection, &self.name).await
     }
 
     async fn delete(self, env: &TestEnv) {

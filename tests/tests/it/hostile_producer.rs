@@ -147,26 +147,12 @@ async fn start_replicas(target: &Target) -> Vec<Replica> {
     replicas
 }
 
-/// Consumers on `queue` (0 while it does not exist), on a fresh connection:
-/// a passive declare of a missing queue closes its channel.
+/// Consumers on `queue` (0 while it does not exist), on a fresh connection.
 async fn consumers_on(queue: &str) -> u32 {
     let Ok(connection) = idem_inbox::connect_amqp(AMQP_URL).await else {
         return 0;
     };
-    let declared = match connection.create_channel().await {
-        Ok(channel) => channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .map_or(0, |q| q.consumer_count()),
-        Err(_) => 0,
-    };
+    let declared = rabbit::consumers(&connection, queue).await;
     let _ = connection.close(200, "counted".into()).await;
     declared
 }
