@@ -144,8 +144,24 @@ impl Browser {
         form.submit()
             .await
             .with_context(|| format!("clicking the submit button of `{css}`"))?;
+        self.left(page, &format!("submitting `{css}`")).await
+    }
+
+    /// Click the link or button matching `css` and wait until the browser
+    /// has left the page, for a click whose next page may look like this
+    /// one (a form answered with itself and an error): looking right after
+    /// the click can read the old page (CI did, and found no error there).
+    pub async fn click_away(&self, css: &str) -> anyhow::Result<()> {
+        let page = self.client.find(Locator::Css("html")).await?;
+        self.click(css).await?;
+        self.left(page, &format!("clicking `{css}`")).await
+    }
+
+    /// Wait until `page` (the `html` element of the page before an action)
+    /// is gone from the browser.
+    async fn left(&self, page: Element, after: &str) -> anyhow::Result<()> {
         self.wait_until(
-            &format!("the page to be left after submitting `{css}`"),
+            &format!("the page to be left after {after}"),
             Duration::from_secs(20),
             async |_| match page.tag_name().await {
                 Ok(_) => Ok(false),

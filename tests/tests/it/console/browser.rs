@@ -119,7 +119,7 @@ async fn without_the_token_a_browser_gets_only_the_sign_in_page() -> anyhow::Res
     assert!(b.texts("#states").await.map_or(true, |t| t.is_empty()));
     b.screenshot("console-sign-in").await?;
     b.fill("#token", "not-the-token-0123456789").await?;
-    b.click("#sign-in").await?;
+    b.click_away("#sign-in").await?;
     assert!(b.text("#error").await?.contains("not the console's token"));
     b.fill("#token", TOKEN).await?;
     b.click("#sign-in").await?;
