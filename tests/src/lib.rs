@@ -18,23 +18,21 @@
 //! - [`private`]: a test's own cluster and node, the unprivileged role
 //!   replicas connect as there, and `idem run` replicas on them.
 //! - [`pg`]: scratch databases (and their one teardown), private clusters
-//!   ([`pg::PgCluster`]).
+//!   ([`pg::PgCluster`], from `idem_servers`).
 //! - [`rabbit`]: queues on the shared broker, private nodes
-//!   ([`rabbit::RabbitNode`]) and clusters of them ([`rabbit::RabbitCluster`]).
+//!   ([`rabbit::RabbitNode`]) and clusters of them ([`rabbit::RabbitCluster`]),
+//!   from `idem_servers`.
 //! - [`schema`]: the producer contract's JSON Schemas (`docs/schema/`),
 //!   compiled once, for the suites that check bodies against them.
-//! - [`ca`]: a private CA and certificates, made with `openssl`.
+//! - [`ca`]: a private CA and certificates, made with `openssl`
+//!   (`idem_servers::ca`).
 //! - [`proxy`]: a TCP proxy that cuts connections ([`proxy::TcpProxy`]).
 //! - [`chaos`]: the chaos suite.
-//! - `child`, `scratch`: the servers the harness runs as child processes,
-//!   their scratch dirs, and the sweep of a dead test process's leftovers.
 
 #![allow(clippy::unwrap_used)]
 
 pub mod binary;
-pub mod ca;
 pub mod chaos;
-mod child;
 pub mod env;
 pub mod gate;
 pub mod hostile;
@@ -43,7 +41,6 @@ pub mod private;
 pub mod proxy;
 pub mod rabbit;
 pub mod schema;
-mod scratch;
 pub mod sim;
 pub mod worker;
 
@@ -51,6 +48,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use binary::idem_binary;
+pub use idem_servers::ca;
 pub use env::{Servers, TestEnv, spec};
 pub use pg::PG_ADMIN_URL;
 pub use rabbit::AMQP_URL;

@@ -2,12 +2,9 @@
 //! test, dropped at its end), and [`PgCluster`], a private cluster a test may
 //! stop, restart and crash.
 
-mod cluster;
-mod standby;
-
 use sqlx::PgPool;
 
-pub use cluster::PgCluster;
+pub use idem_servers::pg::PgCluster;
 
 /// The shared PostgreSQL server, as a superuser URL of its `postgres`
 /// database: `IDEM_TEST_DATABASE_URL` when the tests were built, else the

@@ -2,17 +2,13 @@
 //! and [`RabbitNode`], a private node a test may stop, restart and crash,
 //! and [`RabbitCluster`], several of them joined into one cluster.
 
-mod cluster;
-mod lifecycle;
-mod node;
 pub mod raw_publish;
 
 use anyhow::{Context, bail};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::{BasicProperties, Channel, Connection};
 
-pub use cluster::RabbitCluster;
-pub use node::RabbitNode;
+pub use idem_servers::rabbit::{RabbitCluster, RabbitNode};
 
 /// The shared RabbitMQ broker: `IDEM_TEST_AMQP_URL` when the tests were
 /// built, else the local service (`guest@127.0.0.1:5672`, default vhost).

@@ -1,7 +1,10 @@
 //! `idem demo`: the whole pipeline, end to end, on local services — the provider
 //! simulator with faults on, three `idem run` replicas as child processes, a
 //! workload with duplicates, conflicts and malformed messages — and a report
-//! whose double and missing charges are counted at the provider.
+//! whose double and missing charges are counted at the provider. Local
+//! servers that do not answer are replaced by private ones (`servers`).
+
+mod servers;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -51,7 +54,10 @@ pub struct DemoArgs {
     /// Provider latency in milliseconds.
     #[arg(long, default_value_t = 5)]
     pub provider_latency_ms: u64,
-    /// Demo database (dropped and re-created at start).
+    /// Demo database (dropped and re-created at start). When it is on this
+    /// machine and nothing answers there, the demo starts a private
+    /// PostgreSQL from the installed server binaries (likewise a private
+    /// RabbitMQ node for a local --amqp-url that does not answer).
     #[arg(
         long,
         env = "IDEM_DEMO_DATABASE_URL",
@@ -94,6 +100,16 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         args.replicas
     );
 
+    // Dropped last: the private servers outlive the replicas using them.
+    let servers =
+        servers::DemoServers::find_or_start(&args.database_url, &args.broker.amqp_url).await?;
+    let args = DemoArgs {
+        database_url: servers.database_url.clone(),
+        broker: BrokerUrl {
+            amqp_url: servers.amqp_url.clone(),
+        },
+        ..args
+    };
     let pool = fresh_database(&args.database_url).await?;
     fresh_queue(&args.broker.amqp_url, &args.queue).await?;
 

@@ -74,7 +74,7 @@ impl RabbitNode {
     ) -> anyhow::Result<Self> {
         sweep_orphans();
         let started = Instant::now();
-        let sbin = rabbit_sbin()?;
+        let sbin = server_scripts()?;
         let dir = Scratch::create(RABBIT_PREFIX)?;
         let amqp_port = free_port()?;
         let dist_port = free_port()?;
@@ -234,7 +234,7 @@ pub(super) fn new_cookie() -> String {
 
 /// RabbitMQ's scripts dir: `$IDEM_RABBITMQ_SBIN`, Debian's
 /// `/usr/lib/rabbitmq/bin`, `/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin`.
-pub(super) fn rabbit_sbin() -> anyhow::Result<PathBuf> {
+pub fn server_scripts() -> anyhow::Result<PathBuf> {
     let usable =
         |dir: &Path| dir.join("rabbitmq-server").is_file() && dir.join("rabbitmqctl").is_file();
     if let Some(dir) = std::env::var_os("IDEM_RABBITMQ_SBIN").map(PathBuf::from) {

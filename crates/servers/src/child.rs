@@ -13,7 +13,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Child;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -142,7 +142,7 @@ fn descendants(root: i32) -> Vec<i32> {
 /// out twice by this process.
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
     let handed_out = handed_out.get_or_insert_with(HashSet::new);
     for _ in 0..500 {
         let random = u16::try_from(Uuid::new_v4().as_u128() % 12_000).unwrap_or(0);

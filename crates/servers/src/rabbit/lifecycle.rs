@@ -3,6 +3,7 @@
 use std::fs::OpenOptions;
 
 use std::process::{Command, Stdio};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,7 +24,7 @@ impl RabbitNode {
     /// exits). A no-op when already stopped.
     pub async fn stop(&self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let child = self.server.lock().unwrap().take();
+        let child = self.server.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(child) = child {
             stop_child(child, Signal::SIGTERM, "rabbitmq-server").await?;
             tracing::info!(node = %self.node, took = ?started.elapsed(), "RabbitNode stopped");
@@ -88,7 +89,7 @@ impl RabbitNode {
     /// Crash: SIGKILL the VM (and its helpers) at once. Returns once they are
     /// dead; [`RabbitNode::start_again`] then boots from what is on disk.
     pub fn kill_hard(&self) {
-        let child = self.server.lock().unwrap().take();
+        let child = self.server.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(child) = child {
             kill_child_tree(child);
             tracing::info!(node = %self.node, "RabbitNode killed (SIGKILL)");
@@ -171,7 +172,7 @@ impl RabbitNode {
             .stderr(log)
             .spawn()
             .context("spawning rabbitmq-server")?;
-        *self.server.lock().unwrap() = Some(child);
+        *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -81,7 +81,7 @@ impl PgCluster {
     /// ([`PgCluster::standby_of`]) fills it.
     pub(super) fn unstarted() -> anyhow::Result<Self> {
         sweep_orphans();
-        let bindir = pg_bindir()?;
+        let bindir = server_binaries()?;
         let run_as = if geteuid().is_root() {
             let user = User::from_name("postgres")
                 .context("looking up the postgres user")?
@@ -126,7 +126,7 @@ impl PgCluster {
 
     /// The postmaster's pid, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.postmaster.lock().unwrap().as_ref().map(Child::id)
+        self.postmaster.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(Child::id)
     }
 
     /// Whether the postmaster is running (it may still be starting up).
@@ -138,7 +138,7 @@ impl PgCluster {
     /// clients, checkpoint). A no-op when already stopped.
     pub async fn stop(&self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let child = self.postmaster.lock().unwrap().take();
+        let child = self.postmaster.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(child) = child {
             stop_child(child, Signal::SIGINT, "postgres").await?;
             tracing::info!(port = self.port, took = ?started.elapsed(), "PgCluster stopped");
@@ -175,7 +175,7 @@ impl PgCluster {
     /// power loss minus the page cache. Returns once they are all dead;
     /// [`PgCluster::start_again`] then runs crash recovery.
     pub fn kill_hard(&self) {
-        let child = self.postmaster.lock().unwrap().take();
+        let child = self.postmaster.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(child) = child {
             kill_child_tree(child);
             tracing::info!(port = self.port, "PgCluster killed (SIGKILL)");
@@ -217,7 +217,7 @@ impl PgCluster {
             .stdout(log.try_clone()?)
             .stderr(log);
         let child = command.spawn().context("spawning postgres")?;
-        *self.postmaster.lock().unwrap() = Some(child);
+        *self.postmaster.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
         Ok(())
     }
 
@@ -266,7 +266,7 @@ impl Drop for PgCluster {
 
 /// PostgreSQL's bin directory: `$IDEM_PG_BINDIR`, `pg_config --bindir`, or the
 /// newest `/usr/lib/postgresql/<version>/bin`.
-fn pg_bindir() -> anyhow::Result<PathBuf> {
+pub fn server_binaries() -> anyhow::Result<PathBuf> {
     let has_server = |dir: &Path| dir.join("postgres").is_file() && dir.join("initdb").is_file();
     if let Some(dir) = std::env::var_os("IDEM_PG_BINDIR").map(PathBuf::from) {
         if has_server(&dir) {
