@@ -48,8 +48,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use binary::idem_binary;
-pub use idem_servers::ca;
 pub use env::{Servers, TestEnv, spec};
+pub use idem_servers::ca;
 pub use pg::PG_ADMIN_URL;
 pub use rabbit::AMQP_URL;
 pub use worker::Worker;

@@ -1,11 +1,11 @@
-//! Scratch dirs and the owner token: what lets a test process clean up
-//! after test processes that died without unwinding.
+//! Scratch dirs and the owner token: what lets a process that starts
+//! servers (a test process, the demo) clean up after an earlier one that
+//! died without unwinding.
 //!
-//! Every process the harness starts carries `IDEM_HARNESS_OWNER=<pid>:<start
+//! Every server started here carries `IDEM_HARNESS_OWNER=<pid>:<start
 //! time>` in its environment, and every scratch dir an `owner` file with the
-//! same token: the first start in a test process kills leftovers of test
-//! processes that died without unwinding (SIGKILL, a timeout) and removes
-//! their dirs.
+//! same token: the first start in a process kills leftovers of owners that
+//! died without unwinding (SIGKILL, a timeout) and removes their dirs.
 
 use std::fs;
 use std::path::PathBuf;

@@ -56,6 +56,7 @@ mod commit_cut;
 mod console;
 mod crash;
 mod dead_letters;
+mod demo;
 mod deploy;
 mod failover;
 mod faults;

@@ -126,7 +126,11 @@ impl PgCluster {
 
     /// The postmaster's pid, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.postmaster.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(Child::id)
+        self.postmaster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(Child::id)
     }
 
     /// Whether the postmaster is running (it may still be starting up).
@@ -138,7 +142,11 @@ impl PgCluster {
     /// clients, checkpoint). A no-op when already stopped.
     pub async fn stop(&self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let child = self.postmaster.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let child = self
+            .postmaster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(child) = child {
             stop_child(child, Signal::SIGINT, "postgres").await?;
             tracing::info!(port = self.port, took = ?started.elapsed(), "PgCluster stopped");
@@ -175,7 +183,11 @@ impl PgCluster {
     /// power loss minus the page cache. Returns once they are all dead;
     /// [`PgCluster::start_again`] then runs crash recovery.
     pub fn kill_hard(&self) {
-        let child = self.postmaster.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let child = self
+            .postmaster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(child) = child {
             kill_child_tree(child);
             tracing::info!(port = self.port, "PgCluster killed (SIGKILL)");
@@ -217,7 +229,10 @@ impl PgCluster {
             .stdout(log.try_clone()?)
             .stderr(log);
         let child = command.spawn().context("spawning postgres")?;
-        *self.postmaster.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
+        *self
+            .postmaster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(child);
         Ok(())
     }
 

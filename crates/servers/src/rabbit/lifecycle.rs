@@ -24,7 +24,11 @@ impl RabbitNode {
     /// exits). A no-op when already stopped.
     pub async fn stop(&self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let child = self.server.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let child = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(child) = child {
             stop_child(child, Signal::SIGTERM, "rabbitmq-server").await?;
             tracing::info!(node = %self.node, took = ?started.elapsed(), "RabbitNode stopped");
@@ -89,7 +93,11 @@ impl RabbitNode {
     /// Crash: SIGKILL the VM (and its helpers) at once. Returns once they are
     /// dead; [`RabbitNode::start_again`] then boots from what is on disk.
     pub fn kill_hard(&self) {
-        let child = self.server.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let child = self
+            .server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(child) = child {
             kill_child_tree(child);
             tracing::info!(node = %self.node, "RabbitNode killed (SIGKILL)");

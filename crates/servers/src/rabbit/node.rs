@@ -19,7 +19,7 @@ use crate::ca;
 use crate::child::{free_port, kill_child_tree};
 use crate::scratch::{RABBIT_PREFIX, Scratch, sweep_orphans};
 
-/// A private RabbitMQ node (`idem-chaos-<random>@localhost`) with its own
+/// A private RabbitMQ node (`idem-node-<random>@localhost`) with its own
 /// AMQP port on 127.0.0.1, distribution port, mnesia, logs, config and Erlang
 /// cookie; no plugins. Only epmd (port 4369) is shared with the shared node.
 ///
@@ -80,7 +80,7 @@ impl RabbitNode {
         let dist_port = free_port()?;
         let tls_port = if tls { Some(free_port()?) } else { None };
         let node = format!(
-            "idem-chaos-{}@localhost",
+            "idem-node-{}@localhost",
             &Uuid::new_v4().simple().to_string()[..12]
         );
         let path = &dir.path;

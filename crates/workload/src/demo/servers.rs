@@ -114,15 +114,17 @@ async fn broker(urls: &SecretUrl) -> anyhow::Result<(SecretUrl, Option<RabbitNod
 /// The address of `url` when it is on this machine's loopback and nothing
 /// accepts a connection there; `None` when it answers or is elsewhere.
 async fn silent_local(url: &url::Url, default_port: u16) -> Option<SocketAddr> {
-    let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']');
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let port = url.port().unwrap_or(default_port);
     let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
     if addrs.is_empty() || !addrs.iter().all(|a| a.ip().is_loopback()) {
         return None;
     }
     for addr in &addrs {
-        if let Ok(Ok(_)) = tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(addr)).await
-        {
+        if let Ok(Ok(_)) = tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(addr)).await {
             return None;
         }
     }
