@@ -59,7 +59,7 @@ pub(crate) fn parse_state(s: &str) -> Result<Option<OutboxState>, Failure> {
         })
 }
 
-/// A time field: RFC 3339 or a relative `-2h`, as the CLI's `--since`.
+/// A time field: RFC 3339 or an age (`2h`), as the CLI's `--since`.
 pub(crate) fn parse_time(field: &str, s: &str) -> Result<Option<chrono::DateTime<Utc>>, Failure> {
     given(s)
         .map(|s| {

@@ -20,7 +20,7 @@ pub struct ConsoleArgs {
     pub console_token: Option<Secret>,
     /// Serve pages only: every change (retry, resolve, replay, bulk retry)
     /// is refused.
-    #[arg(long, env = "IDEM_CONSOLE_READ_ONLY", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, env = "IDEM_CONSOLE_READ_ONLY", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub console_read_only: bool,
     /// Replicas whose provider breaker and broker session the overview
     /// shows: their `/metrics` URLs, comma-separated (a console inside

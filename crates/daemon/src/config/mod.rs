@@ -128,13 +128,13 @@ pub struct RunArgs {
     #[arg(long, env = "IDEM_HTTP_ADDR", default_value = "127.0.0.1:9464")]
     pub http_addr: SocketAddr,
     /// The provider honours `Idempotency-Key`.
-    #[arg(long, env = "IDEM_PROVIDER_IDEMPOTENCY_KEYS", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "IDEM_PROVIDER_IDEMPOTENCY_KEYS", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub provider_idempotency_keys: bool,
     /// The provider answers lookups by reference id.
-    #[arg(long, env = "IDEM_PROVIDER_LOOKUP", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "IDEM_PROVIDER_LOOKUP", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub provider_lookup: bool,
     /// The provider can refund.
-    #[arg(long, env = "IDEM_PROVIDER_REFUNDS", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "IDEM_PROVIDER_REFUNDS", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub provider_refunds: bool,
     /// Seconds a claim holds a row before another replica may reclaim it.
     #[arg(long, env = "IDEM_LEASE_SECS", default_value_t = 30)]
@@ -167,14 +167,14 @@ pub struct RunArgs {
     pub dispatch_concurrency: usize,
     /// At most one charge per account_id in flight across all replicas, in
     /// arrival order (costs head-of-line blocking per account).
-    #[arg(long, env = "IDEM_PER_ACCOUNT_ORDERING", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "IDEM_PER_ACCOUNT_ORDERING", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub per_account_ordering: bool,
     /// With per-account ordering: the settle that ends an account's charge
     /// leases the account's next one to this replica in the same statement
     /// (no claim between two charges of an account). Off by default: it
     /// gains 3% under heavy skew and costs 27% of the tuned uniform rate
     /// (docs/performance.md, "Chaining").
-    #[arg(long, env = "IDEM_CHAIN_PER_ACCOUNT", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, env = "IDEM_CHAIN_PER_ACCOUNT", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub chain_per_account: bool,
     /// Most outbox rows claimed per round trip.
     #[arg(long, env = "IDEM_CLAIM_BATCH", default_value_t = 32)]
@@ -211,7 +211,7 @@ pub struct RunArgs {
     pub provider: ProviderArgs,
     /// Also serve the operator console under `/console` on IDEM_HTTP_ADDR
     /// (off loopback only with IDEM_CONSOLE_TOKEN).
-    #[arg(long, env = "IDEM_CONSOLE", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, env = "IDEM_CONSOLE", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub console: bool,
     #[command(flatten)]
     pub console_args: ConsoleArgs,

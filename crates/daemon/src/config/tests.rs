@@ -273,3 +273,18 @@ fn a_broker_list_is_checked_node_by_node_and_never_printed_with_passwords() {
         );
     }
 }
+
+/// A boolean setting given as a bare flag means `true`, as the docs write
+/// `idem run --console`; `--flag false` still turns one off.
+#[test]
+fn a_bare_boolean_flag_is_true() {
+    let run = parse(&[
+        "--console",
+        "--console-read-only",
+        "--provider-lookup",
+        "false",
+    ]);
+    assert!(run.console && run.console_args.console_read_only);
+    assert!(!run.provider_lookup, "--provider-lookup false");
+    assert!(!parse(&[]).console, "off unless asked for");
+}
