@@ -124,6 +124,7 @@ impl From<AuditRow> for AuditView {
                 _ => None,
             }
         });
+        let details = view::clip(&a.details_plain_first(), 600);
         Self {
             id: a.id,
             at: view::when(a.at),
@@ -132,7 +133,7 @@ impl From<AuditRow> for AuditView {
             target: view::shown(&a.target),
             href,
             reason: view::shown(&a.reason.unwrap_or_default()),
-            details: view::clip(&a.details.to_string(), 600),
+            details,
         }
     }
 }

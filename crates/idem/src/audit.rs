@@ -74,46 +74,8 @@ fn audit_list(rows: &[AuditRow]) -> comfy_table::Table {
             a.action.clone(),
             a.target.clone(),
             a.reason.clone().unwrap_or_default(),
-            clip(&scalars_first(&a.details), 100),
+            clip(&a.details_plain_first(), 100),
         ]));
     }
     t
-}
-
-/// `details` as JSON with an object's plain values before its nested ones:
-/// the clipped column then shows what a bulk action did (`retried`,
-/// `status`) rather than the start of its cursor and filter.
-fn scalars_first(details: &serde_json::Value) -> String {
-    let Some(map) = details.as_object() else {
-        return details.to_string();
-    };
-    let nested = |v: &serde_json::Value| v.is_object() || v.is_array();
-    let fields: Vec<String> = map
-        .iter()
-        .filter(|(_, v)| !nested(v))
-        .chain(map.iter().filter(|(_, v)| nested(v)))
-        .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str())))
-        .collect();
-    format!("{{{}}}", fields.join(","))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::scalars_first;
-
-    #[test]
-    fn plain_values_come_before_nested_ones_and_the_json_stays_equal() {
-        let details = serde_json::json!({
-            "batch": 500, "cursor": {"id": 3}, "filter": {"account": "a\"b"},
-            "retried": 3, "status": "done", "tags": [1]
-        });
-        let shown = scalars_first(&details);
-        assert!(
-            shown.starts_with(r#"{"batch":500,"retried":3,"status":"done","cursor":"#),
-            "{shown}"
-        );
-        let back: serde_json::Value = serde_json::from_str(&shown).expect("valid JSON");
-        assert_eq!(back, details);
-        assert_eq!(scalars_first(&serde_json::json!("x")), r#""x""#);
-    }
 }

@@ -51,7 +51,7 @@ impl Drop for Scratch {
     }
 }
 
-/// This test process's owner token: `<pid>:<start time>` (the start time
+/// This process's owner token: `<pid>:<start time>` (the start time
 /// tells a reused pid apart).
 pub(crate) fn owner_token() -> String {
     let pid = std::process::id();
@@ -62,7 +62,7 @@ pub(crate) fn owner_token() -> String {
     format!("{pid}:{start}")
 }
 
-/// Whether the test process of an owner token is still running.
+/// Whether the process of an owner token is still running.
 fn owner_alive(token: &str) -> bool {
     let Some((pid, start)) = token.trim().split_once(':') else {
         return true; // not ours to judge
@@ -73,7 +73,7 @@ fn owner_alive(token: &str) -> bool {
     proc_stat(pid).is_some_and(|(state, _, s)| state != 'Z' && state != 'X' && s == start)
 }
 
-/// Once per test process: SIGKILL processes we started from test processes
+/// Once per process: SIGKILL servers started by owners
 /// that are gone (they died without running `Drop`) and remove their dirs.
 pub(crate) fn sweep_orphans() {
     static SWEEP: Once = Once::new();
@@ -91,7 +91,11 @@ pub(crate) fn sweep_orphans() {
                 && !owner_alive(&owner)
                 && is_alive(pid)
             {
-                tracing::warn!(pid, owner, "killing a leftover of a dead test process");
+                tracing::warn!(
+                    pid,
+                    owner,
+                    "killing a server whose owner died without stopping it"
+                );
                 kill_tree(pid);
             }
         }

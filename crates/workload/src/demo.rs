@@ -92,14 +92,6 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         seed: 42,
     };
     let messages = traffic::generate(&spec);
-    println!(
-        "idem demo: {} messages ({distinct} distinct, {duplicates} duplicates, {} conflicts, {} malformed), {} replicas",
-        messages.len(),
-        args.conflicts,
-        args.malformed,
-        args.replicas
-    );
-
     // Dropped last: the private servers outlive the replicas using them.
     let servers =
         servers::DemoServers::find_or_start(&args.database_url, &args.broker.amqp_url).await?;
@@ -110,6 +102,14 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         },
         ..args
     };
+    println!(
+        "idem demo: {} messages ({distinct} distinct, {duplicates} duplicates, {} conflicts, {} malformed), {} replicas",
+        messages.len(),
+        args.conflicts,
+        args.malformed,
+        args.replicas
+    );
+
     let pool = fresh_database(&args.database_url).await?;
     fresh_queue(&args.broker.amqp_url, &args.queue).await?;
 

@@ -174,7 +174,7 @@ async fn python_producer(env: &TestEnv, queue: &str, args: &[&str]) -> (bool, St
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !stderr.contains("No module named 'pika'"),
-        "the Python example needs pika: python3 -m pip install pika (.ci/run does)"
+        "the Python example needs pika: python3 -m pip install pika, or apt-get install python3-pika (scripts/test does)"
     );
     (
         out.status.success(),

@@ -14,19 +14,14 @@ fn closed_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// The directory a demo line names after `prefix`, up to the next `;` or `)`.
+/// The directory a demo line names after `prefix`, up to the next `;`.
 fn named_dir(text: &str, prefix: &str) -> String {
     let line = text
         .lines()
         .find(|l| l.contains(prefix))
         .unwrap_or_else(|| panic!("no line with {prefix:?} in:\n{text}"));
     let start = line.find(prefix).unwrap() + prefix.len();
-    line[start..]
-        .split([';', ')'])
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned()
+    line[start..].split(';').next().unwrap().trim().to_owned()
 }
 
 /// Invariant: with nothing answering at its (local) database and broker
@@ -40,10 +35,18 @@ async fn the_demo_starts_private_servers_when_the_local_ones_do_not_answer() {
     let database_url = format!("postgres://postgres@127.0.0.1:{pg}/idem_demo");
     let amqp_url = format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f");
     let (status, text) = output(
-        idem(&["demo", "--messages", "300", "--replicas", "2"])
-            .env("IDEM_DEMO_DATABASE_URL", &database_url)
-            .env("IDEM_AMQP_URL", &amqp_url)
-            .env("RUST_LOG", "warn"),
+        servers_from_env(&mut idem(&[
+            "demo",
+            "--messages",
+            "300",
+            "--replicas",
+            "2",
+            "--timeout-secs",
+            "90",
+        ]))
+        .env("IDEM_DEMO_DATABASE_URL", &database_url)
+        .env("IDEM_AMQP_URL", &amqp_url)
+        .env("RUST_LOG", "warn"),
     )
     .await;
     assert!(status.success(), "{text}");
@@ -66,41 +69,69 @@ async fn the_demo_starts_private_servers_when_the_local_ones_do_not_answer() {
         assert!(text.contains(figure), "{figure:?} in:\n{text}");
     }
     let data = named_dir(&text, "(data in ");
-    assert!(
-        data.contains("idem-pgcluster-") && !Path::new(&data).exists(),
-        "{data} removed:\n{text}"
-    );
+    let pg_dir = Path::new(&data).parent().unwrap().to_owned();
+    let rabbit_dir = named_dir(&text, "files in ");
+    for dir in [pg_dir.to_str().unwrap(), &rabbit_dir] {
+        assert!(
+            dir.contains("idem-pgcluster-") || dir.contains("idem-rabbitnode-"),
+            "{dir}"
+        );
+        assert!(!Path::new(dir).exists(), "{dir} removed:\n{text}");
+    }
+    for what in ["PostgreSQL at ", "RabbitMQ at "] {
+        let port = named_dir(&text, &format!("private {what}127.0.0.1:"));
+        let port: u16 = port.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the private {what}{port} is gone"
+        );
+    }
 }
 
-/// Invariant: without a server to start, the demo fails before anything
-/// runs, in one line that names the package to install and the setting to
-/// change instead.
+/// The server binaries the harness was told about, for the demo as well.
+fn servers_from_env(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for var in ["IDEM_PG_BINDIR", "IDEM_RABBITMQ_SBIN"] {
+        if let Some(value) = std::env::var_os(var) {
+            cmd.env(var, value);
+        }
+    }
+    cmd
+}
+
+/// Invariant: without servers to start, the demo fails before anything
+/// runs, in one line that names every package to install and the settings
+/// to change instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_servers_installed_the_demo_says_what_to_install() {
     let empty = tempdir();
-    let pg = closed_port();
-    let (status, text) = output(
-        idem(&["demo", "--messages", "100"])
-            .env(
-                "IDEM_DEMO_DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:{pg}/idem_demo"),
-            )
-            .env("IDEM_PG_BINDIR", &empty)
-            .env("RUST_LOG", "warn"),
+    let (pg, amqp) = (closed_port(), closed_port());
+    let mut cmd = idem(&["demo", "--messages", "100"]);
+    cmd.env(
+        "IDEM_DEMO_DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{pg}/idem_demo"),
     )
-    .await;
-    assert!(!status.success(), "{text}");
-    let error = text
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("an error line in:\n{text}"));
-    assert!(
-        error.contains(&format!("PostgreSQL does not answer at 127.0.0.1:{pg}"))
-            && error.contains("apt-get install postgresql")
-            && error.contains("--database-url"),
-        "{error}"
-    );
-    assert!(!text.contains("published"), "nothing ran:\n{text}");
+    .env(
+        "IDEM_AMQP_URL",
+        format!("amqp://guest:guest@127.0.0.1:{amqp}/%2f"),
+    )
+    .env("IDEM_PG_BINDIR", &empty)
+    .env("IDEM_RABBITMQ_SBIN", &empty)
+    .env("RUST_LOG", "warn");
+    let out = cmd.output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nothing ran: {out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    for part in [
+        format!("PostgreSQL does not answer at 127.0.0.1:{pg}"),
+        format!("RabbitMQ does not answer at 127.0.0.1:{amqp}"),
+        "apt-get install postgresql rabbitmq-server".to_owned(),
+        "IDEM_PG_BINDIR names no server there".to_owned(),
+        "--database-url and --amqp-url".to_owned(),
+    ] {
+        assert!(lines[0].contains(&part), "{part:?} in {stderr}");
+    }
     std::fs::remove_dir(&empty).unwrap();
 }
 
@@ -109,4 +140,30 @@ fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("idem-t-empty-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&dir).unwrap();
     dir
+}
+
+/// Invariant: the demo's private cluster (a superuser on a free port) lets
+/// in over TCP only who has its password, and its socket dir only its own
+/// user: no other user of the machine reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demos_private_cluster_needs_its_password() {
+    use sqlx::Connection;
+    use std::os::unix::fs::PermissionsExt;
+
+    let _ticket = gate::shared().await;
+    let cluster = idem_tests::pg::PgCluster::start_with_password()
+        .await
+        .unwrap();
+    let with = sqlx::PgConnection::connect(&cluster.url("postgres"))
+        .await
+        .expect("the URL's password lets in");
+    with.close().await.unwrap();
+    let bare = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port());
+    match sqlx::PgConnection::connect(&bare).await {
+        Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some("28P01"), "{e}"),
+        other => panic!("a login without the password: {other:?}"),
+    }
+    let dir = cluster.data_dir().parent().unwrap().to_owned();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{} is {mode:o}", dir.display());
 }

@@ -385,6 +385,7 @@ fn the_data_path_reads_left_to_right() {
                 "hdrhistogram",
                 "indicatif",
                 "idem-simulator",
+                "idem-servers",
             ],
         ),
         ("idem-retention", &["idem-daemon", "clap"]),

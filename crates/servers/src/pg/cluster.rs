@@ -1,9 +1,10 @@
-//! [`PgCluster`]: a private PostgreSQL cluster a test may stop, restart and
-//! crash without touching the shared service on 5432: its own `initdb`'d
-//! cluster in a scratch dir, on its own TCP port and Unix socket dir, run as
+//! [`PgCluster`]: a private PostgreSQL cluster its owner (a test, the
+//! demo) may stop, restart and crash without touching the shared service on
+//! 5432: its own `initdb`'d cluster in a scratch dir, on its own TCP port and Unix socket dir, run as
 //! the `postgres` user when we are root.
 
 use std::fs::{self, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,10 +22,13 @@ use crate::child::{
 };
 use crate::scratch::{OWNER_ENV, PG_PREFIX, Scratch, owner_token, sweep_orphans};
 
-/// A private PostgreSQL cluster (same major version as the shared one), on
-/// `127.0.0.1:<port()>`, user `postgres`, trust authentication.
+/// A private PostgreSQL cluster (the newest installed version, or
+/// `IDEM_PG_BINDIR`'s), on `127.0.0.1:<port()>`, user `postgres`: trust
+/// authentication ([`PgCluster::start`], for the suites), or a random
+/// password on TCP and a socket dir only its owner may enter
+/// ([`PgCluster::start_with_password`], for a machine with other users).
 ///
-/// `fsync=off` (a test cluster; a process crash keeps the OS page cache, so
+/// `fsync=off` (throw-away data; a process crash keeps the OS page cache, so
 /// committed data survives [`PgCluster::kill_hard`]), `synchronous_commit` on.
 /// All methods take `&self`, so a fault injector can hold it in an `Arc`.
 pub struct PgCluster {
@@ -35,6 +39,8 @@ pub struct PgCluster {
     /// `(uid, gid)` to run as: PostgreSQL refuses to run as root, so when we
     /// are root the server runs as the `postgres` user (who owns the dir).
     run_as: Option<(u32, u32)>,
+    /// The superuser's password on TCP, if it needs one.
+    password: Option<String>,
     /// The running postmaster (our direct child); `None` while stopped.
     postmaster: Mutex<Option<Child>>,
     /// Scratch dir: `data/`, the Unix socket, `postgres.log`; removed on drop
@@ -43,19 +49,48 @@ pub struct PgCluster {
 }
 
 impl PgCluster {
-    /// `initdb` a fresh cluster in a scratch dir and start it on a free port.
+    /// `initdb` a fresh cluster in a scratch dir and start it on a free port,
+    /// trusting every local connection.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_as(None).await
+    }
+
+    /// [`PgCluster::start`] with a random password for TCP logins (in
+    /// [`PgCluster::url`]) and the Unix socket in a dir only the server's
+    /// user may enter: a superuser on a free port is code execution for
+    /// whoever reaches it (`COPY ... TO PROGRAM`), so no other user of the
+    /// machine may.
+    pub async fn start_with_password() -> anyhow::Result<Self> {
+        Self::start_as(Some(uuid::Uuid::new_v4().simple().to_string())).await
+    }
+
+    async fn start_as(password: Option<String>) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let cluster = Self::unstarted()?;
+        let mut cluster = Self::unstarted()?;
         let data = cluster.data_dir();
-        let output = tokio::process::Command::from(cluster.command("initdb"))
+        let mut initdb = tokio::process::Command::from(cluster.command("initdb"));
+        initdb
             .arg("-D")
             .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"])
-            .args(["--locale=C", "--no-sync"])
-            .output()
-            .await
-            .context("running initdb")?;
+            .args(["-U", "postgres", "-E", "UTF8"])
+            .args(["--locale=C", "--no-sync"]);
+        if let Some(password) = &password {
+            fs::set_permissions(&cluster.dir.path, fs::Permissions::from_mode(0o700))
+                .context("closing the cluster's dir to other users")?;
+            let file = cluster.dir.path.join("pwfile");
+            fs::write(&file, password).context("writing the password file")?;
+            if let Some((uid, gid)) = cluster.run_as {
+                std::os::unix::fs::chown(&file, Some(uid), Some(gid))
+                    .context("chown the password file to postgres")?;
+            }
+            initdb
+                .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+                .arg(format!("--pwfile={}", file.display()));
+        } else {
+            initdb.args(["-A", "trust"]);
+        }
+        cluster.password = password;
+        let output = initdb.output().await.context("running initdb")?;
         if !output.status.success() {
             bail!(
                 "initdb failed ({}): {}",
@@ -99,14 +134,20 @@ impl PgCluster {
             bindir,
             port: free_port()?,
             run_as,
+            password: None,
             postmaster: Mutex::new(None),
             dir,
         })
     }
 
-    /// URL of database `db` (as user `postgres`, over TCP).
+    /// URL of database `db` (as user `postgres`, over TCP; with the
+    /// password when it has one).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        let password = self
+            .password
+            .as_ref()
+            .map_or_else(String::new, |p| format!(":{p}"));
+        format!("postgres://postgres{password}@127.0.0.1:{}/{db}", self.port)
     }
 
     /// The TCP port (on 127.0.0.1).
@@ -227,7 +268,11 @@ impl PgCluster {
             .args(["-c", "fsync=off"])
             .args(["-c", "max_connections=200"])
             .stdout(log.try_clone()?)
-            .stderr(log);
+            .stderr(log)
+            // A group of its own: a terminal's ctrl-c (SIGINT is a fast
+            // shutdown to postgres) reaches its owner, which stops it in
+            // order, not the server behind its back.
+            .process_group(0);
         let child = command.spawn().context("spawning postgres")?;
         *self
             .postmaster

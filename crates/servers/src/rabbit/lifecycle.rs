@@ -1,7 +1,7 @@
 //! Stopping, starting, crashing and commanding a [`RabbitNode`].
 
 use std::fs::OpenOptions;
-
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
@@ -178,6 +178,9 @@ impl RabbitNode {
             .command("rabbitmq-server")
             .stdout(log.try_clone()?)
             .stderr(log)
+            // A group of its own: a terminal's ctrl-c reaches its owner,
+            // which stops it in order, not the node behind its back.
+            .process_group(0)
             .spawn()
             .context("spawning rabbitmq-server")?;
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);

@@ -1,7 +1,7 @@
-//! [`RabbitNode`]: a private RabbitMQ node a test may stop, restart and
-//! crash without touching the shared broker on 5672 — how it is configured
-//! and booted, and where to reach it. Stopping and starting it is in
-//! `lifecycle`.
+//! [`RabbitNode`]: a private RabbitMQ node its owner (a test, the demo)
+//! may stop, restart and crash without touching the shared broker on 5672 —
+//! how it is configured and booted, and where to reach it. Stopping and
+//! starting it is in `lifecycle`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -198,6 +198,11 @@ impl RabbitNode {
     /// The Erlang node name (for `rabbitmqctl -n`).
     pub fn node_name(&self) -> &str {
         &self.node
+    }
+
+    /// The node's scratch dir (config, mnesia, logs; removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
     }
 
     /// The node's log file.

@@ -24,6 +24,25 @@ pub struct AuditRow {
     pub details: serde_json::Value,
 }
 
+impl AuditRow {
+    /// `details` as JSON with an object's plain values before its nested
+    /// ones: a clipped rendering then shows what a bulk action did
+    /// (`retried`, `status`) rather than the start of its cursor and filter.
+    pub fn details_plain_first(&self) -> String {
+        let Some(map) = self.details.as_object() else {
+            return self.details.to_string();
+        };
+        let nested = |v: &serde_json::Value| v.is_object() || v.is_array();
+        let fields: Vec<String> = map
+            .iter()
+            .filter(|(_, v)| !nested(v))
+            .chain(map.iter().filter(|(_, v)| nested(v)))
+            .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str())))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+}
+
 /// The audit records of `target`, oldest first.
 pub async fn audit_of(conn: &mut PgConnection, target: &str) -> Result<Vec<AuditRow>, sqlx::Error> {
     sqlx::query_as(
@@ -83,4 +102,37 @@ pub(super) async fn update_details(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuditRow;
+
+    fn row(details: serde_json::Value) -> AuditRow {
+        AuditRow {
+            id: 1,
+            at: chrono::Utc::now(),
+            actor: "a".into(),
+            action: "outbox.retry_bulk".into(),
+            target: "outbox".into(),
+            reason: None,
+            details,
+        }
+    }
+
+    #[test]
+    fn plain_values_come_before_nested_ones_and_the_json_stays_equal() {
+        let details = serde_json::json!({
+            "batch": 500, "cursor": {"id": 3}, "filter": {"account": "a\"b"},
+            "retried": 3, "status": "done", "tags": [1]
+        });
+        let shown = row(details.clone()).details_plain_first();
+        assert!(
+            shown.starts_with(r#"{"batch":500,"retried":3,"status":"done","cursor":"#),
+            "{shown}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&shown).expect("valid JSON");
+        assert_eq!(back, details);
+        assert_eq!(row(serde_json::json!("x")).details_plain_first(), r#""x""#);
+    }
 }

@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 /// What to do when either binary is missing: CI installs them, so a machine
 /// without them fails loudly instead of skipping the browser suite.
 pub(super) const INSTALL: &str = "the browser suite needs Chromium and its WebDriver: \
-     install chromium chromium-driver (`apt-get install -y chromium chromium-driver`; .ci/run does it as root)";
+     install chromium chromium-driver (`apt-get install -y chromium chromium-driver`; scripts/test does it as root)";
 
 /// How long chromedriver may take to answer `/status` on a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,5 +1,5 @@
 //! The browser suite: pages driven in a real headless Chromium through
-//! WebDriver (Debian's `chromium` and `chromium-driver`; `.ci/run` installs
+//! WebDriver (Debian's `chromium` and `chromium-driver`; `scripts/test` installs
 //! them). Each test starts its own `chromedriver` on a free 127.0.0.1 port
 //! and one session with a fixed window; a machine without the two programs
 //! fails here with the line that says what to install, never skips.
