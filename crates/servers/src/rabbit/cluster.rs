@@ -1,6 +1,8 @@
 //! [`RabbitCluster`]: private [`RabbitNode`]s joined into one RabbitMQ
-//! cluster (`rabbitmqctl join_cluster`), for tests that stop the node leading
-//! a quorum queue while idem and its producers keep going.
+//! cluster (each joins node 0 as it boots, by classic peer discovery: the
+//! effect of `rabbitmqctl join_cluster` without a stop and start of the
+//! app), for tests that stop the node leading a quorum queue while idem and
+//! its producers keep going.
 
 use std::time::{Duration, Instant};
 
