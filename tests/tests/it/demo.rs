@@ -78,14 +78,33 @@ async fn the_demo_starts_private_servers_when_the_local_ones_do_not_answer() {
         );
         assert!(!Path::new(dir).exists(), "{dir} removed:\n{text}");
     }
-    for what in ["PostgreSQL at ", "RabbitMQ at "] {
-        let port = named_dir(&text, &format!("private {what}127.0.0.1:"));
-        let port: u16 = port.split_whitespace().next().unwrap().parse().unwrap();
-        assert!(
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-            "the private {what}{port} is gone"
-        );
+    // Their processes, by what only they carry on their command lines (a
+    // port could be some other server's again by now).
+    let node = named_dir(&text, "(node ");
+    let node = node.split(',').next().unwrap().to_owned();
+    for mark in [pg_dir.to_str().unwrap(), node.as_str()] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !processes_naming(mark).is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let left = processes_naming(mark);
+        assert!(left.is_empty(), "processes of {mark} left: {left:?}");
     }
+}
+
+/// The command lines of running processes that contain `mark`.
+fn processes_naming(mark: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(mark) {
+            found.push(cmdline);
+        }
+    }
+    found
 }
 
 /// The server binaries the harness was told about, for the demo as well.

@@ -115,10 +115,14 @@ impl Uninstalled {
         } else {
             format!(" ({})", variables.join(", "))
         };
+        let (none, it) = if all.len() == 1 {
+            ("no server is installed to start a private one", "it")
+        } else {
+            ("no servers are installed to start private ones", "them")
+        };
         format!(
-            "{}, and no server is installed to start a private one{fix_variables}: install {} (Debian/Ubuntu: apt-get install {}), or set {}",
+            "{}; {none}{fix_variables}: install {it} (Debian/Ubuntu: apt-get install {}), or set {}",
             why.join("; "),
-            if all.len() == 1 { "it" } else { "them" },
             packages.join(" "),
             if all.len() == 1 && all[0].package == "postgresql" {
                 "--database-url"
