@@ -87,7 +87,14 @@ pub(crate) fn sweep_orphans() {
                 .split(|&b| b == 0)
                 .find_map(|var| var.strip_prefix(marker.as_bytes()))
                 .map(|token| String::from_utf8_lossy(token).into_owned());
+            // An epmd that a node of ours started (`epmd -daemon`, detached
+            // from its tree) carries the owner too, but every Erlang node on
+            // the machine may have registered with it since: never ours to
+            // end.
+            let epmd = fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "epmd");
             if let Some(owner) = owner
+                && !epmd
                 && !owner_alive(&owner)
                 && is_alive(pid)
             {

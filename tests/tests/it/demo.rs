@@ -163,9 +163,10 @@ fn tempdir() -> std::path::PathBuf {
 
 /// Invariant: the demo's private cluster (a superuser on a free port) lets
 /// in over TCP only who has its password, and its socket dir only its own
-/// user: no other user of the machine reaches it.
+/// user; its private node lets in only its own random user, not `guest`: no
+/// other user of the machine reaches either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demos_private_cluster_needs_its_password() {
+async fn the_demos_private_servers_need_their_passwords() {
     use sqlx::Connection;
     use std::os::unix::fs::PermissionsExt;
 
@@ -185,4 +186,17 @@ async fn the_demos_private_cluster_needs_its_password() {
     let dir = cluster.data_dir().parent().unwrap().to_owned();
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "{} is {mode:o}", dir.display());
+
+    let node = idem_tests::rabbit::RabbitNode::start_with_password()
+        .await
+        .unwrap();
+    let url = node.amqp_url();
+    assert!(!url.contains("guest"), "{url}");
+    let connection = idem_inbox::connect_amqp(&url)
+        .await
+        .expect("the URL's user lets in");
+    let _ = connection.close(200, "done".into()).await;
+    let guest = format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port());
+    let refused = lapin::Connection::connect(&guest, lapin::ConnectionProperties::default()).await;
+    assert!(refused.is_err(), "guest is refused");
 }

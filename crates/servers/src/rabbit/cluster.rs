@@ -25,14 +25,17 @@ impl RabbitCluster {
     pub async fn start(n: usize) -> anyhow::Result<Self> {
         let started = Instant::now();
         let cookie = new_cookie();
-        let seed = RabbitNode::boot(false, Some(&cookie), None).await?;
+        let seed = RabbitNode::boot(false, Some(&cookie), None, None).await?;
         let seed_name = seed.node_name().to_owned();
         let mut boots = tokio::task::JoinSet::new();
         for i in 1..n {
             let (cookie, seed) = (cookie.clone(), seed_name.clone());
-            boots.spawn(
-                async move { (i, RabbitNode::boot(false, Some(&cookie), Some(&seed)).await) },
-            );
+            boots.spawn(async move {
+                (
+                    i,
+                    RabbitNode::boot(false, Some(&cookie), Some(&seed), None).await,
+                )
+            });
         }
         let mut nodes = Vec::new();
         while let Some(booted) = boots.join_next().await {

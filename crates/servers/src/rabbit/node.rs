@@ -44,6 +44,8 @@ pub struct RabbitNode {
     /// RabbitMQ's own scripts dir (not the Debian `/usr/sbin` wrappers, which
     /// `su` to the `rabbitmq` user and drop our environment's `HOME`).
     pub(super) sbin: PathBuf,
+    /// The AMQP user and password (`guest` unless started with a password).
+    pub(super) login: (String, String),
     /// The running `rabbitmq-server` script (our child; the VM is its child).
     pub(super) server: Mutex<Option<Child>>,
     /// Scratch dir: config, cookie, mnesia, logs; removed on drop (declared
@@ -53,24 +55,38 @@ pub struct RabbitNode {
 
 impl RabbitNode {
     /// Configure and boot a fresh node; returns once AMQP connections succeed.
+    /// Its user is `guest`, which RabbitMQ lets in from loopback only.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::boot(false, None, None).await
+        Self::boot(false, None, None, None).await
+    }
+
+    /// [`RabbitNode::start`] with a user and password of its own, random, in
+    /// place of `guest` (in [`RabbitNode::amqp_url`]): no other user of the
+    /// machine can publish to it or read from it.
+    pub async fn start_with_password() -> anyhow::Result<Self> {
+        let login = (
+            format!("idem-{}", &Uuid::new_v4().simple().to_string()[..8]),
+            Uuid::new_v4().simple().to_string(),
+        );
+        Self::boot(false, None, None, Some(login)).await
     }
 
     /// [`RabbitNode::start`] with a TLS listener as well: a CA and a server
     /// certificate (`localhost`, `127.0.0.1`) are made with `openssl` in the
     /// node's dir. Returns once plain and TLS AMQP connections both succeed.
     pub async fn start_with_tls() -> anyhow::Result<Self> {
-        Self::boot(true, None, None).await
+        Self::boot(true, None, None, None).await
     }
 
     /// Configure and boot a fresh node, with a TLS listener if `tls`, with
     /// Erlang cookie `cookie` (nodes of one cluster share theirs) or a new
-    /// one, joining the cluster of node `seed` as it boots if given.
+    /// one, joining the cluster of node `seed` as it boots if given, its
+    /// user `login` (name, password) or `guest`.
     pub(super) async fn boot(
         tls: bool,
         cookie: Option<&str>,
         seed: Option<&str>,
+        login: Option<(String, String)>,
     ) -> anyhow::Result<Self> {
         sweep_orphans();
         let started = Instant::now();
@@ -114,6 +130,11 @@ impl RabbitNode {
                  cluster_formation.classic_config.nodes.1 = {seed}\n"
             ));
         }
+        if let Some((user, password)) = &login {
+            config.push_str(&format!(
+                "default_user = {user}\ndefault_pass = {password}\n"
+            ));
+        }
         fs::write(path.join("rabbitmq.conf"), config)?;
         fs::write(path.join("rabbitmq-env.conf"), "")?;
         let cookie_path = path.join(".erlang.cookie");
@@ -126,6 +147,7 @@ impl RabbitNode {
             tls_port,
             dist_port,
             sbin,
+            login: login.unwrap_or_else(|| ("guest".to_owned(), "guest".to_owned())),
             server: Mutex::new(None),
             dir,
         };
@@ -143,9 +165,11 @@ impl RabbitNode {
         Ok(rabbit)
     }
 
-    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    /// `amqp://<user>:<password>@127.0.0.1:<port>/%2f` (`guest:guest`
+    /// unless started with a password).
     pub fn amqp_url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+        let (user, password) = &self.login;
+        format!("amqp://{user}:{password}@127.0.0.1:{}/%2f", self.amqp_port)
     }
 
     /// The AMQP port (on 127.0.0.1).
@@ -163,8 +187,10 @@ impl RabbitNode {
     /// server certificate; `guest` may log in from loopback), for a node
     /// started with [`RabbitNode::start_with_tls`].
     pub fn amqps_url(&self) -> Option<String> {
-        self.tls_port
-            .map(|port| format!("amqps://guest:guest@localhost:{port}/%2f"))
+        self.tls_port.map(|port| {
+            let (user, password) = &self.login;
+            format!("amqps://{user}:{password}@localhost:{port}/%2f")
+        })
     }
 
     /// The PEM file of the CA that signed the TLS listener's certificate

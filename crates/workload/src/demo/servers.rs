@@ -205,7 +205,7 @@ async fn start_postgres(why: &str) -> anyhow::Result<PgCluster> {
 
 async fn start_rabbit(why: &str) -> anyhow::Result<RabbitNode> {
     println!("{why}: starting a private node");
-    let node = RabbitNode::start()
+    let node = RabbitNode::start_with_password()
         .await
         .context("starting a private RabbitMQ node")?;
     println!(
