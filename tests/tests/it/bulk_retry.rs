@@ -311,6 +311,10 @@ async fn a_refusal_window_is_retried_by_filter_as_one_audited_action() {
 /// committed batches retried, and those rows pending — never a row changed
 /// without its count, nor a count without its row; the same command run
 /// again takes exactly the rest, under an audit row of its own.
+///
+/// The cut comes once the first batch has committed; on a loaded machine
+/// the next batch may commit too before the cut is polled (every read of it
+/// already answered), so the test holds the counts to each other, not to 7.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_cut_between_batches_is_recorded_as_far_as_it_got() {
     let env = TestEnv::new(Faults::default()).await;
@@ -319,7 +323,7 @@ async fn a_run_cut_between_batches_is_recorded_as_far_as_it_got() {
                              state, settled_at, last_error)
          SELECT 'default', 'cut-' || g, gen_random_uuid(), 'acc_cut_' || g, 100, 'EUR', 'dead',
                 now() - make_interval(secs => g), 'gave up after 12 attempts (never charged): 401'
-         FROM generate_series(1, 20) g",
+         FROM generate_series(1, 70) g",
     )
     .execute(&env.pool)
     .await
@@ -350,19 +354,25 @@ async fn a_run_cut_between_batches_is_recorded_as_far_as_it_got() {
     let rows = audit(&env).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].4["status"], "running");
-    assert_eq!(rows[0].4["retried"], 7);
-    assert_eq!(ids_in(&env, OutboxState::Pending).await.len(), 7);
+    let first = rows[0].4["retried"].as_i64().expect("a count");
+    assert!(
+        (7..70).contains(&first) && first % 7 == 0,
+        "whole batches, cut before the end: {first}"
+    );
+    let pending = i64::try_from(ids_in(&env, OutboxState::Pending).await.len()).unwrap();
+    assert_eq!(pending, first, "the rows its count says, no more, no fewer");
 
     let mut conn = env.pool.acquire().await.unwrap();
     let done = admin::retry_matching(&mut conn, &filter, &action, 7, |_| {})
         .await
         .unwrap();
-    assert_eq!((done.retried, done.batches), (13, 2));
-    assert_eq!(ids_in(&env, OutboxState::Pending).await.len(), 20);
+    let rest = 70 - first;
+    assert_eq!((done.retried, done.batches), (rest, (rest + 6) / 7));
+    assert_eq!(ids_in(&env, OutboxState::Pending).await.len(), 70);
     let rows = audit(&env).await;
     assert_eq!(
         (rows[1].4["retried"].as_i64(), rows[1].4["status"].as_str()),
-        (Some(13), Some("done"))
+        (Some(rest), Some("done"))
     );
     drop(conn);
     env.cleanup().await;
