@@ -46,17 +46,12 @@ impl DemoServers {
         if let Some(why) = &pg_why
             && let Err(e) = pg::server_binaries()
         {
-            uninstalled.push(Uninstalled::new(why, e, "postgresql", "IDEM_PG_BINDIR"));
+            uninstalled.push(Uninstalled::new(why, e, POSTGRES));
         }
         if let Some(why) = &rabbit_why
             && let Err(e) = rabbit::server_scripts()
         {
-            uninstalled.push(Uninstalled::new(
-                why,
-                e,
-                "rabbitmq-server",
-                "IDEM_RABBITMQ_SBIN",
-            ));
+            uninstalled.push(Uninstalled::new(why, e, RABBITMQ));
         }
         if !uninstalled.is_empty() {
             bail!("{}", Uninstalled::line(&uninstalled));
@@ -84,20 +79,29 @@ impl DemoServers {
     }
 }
 
+/// A server's package, the demo's setting for another one, and the variable
+/// that names its binaries elsewhere.
+type Server = (&'static str, &'static str, &'static str);
+const POSTGRES: Server = ("postgresql", "--database-url", "IDEM_PG_BINDIR");
+const RABBITMQ: Server = ("rabbitmq-server", "--amqp-url", "IDEM_RABBITMQ_SBIN");
+
 /// A server the demo needs, cannot reach, and cannot start.
 struct Uninstalled {
     why: String,
     package: &'static str,
+    /// The demo's setting that points it at another server instead.
+    setting: &'static str,
     /// The variable that named binaries which are not there, if one did.
     variable: Option<&'static str>,
 }
 
 impl Uninstalled {
-    fn new(why: &str, error: anyhow::Error, package: &'static str, variable: &'static str) -> Self {
+    fn new(why: &str, error: anyhow::Error, (package, setting, variable): Server) -> Self {
         let named = std::env::var_os(variable).is_some() && format!("{error:#}").contains(variable);
         Self {
             why: why.to_owned(),
             package,
+            setting,
             variable: named.then_some(variable),
         }
     }
@@ -106,6 +110,7 @@ impl Uninstalled {
     fn line(all: &[Self]) -> String {
         let why: Vec<&str> = all.iter().map(|u| u.why.as_str()).collect();
         let packages: Vec<&str> = all.iter().map(|u| u.package).collect();
+        let settings: Vec<&str> = all.iter().map(|u| u.setting).collect();
         let variables: Vec<String> = all
             .iter()
             .filter_map(|u| u.variable.map(|v| format!("{v} names no server there")))
@@ -124,13 +129,7 @@ impl Uninstalled {
             "{}; {none}{fix_variables}: install {it} (Debian/Ubuntu: apt-get install {}), or set {}",
             why.join("; "),
             packages.join(" "),
-            if all.len() == 1 && all[0].package == "postgresql" {
-                "--database-url"
-            } else if all.len() == 1 {
-                "--amqp-url"
-            } else {
-                "--database-url and --amqp-url"
-            },
+            settings.join(" and "),
         )
     }
 }
@@ -262,27 +261,16 @@ mod tests {
 
     #[tokio::test]
     async fn only_loopback_hosts_are_local() {
-        assert!(
-            local_address(&url("amqp://h@127.0.0.1:1/"), 5672)
-                .await
-                .is_some()
-        );
-        assert!(
-            local_address(&url("amqp://localhost/"), 5672)
-                .await
-                .is_some()
-        );
-        assert!(local_address(&url("amqp://[::1]:7/"), 5672).await.is_some());
-        assert!(
-            local_address(&url("amqp://192.0.2.1/"), 5672)
-                .await
-                .is_none()
-        );
-        assert!(
-            local_address(&url("amqp://no-such-host.invalid/"), 5672)
-                .await
-                .is_none()
-        );
+        for (text, local) in [
+            ("amqp://h@127.0.0.1:1/", true),
+            ("amqp://localhost/", true),
+            ("amqp://[::1]:7/", true),
+            ("amqp://192.0.2.1/", false),
+            ("amqp://no-such-host.invalid/", false),
+        ] {
+            let found = local_address(&url(text), 5672).await;
+            assert_eq!(found.is_some(), local, "{text}");
+        }
     }
 
     /// A list with a remote node, an `amqps` node or a node that answers is
@@ -316,11 +304,13 @@ mod tests {
             Uninstalled {
                 why: "PostgreSQL does not answer at 127.0.0.1:5432".into(),
                 package: "postgresql",
+                setting: "--database-url",
                 variable: None,
             },
             Uninstalled {
                 why: "RabbitMQ does not answer at 127.0.0.1:5672".into(),
                 package: "rabbitmq-server",
+                setting: "--amqp-url",
                 variable: Some("IDEM_RABBITMQ_SBIN"),
             },
         ];
