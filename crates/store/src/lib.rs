@@ -22,6 +22,8 @@
 //! - `event`: result events to publish (written by the settle trigger, and
 //!   here for a duplicate of a settled charge); claim, delete once confirmed,
 //!   back off.
+//! - `explain`: the hot path's statements `EXPLAIN ANALYZE`d under the plan
+//!   a replica runs (generic or custom), and the rows a plan handled.
 //! - `inbox`: record a message's key once; tell new, duplicate and conflict apart.
 //! - `outage`: which database errors waiting fixes (start-up, held batches).
 //! - `outbox`: enqueue, settle fenced by the lease.
@@ -51,6 +53,7 @@ pub mod bench;
 pub mod claim;
 pub mod db;
 pub mod event;
+pub mod explain;
 pub mod inbox;
 pub mod outage;
 pub mod outbox;

@@ -57,15 +57,30 @@ fn settle_sql(chain: bool) -> String {
         ("", "", "false")
     };
     let settle = format!(
-        "WITH calls AS ({calls}), x AS (
-             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
-                                  $6::text[], $7::float8[], $8::bool[]{chain_column})
-                 AS x(id, token, kind, charge_id, result, error, delay, uncertain{chain_name})
-         ), locked AS (
-             -- Rows locked in id order, as the inbox's duplicates lock them
-             -- (`batch::on_duplicates`): two transactions over the same rows
-             -- then queue instead of deadlocking.
-             SELECT o.id FROM outbox o WHERE o.id IN (SELECT id FROM x) ORDER BY o.id FOR NO KEY UPDATE
+        "WITH calls AS ({calls}), locked AS (
+             -- The batch joined to its rows and locked in id order, as the
+             -- inbox's duplicates lock them (`batch::on_duplicates`): two
+             -- transactions over the same rows then queue instead of
+             -- deadlocking. The fence (still in flight, under the holder's
+             -- token) is checked in `x`, on the row's latest version (a CTE
+             -- that locks is never inlined, so no condition of `x` reaches
+             -- the scan below it), and each row carries its result: no
+             -- step of this statement then offers the planner anything but
+             -- a probe of `outbox_pkey` per result (or, for a table that
+             -- is small, one scan of it). docs/performance.md, The
+             -- settle's join: a generic plan guesses 10 rows for an
+             -- `unnest`, statistics may say no row is in flight, and a
+             -- join of the results against `outbox_lease` ran as a nested
+             -- loop over the batch per row in flight.
+             SELECT b.*, o.state AS held_state, o.lease_token AS held_token
+             FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],
+                         $6::text[], $7::float8[], $8::bool[]{chain_column})
+                  AS b(id, token, kind, charge_id, result, error, delay, uncertain{chain_name})
+             JOIN outbox o ON o.id = b.id
+             ORDER BY o.id
+             FOR NO KEY UPDATE OF o
+         ), x AS (
+             SELECT * FROM locked WHERE held_state = 'in_flight' AND held_token = token
          ), settled AS (
              UPDATE outbox o SET
                  state = (CASE x.kind
@@ -83,8 +98,8 @@ fn settle_sql(chain: bool) -> String {
                  next_attempt_at = CASE WHEN x.kind = 'retry' THEN now() + make_interval(secs => x.delay)
                                         ELSE o.next_attempt_at END,
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-             FROM x JOIN locked l ON l.id = x.id
-             WHERE o.id = x.id AND o.lease_token = x.token AND o.state = 'in_flight'
+             FROM x
+             WHERE o.id = x.id
              RETURNING o.id, o.account_id, {chains} AS chains
          )",
         calls = attempt::insert_sql(9),
@@ -106,17 +121,25 @@ fn settle_sql(chain: bool) -> String {
                    AND o.state IN ('pending', 'in_flight', 'unknown')
                  ORDER BY o.id LIMIT 1) h
              WHERE s.chains
-         ), next AS (
-             SELECT o.id, o.account_id, gen_random_uuid() AS token FROM outbox o
-             WHERE o.id IN (SELECT id FROM heads)
-               AND o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now()
+         ), ahead AS (
+             -- Each head carries its settled row along (as `locked` carries
+             -- the results), locked before it is judged due in `next`, as
+             -- the fence is judged in `x`: the only way into `outbox` is its
+             -- primary key, never `outbox_due`'s walk over the backlog. A
+             -- head that is not due stays locked until the commit, a few
+             -- milliseconds.
+             SELECT o.id, o.account_id, o.state, o.next_attempt_at, h.settled_id
+             FROM heads h JOIN outbox o ON o.id = h.id
              ORDER BY o.id
              FOR UPDATE OF o SKIP LOCKED
+         ), next AS (
+             SELECT a.id, a.account_id, a.settled_id, gen_random_uuid() AS token FROM ahead a
+             WHERE a.state IN ('pending', 'unknown') AND a.next_attempt_at <= now()
          ), moved AS (
              UPDATE account_slot sl SET outbox_id = n.id, claimed_at = now()
-             FROM next n JOIN heads h ON h.id = n.id
-             WHERE sl.account_id = n.account_id AND sl.outbox_id = h.settled_id
-             RETURNING sl.outbox_id AS id, h.settled_id, n.token
+             FROM next n
+             WHERE sl.account_id = n.account_id AND sl.outbox_id = n.settled_id
+             RETURNING sl.outbox_id AS id, n.settled_id, n.token
          ), freed AS (
              DELETE FROM account_slot sl USING settled s
              WHERE sl.account_id = s.account_id AND sl.outbox_id = s.id
@@ -132,9 +155,18 @@ fn settle_sql(chain: bool) -> String {
                        o.account_id, o.amount, o.currency, o.attempts, o.uncertain_since,
                        o.traceparent
          )
-         SELECT s.id AS settled_id, c.id, c.lease_token, c.scope, c.message_id, c.reference_id,
+         -- A row each: settled alone, or settled and chained. Not a join of
+         -- the two CTEs, which a generic plan would run as a nested loop.
+         SELECT s.id AS settled_id, NULL::bigint AS id, NULL::uuid AS lease_token,
+                NULL::text AS scope, NULL::text AS message_id, NULL::uuid AS reference_id,
+                NULL::text AS account_id, NULL::int8 AS amount, NULL::text AS currency,
+                NULL::int4 AS attempts, NULL::timestamptz AS uncertain_since,
+                NULL::text AS traceparent
+         FROM settled s WHERE s.id NOT IN (SELECT settled_id FROM chained)
+         UNION ALL
+         SELECT c.settled_id, c.id, c.lease_token, c.scope, c.message_id, c.reference_id,
                 c.account_id, c.amount, c.currency, c.attempts, c.uncertain_since, c.traceparent
-         FROM settled s LEFT JOIN chained c ON c.settled_id = s.id"
+         FROM chained c"
 }
 
 /// Chaining for [`settle_and_chain`]: the lease of the next heads, and the
@@ -209,15 +241,10 @@ pub async fn settle_many(
     replica: &str,
     calls: &[NewAttempt],
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let (cols, history) = columns(batch, calls, false);
-    let ids: Vec<(i64,)> = bind_settle(
-        sqlx::query_as(SETTLE_PLAIN.as_str()),
-        cols,
-        replica,
-        history,
-    )
-    .fetch_all(conn)
-    .await?;
+    let (sql, _) = statement(false);
+    let ids: Vec<(i64,)> = bind(sqlx::query_as(sql), batch, replica, calls, None)
+        .fetch_all(conn)
+        .await?;
     Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
@@ -238,42 +265,42 @@ pub async fn settle_and_chain(
             .map(|id| Settled { id, next: None })
             .collect());
     };
-    let (mut cols, history) = columns(batch, calls, true);
-    let chains = std::mem::take(&mut cols.chain);
-    let rows: Vec<Row> = bind_settle(
-        sqlx::query_as(SETTLE_CHAINED.as_str()),
-        cols,
-        replica,
-        history,
-    )
-    .bind(chains)
-    .bind(chain.lease.as_secs_f64())
-    .bind(chain.lock)
-    .fetch_all(conn)
-    .await?;
+    let (sql, _) = statement(true);
+    let rows: Vec<Row> = bind(sqlx::query_as(sql), batch, replica, calls, Some(chain))
+        .fetch_all(conn)
+        .await?;
     Ok(rows.into_iter().map(Row::settled).collect())
 }
 
-/// The batch and its calls as one array per column.
-fn columns(batch: &[Fenced<'_>], calls: &[NewAttempt], chain: bool) -> (Columns, attempt::Columns) {
-    let mut cols = Columns::default();
-    for f in batch {
-        cols.push(f, chain);
+/// The group settle's SQL, chained or not, and how many parameters it takes
+/// (for `crate::explain`, which `PREPARE`s it).
+pub(crate) fn statement(chained: bool) -> (&'static str, usize) {
+    if chained {
+        (SETTLE_CHAINED.as_str(), 19)
+    } else {
+        (SETTLE_PLAIN.as_str(), 16)
     }
-    (cols, attempt::Columns::of(calls))
 }
 
-/// Bind parameters 1..16, shared by both statements. Column by column, one
-/// array each; `SET` reads the row's old values, as the single-row
-/// statements do. Final states are written with the trigger of the result
-/// events firing per row, as for single settles.
-fn bind_settle<'q, O>(
+/// Bind every parameter of [`statement`]`(chain.is_some())`: the batch
+/// column by column, one array each, the calls, and the chain's. `SET` reads
+/// the row's old values, as the single-row statements do. Final states are
+/// written with the trigger of the result events firing per row, as for
+/// single settles.
+pub(crate) fn bind<'q, O>(
     query: QueryAs<'q, Postgres, O, PgArguments>,
-    cols: Columns,
+    batch: &[Fenced<'_>],
     replica: &'q str,
-    history: attempt::Columns,
+    calls: &[NewAttempt],
+    chain: Option<Chain>,
 ) -> QueryAs<'q, Postgres, O, PgArguments> {
-    query
+    let mut cols = Columns::default();
+    for f in batch {
+        cols.push(f, chain.is_some());
+    }
+    let history = attempt::Columns::of(calls);
+    let chains = std::mem::take(&mut cols.chain);
+    let query = query
         .bind(cols.id)
         .bind(cols.token)
         .bind(cols.kind)
@@ -289,7 +316,14 @@ fn bind_settle<'q, O>(
         .bind(history.latency_ms)
         .bind(history.http_status)
         .bind(history.error)
-        .bind(history.provider_id)
+        .bind(history.provider_id);
+    match chain {
+        None => query,
+        Some(chain) => query
+            .bind(chains)
+            .bind(chain.lease.as_secs_f64())
+            .bind(chain.lock),
+    }
 }
 
 /// The batch as one array per column.

@@ -7,6 +7,7 @@
 //! ## Layout
 //! - `pipeline`, `batch`, `ordering`, `settle`: the data path, message to charge.
 //! - `skew`: the per-account claim over backlogs on few accounts: cost, plans, fairness.
+//! - `plans`: the group settle's work grows as its batch under generic and custom plans.
 //! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
 //! - `outages`: a database that refuses writes, a replica started during an outage.
 //! - `failover`: a killed primary, a promoted synchronous standby, a multi-host URL.
@@ -70,6 +71,7 @@ mod ordering;
 mod outages;
 mod pages;
 mod pipeline;
+mod plans;
 mod production_size;
 mod provider_refusals;
 mod queue_type;

@@ -13,7 +13,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 const LEASE: Duration = Duration::from_secs(30);
 
 /// A fresh, migrated database.
-async fn database(tag: &str) -> (String, PgPool) {
+pub(crate) async fn database(tag: &str) -> (String, PgPool) {
     let name = format!("idem_t_skew_{tag}_{}", uuid::Uuid::new_v4().simple());
     let pool = pg::scratch_database(&name, 4).await.unwrap();
     (name, pool)
@@ -22,7 +22,7 @@ async fn database(tag: &str) -> (String, PgPool) {
 /// `rows` pending rows over `accounts` accounts (`acc_<i % accounts>`), oldest
 /// first, plus `history` settled ones; vacuumed and analyzed, as autovacuum
 /// leaves a table.
-async fn load(pool: &PgPool, rows: i64, accounts: i64, history: i64) {
+pub(crate) async fn load(pool: &PgPool, rows: i64, accounts: i64, history: i64) {
     sqlx::query(
         "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency)
          SELECT 'skew', 'skew-' || g, md5('skew-' || g)::uuid, 'acc_' || (g % $2), 100, 'EUR'

@@ -104,7 +104,7 @@ async fn measure(
     );
     let settled = Arc::new(AtomicUsize::new(0));
     let events_done = Arc::new(AtomicUsize::new(0));
-    let before = watch.sample(&scratch.database());
+    let before = watch.sample(&scratch.database(), scratch.upkeep_pid());
     let started = Instant::now();
     let mut loops = JoinSet::new();
     let replicas = args.replicas.max(1);
@@ -139,7 +139,7 @@ async fn measure(
     })
     .await?;
     let elapsed = started.elapsed();
-    let after = watch.sample(&scratch.database());
+    let after = watch.sample(&scratch.database(), scratch.upkeep_pid());
     progress.finish();
     Ok(CeilingReport {
         sizes_of: cfg.name.clone(),

@@ -235,7 +235,7 @@ async fn timed_round(
     let settled = Arc::new(AtomicUsize::new(0));
     let claims = Arc::new(AtomicUsize::new(0));
     let vacuum = scratch.vacuum_every(Duration::from_millis(args.vacuum_ms));
-    let before = watch.sample(&scratch.database());
+    let before = watch.sample(&scratch.database(), scratch.upkeep_pid());
     let started = Instant::now();
     let mut loops = JoinSet::new();
     for r in 0..args.replicas.max(1) {
@@ -254,7 +254,7 @@ async fn timed_round(
     })
     .await?;
     let secs = started.elapsed().as_secs_f64();
-    let after = watch.sample(&scratch.database());
+    let after = watch.sample(&scratch.database(), scratch.upkeep_pid());
     vacuum.cancel();
     progress.finish();
     let rows = settled.load(Ordering::Relaxed);

@@ -43,6 +43,9 @@ pub struct Sample {
     postgres: Option<f64>,
     /// The RabbitMQ node (None: not found on this machine).
     rabbitmq: Option<f64>,
+    /// Of PostgreSQL's, the server process of the bench's emulated
+    /// autovacuum (None: none given, or not local).
+    upkeep: Option<f64>,
 }
 
 /// The processes to watch.
@@ -76,8 +79,8 @@ impl Watch {
     }
 
     /// CPU seconds so far; PostgreSQL's for `database` (and the server's
-    /// background processes).
-    pub fn sample(&self, database: &str) -> Sample {
+    /// background processes), and of those the server process `upkeep`'s.
+    pub fn sample(&self, database: &str, upkeep: Option<i32>) -> Sample {
         let secs = |ticks: u64| ticks as f64 / self.ticks;
         let (mut simulator, mut publisher) = (0, 0);
         for (name, ticks) in threads() {
@@ -96,6 +99,10 @@ impl Watch {
                 .postgres
                 .map(|pid| secs(tree_ticks(pid, Some(database)))),
             rabbitmq: self.rabbitmq.map(|pid| secs(tree_ticks(pid, None))),
+            upkeep: self
+                .postgres
+                .and(upkeep)
+                .and_then(|pid| stat(&pid.to_string()).map(|s| secs(s.utime + s.stime))),
         }
     }
 }
@@ -107,6 +114,10 @@ pub struct PerMessage {
     pub idem_us: f64,
     /// The PostgreSQL server, all processes.
     pub postgres_us: Option<f64>,
+    /// Of `postgres_us`, the bench's emulated autovacuum (`VACUUM`,
+    /// `ANALYZE`): what a real autovacuum would spend depends on its
+    /// settings (docs/performance.md, "Upkeep").
+    pub postgres_upkeep_us: Option<f64>,
     /// The RabbitMQ node.
     pub rabbitmq_us: Option<f64>,
     /// idem + PostgreSQL + RabbitMQ: the pipeline's cost.
@@ -127,9 +138,12 @@ impl PerMessage {
         let diff = |a: Option<f64>, b: Option<f64>| Some(per(a? - b?));
         let postgres_us = diff(after.postgres, before.postgres);
         let rabbitmq_us = diff(after.rabbitmq, before.rabbitmq);
+        // A vacuum connection that began after `before` began at zero.
+        let postgres_upkeep_us = after.upkeep.map(|a| per(a - before.upkeep.unwrap_or(0.0)));
         Self {
             idem_us: idem,
             postgres_us,
+            postgres_upkeep_us,
             rabbitmq_us,
             pipeline_us: idem + postgres_us.unwrap_or(0.0) + rabbitmq_us.unwrap_or(0.0),
             simulator_us: per(simulator),
@@ -331,7 +345,7 @@ mod tests {
             x = x.wrapping_mul(31).wrapping_add(i);
         }
         assert!(x != 1);
-        let s = watch.sample("none");
+        let s = watch.sample("none", None);
         assert!(s.process >= 0.0);
         assert_eq!(s.postgres, None);
     }

@@ -74,7 +74,7 @@ async fn measure(
     let mut conn = scratch.pool.acquire().await?;
     let wal_before = idem_store::bench::wal_position(&mut conn).await?;
     drop(conn);
-    let before = watch.sample(&scratch.database());
+    let before = watch.sample(&scratch.database(), scratch.upkeep_pid());
     let started = Instant::now();
     let pool = Arc::new(scratch.pool.clone());
     let mut loops = JoinSet::new();
@@ -86,7 +86,7 @@ async fn measure(
         done??;
     }
     let elapsed = started.elapsed();
-    let after = watch.sample(&scratch.database());
+    let after = watch.sample(&scratch.database(), scratch.upkeep_pid());
     let mut conn = scratch.pool.acquire().await?;
     let wal_after = idem_store::bench::wal_position(&mut conn).await?;
     let settled: i64 = sqlx::query_scalar("SELECT count(*) FROM least.outbox WHERE state = 2")

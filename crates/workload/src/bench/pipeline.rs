@@ -332,7 +332,7 @@ async fn measure(
         .build()
         .context("starting the publisher's runtime")?;
 
-    let before = watch.sample(&scratch.database());
+    let before = watch.sample(&scratch.database(), scratch.upkeep_pid());
     let started = Instant::now();
     let mut publisher = runtime.spawn(publish_all(
         scratch.amqp_url.clone(),
@@ -376,7 +376,7 @@ async fn measure(
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
-    let after = watch.sample(&scratch.database());
+    let after = watch.sample(&scratch.database(), scratch.upkeep_pid());
     let elapsed = started.elapsed();
     progress.finish();
     let (publish_secs, stamps) = match publish_result {

@@ -256,6 +256,9 @@ fn pipeline_table(configs: &[&PipelineReport]) -> String {
         format!("{:.1}", c.cpu.idem_us)
     });
     row("CPU µs/msg PostgreSQL", &|c| opt(c.cpu.postgres_us));
+    row("  of which upkeep (vacuum, analyze)", &|c| {
+        opt(c.cpu.postgres_upkeep_us)
+    });
     row("CPU µs/msg RabbitMQ", &|c| opt(c.cpu.rabbitmq_us));
     row("CPU µs/msg idem+PostgreSQL+RabbitMQ", &|c| {
         format!("{:.1}", c.cpu.pipeline_us)

@@ -3,6 +3,8 @@
 //! and a fresh queue, and the provider simulator on a runtime of its own.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,6 +31,9 @@ pub struct Scratch {
     pub amqp_url: String,
     /// Whether the queue was declared (and is to be deleted).
     declared: bool,
+    /// The server process of the emulated autovacuum's connection, once it
+    /// has one (0: none yet): its CPU is reported apart ([`Self::upkeep_pid`]).
+    upkeep_pid: Arc<AtomicI32>,
 }
 
 impl Scratch {
@@ -55,6 +60,7 @@ impl Scratch {
             queue,
             amqp_url: amqp_url.to_owned(),
             declared: declare,
+            upkeep_pid: Arc::new(AtomicI32::new(0)),
         })
     }
 
@@ -74,25 +80,47 @@ impl Scratch {
             return stop;
         }
         let (pool, token) = (self.pool.clone(), stop.clone());
+        let upkeep_pid = self.upkeep_pid.clone();
         tokio::spawn(async move {
+            // One connection for the whole run, so that one server process
+            // does all of the upkeep and its CPU can be told apart from the
+            // pipeline's; a new one (and pid) only after an error.
+            let mut held: Option<sqlx::pool::PoolConnection<sqlx::Postgres>> = None;
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
                 let vacuumed = async {
-                    let mut conn = pool.acquire().await?;
-                    for due in idem_store::bench::due_for_upkeep(&mut conn).await? {
-                        idem_store::bench::upkeep(&mut conn, &due).await?;
+                    if held.is_none() {
+                        let mut conn = pool.acquire().await?;
+                        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        upkeep_pid.store(pid, Ordering::Relaxed);
+                        held = Some(conn);
+                    }
+                    let Some(conn) = held.as_mut() else {
+                        return Ok(());
+                    };
+                    for due in idem_store::bench::due_for_upkeep(conn).await? {
+                        idem_store::bench::upkeep(conn, &due).await?;
                     }
                     Ok::<_, sqlx::Error>(())
                 };
                 if let Err(e) = vacuumed.await {
                     tracing::warn!(error = %e, "bench vacuum failed");
+                    held = None;
                 }
             }
         });
         stop
+    }
+
+    /// The server process doing the emulated autovacuum's work, once it
+    /// started ([`Self::vacuum_every`]).
+    pub fn upkeep_pid(&self) -> Option<i32> {
+        Some(self.upkeep_pid.load(Ordering::Relaxed)).filter(|&pid| pid > 0)
     }
 
     /// Pre-load `rows` settled outbox rows (history), if any.

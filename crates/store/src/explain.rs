@@ -1,0 +1,124 @@
+//! The hot path's statements `EXPLAIN ANALYZE`d under the plan a replica
+//! really runs, and the work a plan did, counted in rows rather than time —
+//! for tests that hold a statement to O(batch) and for the bench's profile
+//! (docs/performance.md, "The settle's join").
+//!
+//! **Why generic plans.** sqlx prepares every statement on its connection;
+//! after five executions PostgreSQL may switch a prepared statement to a
+//! generic plan, one made without the parameters' values. For an `unnest` of
+//! an array parameter that plan guesses 10 rows, whatever the batch holds, so
+//! a join it thinks is 10 × 10 can be 512 × 512. A plain `EXPLAIN` with
+//! bound parameters plans with their values (a custom plan) and would not
+//! show it: the statement is `PREPARE`d here and run by `EXECUTE` under the
+//! plan cache mode asked for.
+
+use sqlx::PgConnection;
+
+use crate::attempt::NewAttempt;
+use crate::settle::{self, Chain, Fenced};
+
+/// Which plan [`settle`] is to run under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Planned without the parameters' values (`force_generic_plan`).
+    Generic,
+    /// Planned for these values (`force_custom_plan`).
+    Custom,
+}
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of the group settle of `batch`
+/// ([`settle::settle_and_chain`], chained when `chain` is given) under
+/// `plan`. The settle really runs: the caller runs this in a transaction it
+/// rolls back (the plan cache mode is set for that transaction only).
+pub async fn settle(
+    conn: &mut PgConnection,
+    plan: Plan,
+    batch: &[Fenced<'_>],
+    replica: &str,
+    calls: &[NewAttempt],
+    chain: Option<Chain>,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let mode = match plan {
+        Plan::Generic => "force_generic_plan",
+        Plan::Custom => "force_custom_plan",
+    };
+    sqlx::query(&format!("SET LOCAL plan_cache_mode = {mode}"))
+        .execute(&mut *conn)
+        .await?;
+    let (sql, params) = settle::statement(chain.is_some());
+    sqlx::raw_sql(&format!("PREPARE idem_explained AS {sql}"))
+        .execute(&mut *conn)
+        .await?;
+    // `EXECUTE` takes no bound parameters (it is a utility statement), so
+    // the values travel as text in settings of this transaction, each read
+    // back and cast to the type the `PREPARE` gave its parameter. A NULL
+    // goes as `\N`, which no array's text and no replica name is.
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(parameter_types)::text FROM pg_prepared_statements
+         WHERE name = 'idem_explained'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let stash: Vec<String> = (1..=params)
+        .map(|i| format!("set_config('idem.explain_{i}', coalesce(${i}::text, '\\N'), true)"))
+        .collect();
+    let stash = format!("SELECT num_nonnulls({})", stash.join(", "));
+    settle::bind(
+        sqlx::query_as::<_, (i32,)>(&stash),
+        batch,
+        replica,
+        calls,
+        chain,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let args: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(
+                "nullif(current_setting('idem.explain_{}'), '\\N')::{t}",
+                i + 1
+            )
+        })
+        .collect();
+    let explain = format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE idem_explained({})",
+        args.join(", ")
+    );
+    let (plan,): (serde_json::Value,) = sqlx::query_as(&explain).fetch_one(&mut *conn).await?;
+    sqlx::raw_sql("DEALLOCATE idem_explained")
+        .execute(conn)
+        .await?;
+    Ok(plan)
+}
+
+/// The rows a plan (`EXPLAIN (ANALYZE, FORMAT JSON)`'s output) handled: over
+/// every node, its loops × (rows it returned + rows its filters removed).
+/// Time depends on the machine and its load; this does not, so a test can
+/// compare two batch sizes: linear work grows as the batch, a nested loop
+/// over the batch as its square. Trigger bodies are not in the plan.
+pub fn work(explained: &serde_json::Value) -> u64 {
+    fn node(n: &serde_json::Value) -> f64 {
+        let get = |k: &str| n.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        let own = get("Actual Loops")
+            * (get("Actual Rows")
+                + get("Rows Removed by Filter")
+                + get("Rows Removed by Join Filter")
+                + get("Rows Removed by Index Recheck"));
+        let children = n
+            .get("Plans")
+            .and_then(serde_json::Value::as_array)
+            .map_or(0.0, |plans| plans.iter().map(node).sum());
+        own + children
+    }
+    let total: f64 = explained
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|statement| statement.get("Plan"))
+        .map(node)
+        .sum();
+    // Rows are whole; loops × an average of rows per loop may not be.
+    total.round() as u64
+}
