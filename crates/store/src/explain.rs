@@ -1,5 +1,5 @@
-//! The hot path's statements `EXPLAIN ANALYZE`d under the plan a replica
-//! really runs, and the work a plan did, counted in rows rather than time —
+//! The hot path's batch statements (the group settle, the rescue of a dead
+//! holder's rows) `EXPLAIN ANALYZE`d under the plan a replica really runs, and the work a plan did, counted in rows rather than time —
 //! for tests that hold a statement to O(batch) and for the bench's profile
 //! (docs/performance.md, "The settle's join").
 //!
@@ -12,9 +12,13 @@
 //! show it: the statement is `PREPARE`d here and run by `EXECUTE` under the
 //! plan cache mode asked for.
 
+use std::time::Duration;
+
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::attempt::NewAttempt;
+use crate::rescue;
 use crate::settle::{self, Chain, Fenced};
 
 /// Which plan [`settle`] is to run under.
@@ -38,31 +42,9 @@ pub async fn settle(
     calls: &[NewAttempt],
     chain: Option<Chain>,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let mode = match plan {
-        Plan::Generic => "force_generic_plan",
-        Plan::Custom => "force_custom_plan",
-    };
-    sqlx::query(&format!("SET LOCAL plan_cache_mode = {mode}"))
-        .execute(&mut *conn)
-        .await?;
     let (sql, params) = settle::statement(chain.is_some());
-    sqlx::raw_sql(&format!("PREPARE idem_explained AS {sql}"))
-        .execute(&mut *conn)
-        .await?;
-    // `EXECUTE` takes no bound parameters (it is a utility statement), so
-    // the values travel as text in settings of this transaction, each read
-    // back and cast to the type the `PREPARE` gave its parameter. A NULL
-    // goes as `\N`, which no array's text and no replica name is.
-    let types: Vec<String> = sqlx::query_scalar(
-        "SELECT unnest(parameter_types)::text FROM pg_prepared_statements
-         WHERE name = 'idem_explained'",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let stash: Vec<String> = (1..=params)
-        .map(|i| format!("set_config('idem.explain_{i}', coalesce(${i}::text, '\\N'), true)"))
-        .collect();
-    let stash = format!("SELECT num_nonnulls({})", stash.join(", "));
+    let types = prepare(conn, plan, sql).await?;
+    let stash = stash_sql(params);
     settle::bind(
         sqlx::query_as::<_, (i32,)>(&stash),
         batch,
@@ -72,6 +54,71 @@ pub async fn settle(
     )
     .fetch_one(&mut *conn)
     .await?;
+    execute(conn, &types).await
+}
+
+/// The same of [`rescue::rescue_orphaned`] of `rows`.
+pub async fn rescue_orphaned(
+    conn: &mut PgConnection,
+    plan: Plan,
+    rows: &[(i64, Uuid)],
+) -> Result<serde_json::Value, sqlx::Error> {
+    let types = prepare(conn, plan, rescue::RESCUE_ORPHANED).await?;
+    let stash = stash_sql(types.len());
+    rescue::bind_orphaned(
+        sqlx::query_scalar::<_, i32>(&stash),
+        rows,
+        Duration::ZERO,
+        false,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    execute(conn, &types).await
+}
+
+/// Set the plan cache mode for the transaction and `PREPARE` `sql`; the
+/// types PostgreSQL gave its parameters.
+async fn prepare(
+    conn: &mut PgConnection,
+    plan: Plan,
+    sql: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mode = match plan {
+        Plan::Generic => "force_generic_plan",
+        Plan::Custom => "force_custom_plan",
+    };
+    sqlx::query(&format!("SET LOCAL plan_cache_mode = {mode}"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::raw_sql(&format!("PREPARE idem_explained AS {sql}"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_scalar(
+        "SELECT unnest(parameter_types)::text FROM pg_prepared_statements
+         WHERE name = 'idem_explained'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// `EXECUTE` takes no bound parameters (it is a utility statement), so the
+/// values travel as text in settings of the transaction: this statement,
+/// bound as the prepared one would be, stores them; [`execute`] reads each
+/// back and casts it to its parameter's type. A NULL goes as `\N`, which no
+/// array's text and no replica name is.
+fn stash_sql(params: usize) -> String {
+    let stash: Vec<String> = (1..=params)
+        .map(|i| format!("set_config('idem.explain_{i}', coalesce(${i}::text, '\\N'), true)"))
+        .collect();
+    format!("SELECT num_nonnulls({})", stash.join(", "))
+}
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE` the prepared statement with the
+/// stashed values, and deallocate it.
+async fn execute(
+    conn: &mut PgConnection,
+    types: &[String],
+) -> Result<serde_json::Value, sqlx::Error> {
     let args: Vec<String> = types
         .iter()
         .enumerate()

@@ -178,8 +178,9 @@ pub struct Stored {
 
 /// The state and stored result of the outbox row of a request, by its
 /// reference id (UUIDv5 of its key, UNIQUE): not by `(scope, message_id)`,
-/// so that no reader needs `outbox_key`, which a later release can drop
-/// (docs/performance.md, "Writes per message").
+/// so that `outbox_key` has one reader fewer; retention's inbox sweep
+/// (`retention::delete_inbox_keys`) is the last, and the index can go once
+/// it no longer is (docs/performance.md, "Writes per message").
 pub async fn state_of(
     conn: &mut PgConnection,
     reference_id: Uuid,

@@ -142,21 +142,53 @@ pub async fn rescue_orphaned(
     delay: Duration,
     after_lease: bool,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let (ids, tokens): (Vec<i64>, Vec<Uuid>) = rows.iter().copied().unzip();
-    sqlx::query_scalar(rescue!(
-        concat!("held AS MATERIALIZED (", held_locks!(), "), gone AS (SELECT * FROM unnest($1::bigint[], $3::uuid[]) AS g(id, token)),"),
-        "SELECT o.id FROM outbox o JOIN gone g ON g.id = o.id AND g.token = o.lease_token
-         WHERE o.state = 'in_flight' AND o.lease_lock IS NOT NULL
-           AND o.lease_lock_token = o.lease_token AND o.lease_lock NOT IN (SELECT key FROM held)
-         FOR UPDATE OF o SKIP LOCKED",
-        "'holder ' || coalesce(lease_owner, '?') || ' is gone (its database session ended)'",
-        "CASE WHEN $4 THEN greatest(now(), lease_expires_at) ELSE now() END + make_interval(secs => $2)",
-        "SELECT id FROM rescued"
-    ))
-    .bind(ids)
-    .bind(delay.as_secs_f64())
-    .bind(tokens)
-    .bind(after_lease)
+    bind_orphaned(
+        sqlx::query_scalar(RESCUE_ORPHANED),
+        rows,
+        delay,
+        after_lease,
+    )
     .fetch_all(conn)
     .await
+}
+
+/// [`rescue_orphaned`]'s statement. The rows are found by primary key once,
+/// in the CTE that locks them (materialized, so no condition below reaches
+/// that scan), and judged (still in flight under the same lease, its key
+/// held by nobody) on their locked versions after it: a condition on
+/// `state` beside the join would let the planner walk `outbox_lease` — every
+/// row in flight — and scan the batch once per row (docs/performance.md,
+/// "The settle's join"; `plans.rs`).
+pub(crate) const RESCUE_ORPHANED: &str = rescue!(
+    concat!(
+        "held AS MATERIALIZED (",
+        held_locks!(),
+        "), locked AS MATERIALIZED (
+             SELECT o.id, o.state, o.lease_token, o.lease_lock, o.lease_lock_token, g.token
+             FROM unnest($1::bigint[], $3::uuid[]) AS g(id, token)
+             JOIN outbox o ON o.id = g.id
+             FOR UPDATE OF o SKIP LOCKED
+         ),"
+    ),
+    "SELECT l.id FROM locked l
+     WHERE l.state = 'in_flight' AND l.lease_token = l.token AND l.lease_lock IS NOT NULL
+       AND l.lease_lock_token = l.lease_token AND l.lease_lock NOT IN (SELECT key FROM held)",
+    "'holder ' || coalesce(lease_owner, '?') || ' is gone (its database session ended)'",
+    "CASE WHEN $4 THEN greatest(now(), lease_expires_at) ELSE now() END + make_interval(secs => $2)",
+    "SELECT id FROM rescued"
+);
+
+/// Bind [`RESCUE_ORPHANED`]'s parameters.
+pub(crate) fn bind_orphaned<'q, O>(
+    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    rows: &[(i64, Uuid)],
+    delay: Duration,
+    after_lease: bool,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    let (ids, tokens): (Vec<i64>, Vec<Uuid>) = rows.iter().copied().unzip();
+    query
+        .bind(ids)
+        .bind(delay.as_secs_f64())
+        .bind(tokens)
+        .bind(after_lease)
 }

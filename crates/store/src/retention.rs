@@ -7,6 +7,14 @@
 //! duplicate of an old key, a dispatcher settling, or another replica's
 //! retention pass. The caller runs batches until one comes back short.
 //!
+//! **The two large deletes are planned every time** (not kept as prepared
+//! statements): a generic plan, which PostgreSQL may switch a prepared
+//! statement to after five runs, does not know `LIMIT $2`, guesses a tenth
+//! of the table and joins it by a hash over a sequential scan of all of
+//! `inbox` or `outbox` — O(table) per batch (measured on 200,000 rows:
+//! 404,192 rows handled to delete 32 keys). They run once per batch, so
+//! planning each run costs nothing that matters.
+//!
 //! Windows are measured by the database's clock (`now()`), the same clock that
 //! stamped the rows, so replica clock skew cannot shorten them.
 //!
@@ -81,6 +89,8 @@ pub async fn delete_inbox_keys(
          DELETE FROM inbox i USING doomed d
          WHERE i.scope = d.scope AND i.message_id = d.message_id",
     )
+    // Planned with its values every time (the module's doc).
+    .persistent(false)
     .bind(window.as_secs_f64())
     .bind(limit)
     .execute(conn)
@@ -124,6 +134,8 @@ pub async fn delete_settled_outbox(
          )
          SELECT count(*) FROM gone",
     )
+    // Planned with its values every time (the module's doc).
+    .persistent(false)
     .bind(window.as_secs_f64())
     .bind(limit)
     .fetch_one(conn)

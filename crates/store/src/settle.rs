@@ -57,14 +57,14 @@ fn settle_sql(chain: bool) -> String {
         ("", "", "false")
     };
     let settle = format!(
-        "WITH calls AS ({calls}), locked AS (
+        "WITH calls AS ({calls}), locked AS MATERIALIZED (
              -- The batch joined to its rows and locked in id order, as the
              -- inbox's duplicates lock them (`batch::on_duplicates`): two
              -- transactions over the same rows then queue instead of
              -- deadlocking. The fence (still in flight, under the holder's
-             -- token) is checked in `x`, on the row's latest version (a CTE
-             -- that locks is never inlined, so no condition of `x` reaches
-             -- the scan below it), and each row carries its result: no
+             -- token) is checked in `x`, on the row's latest version (the CTE
+             -- is materialized, so no condition of `x` reaches the scan
+             -- below the lock), and each row carries its result: no
              -- step of this statement then offers the planner anything but
              -- a probe of `outbox_pkey` per result (or, for a table that
              -- is small, one scan of it). docs/performance.md, The
@@ -121,7 +121,7 @@ fn settle_sql(chain: bool) -> String {
                    AND o.state IN ('pending', 'in_flight', 'unknown')
                  ORDER BY o.id LIMIT 1) h
              WHERE s.chains
-         ), ahead AS (
+         ), ahead AS MATERIALIZED (
              -- Each head carries its settled row along (as `locked` carries
              -- the results), locked before it is judged due in `next`, as
              -- the fence is judged in `x`: the only way into `outbox` is its

@@ -7,7 +7,7 @@
 //! ## Layout
 //! - `pipeline`, `batch`, `ordering`, `settle`: the data path, message to charge.
 //! - `skew`: the per-account claim over backlogs on few accounts: cost, plans, fairness.
-//! - `plans`: the group settle's work grows as its batch under generic and custom plans.
+//! - `plans`: the group settle and the rescue of a dead holder's rows grow as their batch, generic plan or custom.
 //! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
 //! - `outages`: a database that refuses writes, a replica started during an outage.
 //! - `failover`: a killed primary, a promoted synchronous standby, a multi-host URL.
