@@ -1,7 +1,8 @@
-//! The hot path's batch statements (the group settle, the rescue of a dead
-//! holder's rows) `EXPLAIN ANALYZE`d under the plan a replica really runs, and the work a plan did, counted in rows rather than time —
-//! for tests that hold a statement to O(batch) and for the bench's profile
-//! (docs/performance.md, "The settle's join").
+//! The dispatcher's batch statements (the group settle, the rescue of a dead
+//! holder's rows) `EXPLAIN ANALYZE`d under the plan a replica really runs,
+//! and the work a plan did, counted in rows rather than time: for the tests
+//! that hold a statement to O(batch) (docs/performance.md, "The settle's
+//! join").
 //!
 //! **Why generic plans.** sqlx prepares every statement on its connection;
 //! after five executions PostgreSQL may switch a prepared statement to a
@@ -21,7 +22,7 @@ use crate::attempt::NewAttempt;
 use crate::rescue;
 use crate::settle::{self, Chain, Fenced};
 
-/// Which plan [`settle`] is to run under.
+/// Which plan a statement is explained under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
     /// Planned without the parameters' values (`force_generic_plan`).
@@ -42,9 +43,8 @@ pub async fn settle(
     calls: &[NewAttempt],
     chain: Option<Chain>,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let (sql, params) = settle::statement(chain.is_some());
-    let types = prepare(conn, plan, sql).await?;
-    let stash = stash_sql(params);
+    let types = prepare(conn, plan, settle::statement(chain.is_some())).await?;
+    let stash = stash_sql(types.len());
     settle::bind(
         sqlx::query_as::<_, (i32,)>(&stash),
         batch,

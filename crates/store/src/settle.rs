@@ -241,10 +241,15 @@ pub async fn settle_many(
     replica: &str,
     calls: &[NewAttempt],
 ) -> Result<Vec<i64>, sqlx::Error> {
-    let (sql, _) = statement(false);
-    let ids: Vec<(i64,)> = bind(sqlx::query_as(sql), batch, replica, calls, None)
-        .fetch_all(conn)
-        .await?;
+    let ids: Vec<(i64,)> = bind(
+        sqlx::query_as(statement(false)),
+        batch,
+        replica,
+        calls,
+        None,
+    )
+    .fetch_all(conn)
+    .await?;
     Ok(ids.into_iter().map(|(id,)| id).collect())
 }
 
@@ -265,20 +270,24 @@ pub async fn settle_and_chain(
             .map(|id| Settled { id, next: None })
             .collect());
     };
-    let (sql, _) = statement(true);
-    let rows: Vec<Row> = bind(sqlx::query_as(sql), batch, replica, calls, Some(chain))
-        .fetch_all(conn)
-        .await?;
+    let rows: Vec<Row> = bind(
+        sqlx::query_as(statement(true)),
+        batch,
+        replica,
+        calls,
+        Some(chain),
+    )
+    .fetch_all(conn)
+    .await?;
     Ok(rows.into_iter().map(Row::settled).collect())
 }
 
-/// The group settle's SQL, chained or not, and how many parameters it takes
-/// (for `crate::explain`, which `PREPARE`s it).
-pub(crate) fn statement(chained: bool) -> (&'static str, usize) {
+/// The group settle's SQL, chained or not (also for `crate::explain`).
+pub(crate) fn statement(chained: bool) -> &'static str {
     if chained {
-        (SETTLE_CHAINED.as_str(), 19)
+        SETTLE_CHAINED.as_str()
     } else {
-        (SETTLE_PLAIN.as_str(), 16)
+        SETTLE_PLAIN.as_str()
     }
 }
 

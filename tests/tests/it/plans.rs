@@ -27,6 +27,33 @@ const LEASE: Duration = Duration::from_secs(30);
 /// flight × batch) passes.
 const PER_ROW: u64 = 64;
 
+/// A database of 200,000 settled rows and 1,024 pending ones over 512
+/// accounts (two per account: one in flight each after the claim, and a next
+/// head for a chained settle to lease), analyzed before the claim; and the
+/// 512 rows claimed, in id order.
+async fn in_flight(tag: &str) -> (String, PgPool, Vec<Claimed>) {
+    let (name, pool) = database(tag).await;
+    load(&pool, 1024, 512, 200_000).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let mut rows = claim::claim(&mut conn, tag, LEASE, 512, true)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(rows.len(), 512, "one row of each account in flight");
+    rows.sort_by_key(|r| r.id);
+    (name, pool, rows)
+}
+
+/// The work of 32 rows against 512: at most twice as much per row
+/// (linear: large ≈ 16 × small; quadratic: ≈ 256 ×), and at most
+/// [`PER_ROW`] per row.
+fn assert_linear(case: &str, small: u64, large: u64) {
+    assert!(
+        large <= 2 * 16 * small && small <= 32 * PER_ROW && large <= 512 * PER_ROW,
+        "{case}: 512 rows handled {large} rows, 32 handled {small}"
+    );
+}
+
 /// The work of settling `rows` as succeeded in one statement under `plan`,
 /// rolled back; and how many rows the statement settled.
 async fn settle_work(pool: &PgPool, plan: Plan, rows: &[Claimed], chain: bool) -> (u64, u64) {
@@ -87,17 +114,7 @@ async fn settle_work(pool: &PgPool, plan: Plan, rows: &[Claimed], chain: bool) -
 /// 512, and 18,944 against 1,184 chained, in every case.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_settles_work_grows_as_its_batch_under_every_plan() {
-    let (name, pool) = database("settle_plans").await;
-    // Two rows per account: one in flight per account, and a next head for
-    // the chained settle to lease.
-    load(&pool, 1024, 512, 200_000).await;
-    let mut conn = pool.acquire().await.unwrap();
-    let mut rows = claim::claim(&mut conn, "plans", LEASE, 512, true)
-        .await
-        .unwrap();
-    drop(conn);
-    assert_eq!(rows.len(), 512, "one row of each account in flight");
-    rows.sort_by_key(|r| r.id);
+    let (name, pool, rows) = in_flight("settle_plans").await;
     // Under statistics that say nothing is in flight (the table analyzed
     // before the claim), then under statistics that know the 512 leases.
     for stats in ["before the claim", "after the claim"] {
@@ -110,11 +127,7 @@ async fn the_settles_work_grows_as_its_batch_under_every_plan() {
                 let (large, settled_large) = settle_work(&pool, plan, &rows, chain).await;
                 let case = format!("{plan:?}, chain {chain}, analyzed {stats}");
                 assert_eq!((settled_small, settled_large), (32, 512), "{case}");
-                // Linear: large ≈ 16 × small; quadratic: ≈ 256 ×.
-                assert!(
-                    large <= 2 * 16 * small && small <= 32 * PER_ROW && large <= 512 * PER_ROW,
-                    "{case}: 512 results handled {large} rows, 32 handled {small}"
-                );
+                assert_linear(&case, small, large);
             }
         }
     }
@@ -133,24 +146,16 @@ async fn the_settles_work_grows_as_its_batch_under_every_plan() {
 /// 529,948 for 512; now 445 and 6,685.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rescue_of_a_dead_holders_rows_grows_as_its_batch() {
-    let (name, pool) = database("rescue_plans").await;
-    load(&pool, 1024, 512, 200_000).await;
-    let mut conn = pool.acquire().await.unwrap();
-    let rows = claim::claim(&mut conn, "gone", LEASE, 512, true)
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 512, "one row of each account in flight");
+    let (name, pool, rows) = in_flight("rescue_plans").await;
     // Their holder's liveness key: one no session holds.
     sqlx::query(
         "UPDATE outbox SET lease_lock = 4242, lease_lock_token = lease_token
          WHERE state = 'in_flight'",
     )
-    .execute(&mut *conn)
+    .execute(&pool)
     .await
     .unwrap();
-    drop(conn);
-    let mut rows: Vec<(i64, uuid::Uuid)> = rows.iter().map(|r| (r.id, r.lease_token)).collect();
-    rows.sort_unstable();
+    let rows: Vec<(i64, uuid::Uuid)> = rows.iter().map(|r| (r.id, r.lease_token)).collect();
     let work = |plan: Plan, rows: Vec<(i64, uuid::Uuid)>| {
         let pool = pool.clone();
         async move {
@@ -179,10 +184,7 @@ async fn the_rescue_of_a_dead_holders_rows_grows_as_its_batch() {
             let (large, rescued_large) = work(plan, rows.clone()).await;
             let case = format!("{plan:?}, analyzed {stats}");
             assert_eq!((rescued_small, rescued_large), (32, 512), "{case}");
-            assert!(
-                large <= 2 * 16 * small && small <= 32 * PER_ROW && large <= 512 * PER_ROW,
-                "{case}: 512 rows handled {large} rows, 32 handled {small}"
-            );
+            assert_linear(&case, small, large);
         }
     }
     pool.close().await;

@@ -92,16 +92,16 @@ impl Scratch {
                     _ = tokio::time::sleep(every) => {}
                 }
                 let vacuumed = async {
-                    if held.is_none() {
-                        let mut conn = pool.acquire().await?;
-                        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                            .fetch_one(&mut *conn)
-                            .await?;
-                        upkeep_pid.store(pid, Ordering::Relaxed);
-                        held = Some(conn);
-                    }
-                    let Some(conn) = held.as_mut() else {
-                        return Ok(());
+                    let conn = match held.as_mut() {
+                        Some(conn) => conn,
+                        None => {
+                            let mut conn = pool.acquire().await?;
+                            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                                .fetch_one(&mut *conn)
+                                .await?;
+                            upkeep_pid.store(pid, Ordering::Relaxed);
+                            held.insert(conn)
+                        }
                     };
                     for due in idem_store::bench::due_for_upkeep(conn).await? {
                         idem_store::bench::upkeep(conn, &due).await?;
