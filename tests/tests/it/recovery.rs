@@ -223,6 +223,99 @@ async fn only_a_current_lease_under_a_released_lock_is_orphaned() {
     env.cleanup().await;
 }
 
+/// Invariant: between the rescuer's search and its rescue a found row may
+/// change hands, and the rescue judges each row again under its lock: of a
+/// batch holding a row still orphaned, one claimed again under a new lease,
+/// one settled, one whose liveness key a live session holds now, and an id
+/// with no row, only the first is rescued (`unknown`, its lease and slot
+/// gone); the others keep exactly what they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescue_takes_only_what_is_still_orphaned_under_its_lock() {
+    use idem_store::OutboxState;
+    use idem_store::claim::{self, Holder};
+    use idem_store::rescue::{hold_liveness, rescue_orphaned};
+    use sqlx::Connection;
+
+    let env = TestEnv::new(Faults::default()).await;
+    sqlx::query(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency)
+         SELECT 'gone', 'gone-' || g, md5('gone-' || g)::uuid, 'acc_gone_' || g, 100, 'EUR'
+         FROM generate_series(1, 4) g",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let (dead_key, live_key) = (0x0dea_d000_0000_0001_i64, 0x0a11_fe00_0000_0002_i64);
+    let mut conn = env.pool.acquire().await.unwrap();
+    let lease = Holder {
+        owner: "gone",
+        lease: Duration::from_secs(30),
+        lock: Some(dead_key),
+    };
+    // Per account, so each row holds its account's slot.
+    let mut cursor = claim::AccountCursor::default();
+    let mut rows = claim::claim_as(&mut conn, &lease, 4, Some(&mut cursor))
+        .await
+        .unwrap();
+    rows.sort_by_key(|r| r.id);
+    assert_eq!(rows.len(), 4);
+    let [orphan, reclaimed, settled, revived] = [0, 1, 2, 3].map(|i| rows[i].id);
+    let new_token = uuid::Uuid::new_v4();
+    sqlx::query("UPDATE outbox SET lease_token = $2, lease_lock_token = $2 WHERE id = $1")
+        .bind(reclaimed)
+        .bind(new_token)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH s AS (UPDATE outbox SET state = 'succeeded', settled_at = now(), lease_token = NULL,
+                                      lease_expires_at = NULL, lease_owner = NULL
+                    WHERE id = $1 RETURNING id)
+         DELETE FROM account_slot WHERE outbox_id IN (SELECT id FROM s)",
+    )
+    .bind(settled)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let mut holder = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .unwrap();
+    assert!(hold_liveness(&mut holder, live_key).await.unwrap());
+    sqlx::query("UPDATE outbox SET lease_lock = $2 WHERE id = $1")
+        .bind(revived)
+        .bind(live_key)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut batch: Vec<(i64, uuid::Uuid)> = rows.iter().map(|r| (r.id, r.lease_token)).collect();
+    batch.push((i64::MAX, uuid::Uuid::new_v4()));
+
+    let rescued = rescue_orphaned(&mut conn, &batch, Duration::ZERO, false)
+        .await
+        .unwrap();
+    assert_eq!(rescued, [orphan]);
+    let states: Vec<(i64, OutboxState, Option<uuid::Uuid>, i64)> = sqlx::query_as(
+        "SELECT o.id, o.state, o.lease_token,
+                (SELECT count(*) FROM account_slot s WHERE s.outbox_id = o.id)
+         FROM outbox o ORDER BY o.id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        [
+            (orphan, OutboxState::Unknown, None, 0),
+            (reclaimed, OutboxState::InFlight, Some(new_token), 1),
+            (settled, OutboxState::Succeeded, None, 0),
+            (revived, OutboxState::InFlight, Some(rows[3].lease_token), 1),
+        ]
+    );
+    holder.close().await.unwrap();
+    drop(conn);
+    env.cleanup().await;
+}
+
 /// Invariant: the rescuer's search for rows of gone holders, which every
 /// replica runs every 750 ms, reads the rows in flight and not the history:
 /// over 200,000 settled rows (analyzed) and 5 in flight its plan enters
