@@ -191,7 +191,7 @@ pub async fn explain_claim(
         .await?
         .into_iter()
         .filter(|h| h.eligible)
-        .map(|h| h.id)
+        .filter_map(|h| h.id)
         .take(usize::try_from(limit).unwrap_or(0))
         .collect();
     lines.push("-- statement 2: lease the heads".to_owned());

@@ -8,21 +8,26 @@
 //!   (`account_slot`). Walking the due rows and asking each "is there an older
 //!   open row?" costs O(backlog) when the backlog sits on few accounts: 20,000
 //!   due rows on 5 busy accounts meant 20,000 probes for a claim that finds
-//!   nothing. So the claim walks **accounts**, not rows: a bounded skip scan of
-//!   `outbox_open_by_account` yields the next accounts with open work after a
-//!   cursor, and one probe per account finds its head. A claim reads
-//!   O(accounts walked) = O(batch + accounts in flight), whatever the backlog
-//!   and its shape (docs/performance.md, "Claims under skew").
+//!   nothing. So the claim walks **accounts**, not rows: the accounts with
+//!   open work after a cursor, in `account_head`'s key order, and for each one
+//!   descent of `outbox_open_by_account` from the account's floor (a lower
+//!   bound of its open ids, [`crate::heads`]) to its head. A claim reads
+//!   O(accounts walked) = O(batch + accounts in flight), whatever the backlog,
+//!   its shape and the charges settled on the same accounts before it (docs/performance.md, "Claims under skew").
 //!
 //! The cursor goes round the accounts (it wraps at the end), so every account
 //! with work is reached within a few claims, and a busy account cannot starve
-//! the others: accounts are served round-robin, each in outbox order.
+//! the others: accounts are served round-robin, each in outbox order. What a
+//! walk finds behind (a floor below its account's head, an account without
+//! open work whose row was left) it tells [`crate::heads::tidy`], in the same
+//! claim.
 
 use std::time::Duration;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::heads::{self, Behind};
 use crate::outbox::Claimed;
 
 /// Where a replica's walk over the accounts resumes: after the last account
@@ -144,6 +149,7 @@ pub async fn claim_as(
     let mut candidates = Vec::new();
     let started_at_first = cursor.after.is_empty();
     let walk = heads(conn, &cursor.after, bound, limit).await?;
+    let mut behind = left_behind(&walk);
     let end_reached = ran_off_the_end(&walk, bound, limit);
     cursor.after = advance(&walk, limit, end_reached, &mut candidates);
     cursor.cut_short = walk.len() as i64 >= bound && (candidates.len() as i64) < limit;
@@ -152,6 +158,7 @@ pub async fn claim_as(
     if end_reached && !started_at_first && (candidates.len() as i64) < limit {
         let rest = limit - candidates.len() as i64;
         let walk = heads(conn, "", bound, rest).await?;
+        behind.extend(left_behind(&walk));
         let end_reached = ran_off_the_end(&walk, bound, rest);
         let mut more = Vec::new();
         cursor.after = advance(&walk, rest, end_reached, &mut more);
@@ -159,6 +166,7 @@ pub async fn claim_as(
         more.retain(|id| !candidates.contains(id));
         candidates.extend(more);
     }
+    heads::tidy(conn, &behind).await?;
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
@@ -180,8 +188,8 @@ fn advance(walk: &[Head], limit: i64, end_reached: bool, candidates: &mut Vec<i6
         if candidates.len() as i64 >= limit {
             break;
         }
-        if head.eligible {
-            candidates.push(head.id);
+        if let (true, Some(id)) = (head.eligible, head.id) {
+            candidates.push(id);
             if candidates.len() as i64 >= limit {
                 return head.account_id.clone();
             }
@@ -193,21 +201,40 @@ fn advance(walk: &[Head], limit: i64, end_reached: bool, candidates: &mut Vec<i6
     }
 }
 
-/// An account with open work and its oldest open row.
+/// An account of `account_head` and its oldest open row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Head {
     /// The account.
     pub account_id: String,
-    /// Its oldest open (`pending`, `in_flight`, `unknown`) row.
-    pub id: i64,
+    /// Its oldest open (`pending`, `in_flight`, `unknown`) row; None: it has
+    /// none left (its row is to be deleted).
+    pub id: Option<i64>,
     /// Whether that row may be claimed now: not in flight, and due.
     pub eligible: bool,
+    /// The account's floor (a lower bound of its open ids) when walked.
+    pub floor: i64,
+    /// The account row's version when walked.
+    pub version: i64,
+}
+
+/// The accounts of `walk` whose row should be told what the walk found: a
+/// head above the floor, or no open row at all.
+fn left_behind(walk: &[Head]) -> Vec<Behind> {
+    walk.iter()
+        .filter(|h| h.id.is_none_or(|id| id > h.floor))
+        .map(|h| Behind {
+            account_id: h.account_id.clone(),
+            version: h.version,
+            head: h.id,
+        })
+        .collect()
 }
 
 /// Accounts with open work after `after`, in account order, each with its
 /// head: up to `bound` accounts, or fewer once `limit` heads are claimable.
-/// A recursive skip scan: each step is one descent of
-/// `outbox_open_by_account` to the next account, then one to its head.
+/// A recursive walk: each step is one descent of `account_head`'s primary
+/// key to the next account, then one of `outbox_open_by_account` from that
+/// account's floor to its head.
 pub async fn heads(
     conn: &mut PgConnection,
     after: &str,
@@ -271,36 +298,52 @@ const CLAIM: &str = concat!(
     lease_rows!("due")
 );
 
-/// The walk: each step descends `outbox_open_by_account` to the next
-/// account with open work, then to that account's head (oldest open row),
-/// and stops after `$2` accounts or `$3` claimable heads, whichever comes
-/// first (or at the last account). Both descents read only that index, whose
-/// entries are the open rows: settled history is not in it.
-const HEADS: &str = "WITH RECURSIVE walk(account_id, id, eligible, n, taken) AS (
-         (SELECT a.account_id, h.id, h.eligible, 1::bigint, h.eligible::int::bigint
-          FROM (SELECT o.account_id FROM outbox o
-                WHERE o.state IN ('pending', 'in_flight', 'unknown') AND o.account_id > $1
-                ORDER BY o.account_id LIMIT 1) a
-          CROSS JOIN LATERAL (
-              SELECT o.id, o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now() AS eligible
-              FROM outbox o
-              WHERE o.account_id = a.account_id AND o.state IN ('pending', 'in_flight', 'unknown')
-              ORDER BY o.id LIMIT 1) h)
+/// The head of the account in `h` (its oldest open row at or above its
+/// floor) and whether it is claimable, for the walk below.
+macro_rules! head_of {
+    ($h:literal) => {
+        concat!(
+            "LEFT JOIN LATERAL (
+                 SELECT o.id, o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now() AS eligible
+                 FROM outbox o
+                 WHERE o.account_id = ",
+            $h,
+            ".account_id AND o.id >= ",
+            $h,
+            ".floor
+                   AND o.state IN ('pending', 'in_flight', 'unknown')
+                 ORDER BY o.id LIMIT 1) hd ON true"
+        )
+    };
+}
+
+/// The walk: each step descends `account_head`'s primary key to the next
+/// account, then `outbox_open_by_account` from that account's floor to its
+/// head (oldest open row), and stops after `$2` accounts or `$3` claimable
+/// heads, whichever comes first (or at the last account). Neither descent
+/// meets settled rows: `account_head` holds the accounts with open work, and
+/// the entries of an account's settled rows lie below its floor.
+const HEADS: &str = concat!(
+    "WITH RECURSIVE walk(account_id, id, eligible, floor, version, n, taken) AS (
+         (SELECT a.account_id, hd.id, coalesce(hd.eligible, false), a.floor, a.version, 1::bigint,
+                 coalesce(hd.eligible, false)::int::bigint
+          FROM (SELECT account_id, floor, version FROM account_head
+                WHERE account_id > $1 ORDER BY account_id LIMIT 1) a ",
+    head_of!("a"),
+    ")
        UNION ALL
-         SELECT a.account_id, h.id, h.eligible, w.n + 1, w.taken + h.eligible::int
+         SELECT a.account_id, hd.id, coalesce(hd.eligible, false), a.floor, a.version, w.n + 1,
+                w.taken + coalesce(hd.eligible, false)::int
          FROM walk w
          CROSS JOIN LATERAL (
-             SELECT o.account_id FROM outbox o
-             WHERE o.state IN ('pending', 'in_flight', 'unknown') AND o.account_id > w.account_id
-             ORDER BY o.account_id LIMIT 1) a
-         CROSS JOIN LATERAL (
-             SELECT o.id, o.state IN ('pending', 'unknown') AND o.next_attempt_at <= now() AS eligible
-             FROM outbox o
-             WHERE o.account_id = a.account_id AND o.state IN ('pending', 'in_flight', 'unknown')
-             ORDER BY o.id LIMIT 1) h
+             SELECT account_id, floor, version FROM account_head
+             WHERE account_id > w.account_id ORDER BY account_id LIMIT 1) a ",
+    head_of!("a"),
+    "
          WHERE w.n < $2 AND w.taken < $3
      )
-     SELECT account_id, id, eligible FROM walk ORDER BY account_id";
+     SELECT account_id, id, eligible, floor, version FROM walk ORDER BY account_id"
+);
 
 /// The lease of walked heads. Under the row lock the row is checked again:
 /// still due, and still its account's oldest open row (an older one appears
@@ -312,7 +355,9 @@ const HEADS: &str = "WITH RECURSIVE walk(account_id, id, eligible, n, taken) AS 
 /// statistics say. Each head is fetched by its id alone, in a subquery the
 /// planner can neither flatten nor push a predicate into (`OFFSET 0`, and it
 /// locks), so the primary key is the only way in; and the head check is a
-/// scalar probe of `outbox_open_by_account` ordered by id, run once per head.
+/// scalar probe of `outbox_open_by_account` from the account's floor
+/// ([`crate::heads`]), run once per head (no floor, no lease: an account
+/// with open work always has one).
 /// The earlier form (`id = ANY($3) AND state IN … AND NOT EXISTS (older
 /// open row)`) was planned, under statistics taken while the queue was empty,
 /// as a scan of every due row filtered by the id list with a full scan of the
@@ -331,6 +376,8 @@ const LEASE_HEADS: &str = concat!(
          WHERE l.state IN ('pending', 'unknown') AND l.next_attempt_at <= now()
            AND l.id = (SELECT older.id FROM outbox older
                        WHERE older.account_id = l.account_id
+                         AND older.id >= (SELECT hd.floor FROM account_head hd
+                                          WHERE hd.account_id = l.account_id)
                          AND older.state IN ('pending', 'in_flight', 'unknown')
                        ORDER BY older.id LIMIT 1)
      ), slot AS (
@@ -349,9 +396,34 @@ mod tests {
     fn head(account: &str, id: i64, eligible: bool) -> Head {
         Head {
             account_id: account.to_owned(),
-            id,
+            id: Some(id),
             eligible,
+            floor: id,
+            version: 1,
         }
+    }
+
+    #[test]
+    fn a_walk_leaves_behind_floors_below_their_head_and_accounts_without_work() {
+        let lagging = Head {
+            floor: 3,
+            ..head("b", 7, true)
+        };
+        let empty = Head {
+            id: None,
+            eligible: false,
+            ..head("c", 9, false)
+        };
+        let walk = [head("a", 1, true), lagging, empty];
+        let behind: Vec<_> = left_behind(&walk)
+            .into_iter()
+            .map(|b| (b.account_id, b.head))
+            .collect();
+        assert_eq!(
+            behind,
+            [("b".to_owned(), Some(7)), ("c".to_owned(), None)],
+            "a head at its floor is not behind"
+        );
     }
 
     #[test]

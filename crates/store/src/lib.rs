@@ -24,6 +24,9 @@
 //!   back off.
 //! - `explain`: the hot path's statements `EXPLAIN ANALYZE`d under the plan
 //!   a replica runs (generic or custom), and the rows a plan handled.
+//! - `heads`: `account_head`, a lower bound of each account's open ids, so
+//!   that head lookups start at the head: what keeps it true, and the
+//!   claim's tidy of what a walk found behind.
 //! - `inbox`: record a message's key once; tell new, duplicate and conflict apart.
 //! - `outage`: which database errors waiting fixes (start-up, held batches).
 //! - `outbox`: enqueue, settle fenced by the lease.
@@ -54,6 +57,7 @@ pub mod claim;
 pub mod db;
 pub mod event;
 pub mod explain;
+pub mod heads;
 pub mod inbox;
 pub mod outage;
 pub mod outbox;

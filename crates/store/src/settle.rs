@@ -39,11 +39,43 @@ pub struct Fenced<'a> {
 /// to the account's next head and leases that row to the same replica, in
 /// the same statement — per-account ordering without a claim round trip
 /// between two charges of one account. The next head is the account's
-/// smallest open id but the settled row's (the statement's snapshot still
-/// shows the settled row in flight), due, not locked by anyone; the slot
+/// smallest open id but the settled row's, found from the account's floor
+/// ([`HEADS_MOVE_ON`]), due, not locked by anyone; the slot
 /// moves only from the row being settled, so "one in flight per account"
 /// holds as for a claim.
 static SETTLE_CHAINED: LazyLock<String> = LazyLock::new(|| settle_sql(true));
+
+/// The accounts whose rows the settle finished move on
+/// ([`crate::heads`]): each one's next open row, found from its floor (the
+/// statement's snapshot still shows the rows it settles as open, so they
+/// are left out by id), becomes its floor, or without one the account's
+/// row goes — where the row's `version` is still the one read with those
+/// rows, and no one else holds it (an insert batch of the account in
+/// progress changes the version anyway; the claim's tidy deals with what a
+/// skipped row lags behind). The chained settle's next heads are these
+/// `next` rows.
+const HEADS_MOVE_ON: &str = ", ended AS (
+             SELECT account_id, array_agg(id) AS ids FROM settled WHERE final GROUP BY account_id
+         ), floors AS (
+             SELECT e.account_id, h.version, n.id AS next
+             FROM ended e JOIN account_head h ON h.account_id = e.account_id
+             LEFT JOIN LATERAL (
+                 SELECT o.id FROM outbox o
+                 WHERE o.account_id = e.account_id AND o.id >= h.floor
+                   AND o.state IN ('pending', 'in_flight', 'unknown') AND o.id <> ALL (e.ids)
+                 ORDER BY o.id LIMIT 1) n ON true
+         ), held AS MATERIALIZED (
+             SELECT f.account_id, f.next
+             FROM floors f JOIN account_head h ON h.account_id = f.account_id AND h.version = f.version
+             ORDER BY f.account_id
+             FOR UPDATE OF h SKIP LOCKED
+         ), raised AS (
+             UPDATE account_head h SET floor = l.next FROM held l
+             WHERE h.account_id = l.account_id AND l.next > h.floor
+         ), emptied AS (
+             DELETE FROM account_head h USING held l
+             WHERE h.account_id = l.account_id AND l.next IS NULL
+         )";
 
 /// The same without chaining: no chain column, no CTE of the chain (each
 /// would cost every settle its executor set-up even when empty).
@@ -100,8 +132,9 @@ fn settle_sql(chain: bool) -> String {
                  lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = now()
              FROM x
              WHERE o.id = x.id
-             RETURNING o.id, o.account_id, {chains} AS chains
-         )",
+             RETURNING o.id, o.account_id, x.kind <> 'retry' AS final, {chains} AS chains
+         ){heads}",
+        heads = HEADS_MOVE_ON,
         calls = attempt::insert_sql(9),
     );
     if !chain {

@@ -7,6 +7,7 @@
 //! ## Layout
 //! - `pipeline`, `batch`, `ordering`, `settle`: the data path, message to charge.
 //! - `skew`: the per-account claim over backlogs on few accounts: cost, plans, fairness.
+//! - `heads`: the per-account floors: no open row below its account's floor, whoever writes and whenever.
 //! - `plans`: the group settle and the rescue of a dead holder's rows grow as their batch, generic plan or custom.
 //! - `raw_reader`: idem's own AMQP reader takes what lapin's parser refuses.
 //! - `outages`: a database that refuses writes, a replica started during an outage.
@@ -61,6 +62,7 @@ mod demo;
 mod deploy;
 mod failover;
 mod faults;
+mod heads;
 mod hostile_body;
 mod hostile_infra;
 mod hostile_producer;

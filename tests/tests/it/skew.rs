@@ -289,3 +289,58 @@ async fn the_walk_goes_round_every_account() {
     pool.close().await;
     pg::drop_database(&name).await.unwrap();
 }
+
+/// Invariant: a claim's walk costs the same after thousands of charges on
+/// its accounts as before them. `outbox_open_by_account` keeps an entry for
+/// every version of a settled row until `outbox` is vacuumed (here never:
+/// autovacuum off on the table, as between two passes over a table of
+/// months of history), all below the accounts' heads; a walk that looked
+/// for each head from its account's start stepped over them (36 buffers
+/// before 2,000 charges on 5 accounts, 279 after). From the accounts'
+/// floors (`account_head`) it does not. The charges are real group settles,
+/// and each claim takes exactly the 5 next heads, one per account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_costs_the_same_after_thousands_of_charges_on_its_accounts() {
+    use idem_store::Settlement;
+    use idem_store::settle::{self, Fenced};
+    let (name, pool) = database("settled").await;
+    load(&pool, 20_000, 5, 0).await;
+    sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let succeeded = Settlement::Succeeded {
+        charge_id: "ch".to_owned(),
+        result: serde_json::json!({}),
+    };
+    let mut heads = claim::claim(&mut conn, "a", LEASE, 50, true).await.unwrap();
+    let (before, _) = claim_buffers(&pool, 50).await;
+    for _ in 0..400 {
+        assert_eq!(heads.len(), 5, "one head per account");
+        let batch: Vec<Fenced<'_>> = heads
+            .iter()
+            .map(|h| Fenced {
+                id: h.id,
+                token: h.lease_token,
+                settlement: &succeeded,
+                chain: false,
+            })
+            .collect();
+        let written = settle::settle_many(&mut conn, &batch, "a", &[])
+            .await
+            .unwrap();
+        assert_eq!(written.len(), 5);
+        heads = claim::claim(&mut conn, "a", LEASE, 50, true).await.unwrap();
+    }
+    let (after, plan) = claim_buffers(&pool, 50).await;
+    drop(conn);
+    pool.close().await;
+    pg::drop_database(&name).await.unwrap();
+    eprintln!("walk with every head in flight: {before} buffers, {after} after 2,000 charges");
+    assert!(
+        after <= before * 2 + 20,
+        "after 2,000 charges the claim read {after} buffers, before {before}:\n{}",
+        plan.join("\n")
+    );
+}
