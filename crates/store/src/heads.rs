@@ -67,28 +67,47 @@ pub async fn tidy(conn: &mut PgConnection, behind: &[Behind]) -> Result<u64, sql
         .map(|n: i64| n.unsigned_abs())
 }
 
-/// The rows are locked before they are changed, skipping those another
-/// writer holds (an insert batch of the account in progress: its trigger
-/// changes the version anyway, and the next walk sees what is left), so a
-/// claim never waits here. Locking re-reads a row changed since the
-/// statement's snapshot and judges `version` on that latest version.
-const TIDY: &str = "WITH seen AS (
-         SELECT DISTINCT ON (account_id) account_id, version, head
-         FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS s(account_id, version, head)
+/// `held`, `raised` and `emptied`, after a CTE named `$seen` of
+/// `(account_id, version, next)`: the account rows whose `version` is still
+/// `version` are locked, skipping those another writer holds, then raised
+/// to `next` or, with `next` NULL (no open row), deleted. Locking re-reads a
+/// row changed since the statement's snapshot and judges `version` on that
+/// latest version. For the claim's tidy below and the group settle
+/// ([`crate::settle`]).
+macro_rules! move_on {
+    ($seen:literal) => {
+        concat!(
+            "held AS MATERIALIZED (
+                 SELECT h.account_id, s.next
+                 FROM ",
+            $seen,
+            " s JOIN account_head h ON h.account_id = s.account_id AND h.version = s.version
+                 ORDER BY h.account_id
+                 FOR UPDATE OF h SKIP LOCKED
+             ), raised AS (
+                 UPDATE account_head h SET floor = l.next FROM held l
+                 WHERE h.account_id = l.account_id AND l.next > h.floor
+                 RETURNING 1
+             ), emptied AS (
+                 DELETE FROM account_head h USING held l
+                 WHERE h.account_id = l.account_id AND l.next IS NULL
+                 RETURNING 1
+             )"
+        )
+    };
+}
+pub(crate) use move_on;
+
+/// A row another writer holds (an insert batch of the account in progress:
+/// its trigger changes the version anyway, and the next walk sees what is
+/// left) is skipped, so a claim never waits here.
+const TIDY: &str = concat!(
+    "WITH seen AS (
+         SELECT DISTINCT ON (account_id) account_id, version, next
+         FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS s(account_id, version, next)
          ORDER BY account_id
-     ), held AS MATERIALIZED (
-         SELECT h.account_id, s.head
-         FROM seen s JOIN account_head h ON h.account_id = s.account_id AND h.version = s.version
-         ORDER BY h.account_id
-         FOR UPDATE OF h SKIP LOCKED
-     ), raised AS (
-         UPDATE account_head h SET floor = l.head
-         FROM held l
-         WHERE h.account_id = l.account_id AND l.head > h.floor
-         RETURNING 1
-     ), emptied AS (
-         DELETE FROM account_head h USING held l
-         WHERE h.account_id = l.account_id AND l.head IS NULL
-         RETURNING 1
-     )
-     SELECT (SELECT count(*) FROM raised) + (SELECT count(*) FROM emptied)";
+     ), ",
+    move_on!("seen"),
+    "
+     SELECT (SELECT count(*) FROM raised) + (SELECT count(*) FROM emptied)"
+);

@@ -14,6 +14,7 @@ use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use crate::attempt::{self, NewAttempt};
+use crate::heads::move_on;
 use crate::outbox::{Claimed, Settlement};
 use crate::quarantine::{sanitize, sanitize_json};
 
@@ -54,28 +55,20 @@ static SETTLE_CHAINED: LazyLock<String> = LazyLock::new(|| settle_sql(true));
 /// progress changes the version anyway; the claim's tidy deals with what a
 /// skipped row lags behind). The chained settle's next heads are these
 /// `next` rows.
-const HEADS_MOVE_ON: &str = ", ended AS (
-             SELECT account_id, array_agg(id) AS ids FROM settled WHERE final GROUP BY account_id
-         ), floors AS (
-             SELECT e.account_id, h.version, n.id AS next
-             FROM ended e JOIN account_head h ON h.account_id = e.account_id
-             LEFT JOIN LATERAL (
-                 SELECT o.id FROM outbox o
-                 WHERE o.account_id = e.account_id AND o.id >= h.floor
-                   AND o.state IN ('pending', 'in_flight', 'unknown') AND o.id <> ALL (e.ids)
-                 ORDER BY o.id LIMIT 1) n ON true
-         ), held AS MATERIALIZED (
-             SELECT f.account_id, f.next
-             FROM floors f JOIN account_head h ON h.account_id = f.account_id AND h.version = f.version
-             ORDER BY f.account_id
-             FOR UPDATE OF h SKIP LOCKED
-         ), raised AS (
-             UPDATE account_head h SET floor = l.next FROM held l
-             WHERE h.account_id = l.account_id AND l.next > h.floor
-         ), emptied AS (
-             DELETE FROM account_head h USING held l
-             WHERE h.account_id = l.account_id AND l.next IS NULL
-         )";
+const HEADS_MOVE_ON: &str = concat!(
+    ", ended AS (
+         SELECT account_id, array_agg(id) AS ids FROM settled WHERE final GROUP BY account_id
+     ), floors AS (
+         SELECT e.account_id, h.version, n.id AS next
+         FROM ended e JOIN account_head h ON h.account_id = e.account_id
+         LEFT JOIN LATERAL (
+             SELECT o.id FROM outbox o
+             WHERE o.account_id = e.account_id AND o.id >= h.floor
+               AND o.state IN ('pending', 'in_flight', 'unknown') AND o.id <> ALL (e.ids)
+             ORDER BY o.id LIMIT 1) n ON true
+     ), ",
+    move_on!("floors")
+);
 
 /// The same without chaining: no chain column, no CTE of the chain (each
 /// would cost every settle its executor set-up even when empty).
