@@ -78,26 +78,35 @@ BEGIN
     RETURN NULL;
 END $$;
 
-DROP TRIGGER IF EXISTS outbox_account_head_insert ON outbox;
-CREATE TRIGGER outbox_account_head_insert
-    AFTER INSERT ON outbox
-    REFERENCING NEW TABLE AS added
-    FOR EACH STATEMENT EXECUTE FUNCTION account_head_on_insert();
-
--- The WHEN is judged per updated row without calling the function: the
--- claim's and the settle's updates (open to open, open to final) pay a
--- comparison, not a trigger.
-DROP TRIGGER IF EXISTS outbox_account_head_reopen ON outbox;
-CREATE TRIGGER outbox_account_head_reopen
-    AFTER UPDATE OF state ON outbox
-    FOR EACH ROW
-    WHEN (OLD.state NOT IN ('pending', 'in_flight', 'unknown')
-          AND NEW.state IN ('pending', 'in_flight', 'unknown'))
-    EXECUTE FUNCTION account_head_on_reopen();
+-- Created only if missing (re-runnable like every migration here): a DROP
+-- TRIGGER, even of a trigger that does not exist, would take an ACCESS
+-- EXCLUSIVE lock on outbox and hold off its readers too.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'outbox'::regclass AND tgname = 'outbox_account_head_insert') THEN
+        CREATE TRIGGER outbox_account_head_insert
+            AFTER INSERT ON outbox
+            REFERENCING NEW TABLE AS added
+            FOR EACH STATEMENT EXECUTE FUNCTION account_head_on_insert();
+    END IF;
+    -- The WHEN is judged per updated row without calling the function: the
+    -- claim's and the settle's updates (open to open, open to final) pay a
+    -- comparison, not a trigger.
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'outbox'::regclass AND tgname = 'outbox_account_head_reopen') THEN
+        CREATE TRIGGER outbox_account_head_reopen
+            AFTER UPDATE OF state ON outbox
+            FOR EACH ROW
+            WHEN (OLD.state NOT IN ('pending', 'in_flight', 'unknown')
+                  AND NEW.state IN ('pending', 'in_flight', 'unknown'))
+            EXECUTE FUNCTION account_head_on_reopen();
+    END IF;
+END $$;
 
 -- The open rows already there. CREATE TRIGGER took a SHARE ROW EXCLUSIVE
 -- lock on outbox, which waited for every transaction writing to it and
--- holds off new writers until this commits: nothing open is missed.
+-- holds off new writers (not readers, nor claims' row locks) until this
+-- commits: nothing open is missed.
 INSERT INTO account_head (account_id, floor)
 SELECT account_id, min(id) FROM outbox
 WHERE state IN ('pending', 'in_flight', 'unknown')

@@ -140,13 +140,9 @@ fn settle_sql(chain: bool) -> String {
     }
     settle
         + ", heads AS (
-             SELECT s.id AS settled_id, h.id
-             FROM settled s CROSS JOIN LATERAL (
-                 SELECT o.id FROM outbox o
-                 WHERE o.account_id = s.account_id AND o.id <> s.id
-                   AND o.state IN ('pending', 'in_flight', 'unknown')
-                 ORDER BY o.id LIMIT 1) h
-             WHERE s.chains
+             SELECT s.id AS settled_id, f.next AS id
+             FROM settled s JOIN floors f ON f.account_id = s.account_id
+             WHERE s.chains AND f.next IS NOT NULL
          ), ahead AS MATERIALIZED (
              -- Each head carries its settled row along (as `locked` carries
              -- the results), locked before it is judged due in `next`, as

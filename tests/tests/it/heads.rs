@@ -209,15 +209,28 @@ async fn a_settle_and_a_tidy_never_raise_a_floor_over_an_insert_in_progress() {
     let claimed = claim::claim(&mut conn, "t", LEASE, 10, true).await.unwrap();
     let head = claimed.iter().find(|c| c.id == a1).expect("a1 claimed");
 
+    // For the tidy: acc_b's first row finished by a path that leaves its
+    // floor behind, so a walk sees the head b3 above the floor.
+    let b1 = insert(&mut conn, "acc_b", None).await;
+    let gap_b = allocated(&mut conn).await;
+    let b3 = insert(&mut conn, "acc_b", None).await;
+    finish(&mut conn, b1).await;
+
     let mut writer = pool.acquire().await.unwrap().detach();
     let mut tx = writer.begin().await.unwrap();
     let late = insert(&mut tx, "acc_a", Some(gap)).await;
-    assert!(a1 < late && late < a3);
+    let late_b = insert(&mut tx, "acc_b", Some(gap_b)).await;
+    assert!(a1 < late && late < a3 && b1 < late_b && late_b < b3);
 
     let stale = walk(&mut conn).await;
+    assert_eq!(
+        head_of(&stale, "acc_b"),
+        Some(b3),
+        "the writer's row unseen"
+    );
     let tidied = tokio::time::timeout(
         Duration::from_secs(10),
-        heads::tidy(&mut conn, &[seen(&stale, "acc_a")]),
+        heads::tidy(&mut conn, &[seen(&stale, "acc_b")]),
     )
     .await
     .expect("a tidy never waits for the writer")
@@ -248,6 +261,8 @@ async fn a_settle_and_a_tidy_never_raise_a_floor_over_an_insert_in_progress() {
         floor(&mut conn, "acc_a").await.unwrap() <= late,
         "the floor stays at or below the late row"
     );
+    assert!(floor(&mut conn, "acc_b").await.unwrap() <= late_b);
+    assert_eq!(head_of(&walk(&mut conn).await, "acc_b"), Some(late_b));
     assert!(stranded(&mut conn).await.is_empty());
     assert_eq!(head_of(&walk(&mut conn).await, "acc_a"), Some(late));
     let next = claim::claim(&mut conn, "t", LEASE, 10, true).await.unwrap();

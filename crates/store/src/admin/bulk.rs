@@ -173,7 +173,13 @@ async fn begin(
 /// hand change or the reconciler settling it, briefly; after the wait the
 /// row is checked again, so one settled meanwhile is not dead and is left.
 /// Rows are locked in index order, one batch at a time, so two bulk retries
-/// cannot deadlock each other.
+/// cannot deadlock each other on outbox rows. The `account_head` rows the
+/// reopen trigger locks (one per account, in the order the rows are
+/// retried) can meet another transaction's in the other order — another
+/// bulk retry over the same accounts, an inbox batch recording new charges
+/// of them: PostgreSQL then aborts one after `deadlock_timeout`, nothing is
+/// changed by it, and the retry resumes when run again (the inbox batch is
+/// recorded again).
 async fn retry_batch(
     conn: &mut PgConnection,
     filter: &RetryFilter,
