@@ -57,9 +57,10 @@ static SETTLE_CHAINED: LazyLock<String> = LazyLock::new(|| settle_sql(true));
 /// `next` rows.
 const HEADS_MOVE_ON: &str = concat!(
     ", ended AS (
-         SELECT account_id, array_agg(id) AS ids FROM settled WHERE final GROUP BY account_id
+         SELECT account_id, array_agg(id) AS ids, min(id) FILTER (WHERE chains) AS chain_from
+         FROM settled WHERE final GROUP BY account_id
      ), floors AS (
-         SELECT e.account_id, h.version, n.id AS next
+         SELECT e.account_id, h.version, n.id AS next, e.chain_from
          FROM ended e JOIN account_head h ON h.account_id = e.account_id
          LEFT JOIN LATERAL (
              SELECT o.id FROM outbox o
@@ -140,9 +141,11 @@ fn settle_sql(chain: bool) -> String {
     }
     settle
         + ", heads AS (
-             SELECT s.id AS settled_id, f.next AS id
-             FROM settled s JOIN floors f ON f.account_id = s.account_id
-             WHERE s.chains AND f.next IS NOT NULL
+             -- From `floors` alone: a join of two CTEs is what a generic
+             -- plan runs as a nested loop over the batch.
+             SELECT f.chain_from AS settled_id, f.next AS id
+             FROM floors f
+             WHERE f.chain_from IS NOT NULL AND f.next IS NOT NULL
          ), ahead AS MATERIALIZED (
              -- Each head carries its settled row along (as `locked` carries
              -- the results), locked before it is judged due in `next`, as
