@@ -9,14 +9,12 @@
 
 use std::time::Duration;
 
-use idem_store::Settlement;
 use idem_store::claim::{self, Head};
 use idem_store::heads::{self, Behind};
-use idem_store::settle::{self, Fenced};
 use idem_tests::pg;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::skew::database;
+use crate::skew::{database, settle_succeeded};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -143,22 +141,7 @@ async fn every_writer_keeps_open_rows_at_or_above_their_floor() {
     let mut ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
     ids.sort();
     assert_eq!(ids, [a1, b1], "one head per account");
-    let succeeded = Settlement::Succeeded {
-        charge_id: "ch".to_owned(),
-        result: serde_json::json!({}),
-    };
-    let batch: Vec<Fenced<'_>> = claimed
-        .iter()
-        .map(|c| Fenced {
-            id: c.id,
-            token: c.lease_token,
-            settlement: &succeeded,
-            chain: false,
-        })
-        .collect();
-    let written = settle::settle_many(&mut conn, &batch, "t", &[])
-        .await
-        .unwrap();
+    let written = settle_succeeded(&mut conn, &claimed).await;
     assert_eq!(written.len(), 2);
     assert_eq!(
         floor(&mut conn, "acc_a").await,
@@ -237,23 +220,12 @@ async fn a_settle_and_a_tidy_never_raise_a_floor_over_an_insert_in_progress() {
     .unwrap();
     assert_eq!(tidied, 0, "the writer holds the account's row");
 
-    let succeeded = Settlement::Succeeded {
-        charge_id: "ch".to_owned(),
-        result: serde_json::json!({}),
-    };
-    let batch = [Fenced {
-        id: head.id,
-        token: head.lease_token,
-        settlement: &succeeded,
-        chain: false,
-    }];
     let settling = tokio::time::timeout(
         Duration::from_secs(10),
-        settle::settle_many(&mut conn, &batch, "t", &[]),
+        settle_succeeded(&mut conn, std::slice::from_ref(head)),
     )
     .await
-    .expect("a settle never waits for the writer")
-    .unwrap();
+    .expect("a settle never waits for the writer");
     assert_eq!(settling, [a1]);
     tx.commit().await.unwrap();
 

@@ -65,6 +65,30 @@ async fn settle(conn: &mut PgConnection, ids: &[i64]) {
     .unwrap();
 }
 
+/// Settle `rows` as succeeded through the group settle, as a dispatcher
+/// does (one statement, fenced by each row's lease); the ids written.
+pub(crate) async fn settle_succeeded(
+    conn: &mut PgConnection,
+    rows: &[idem_store::Claimed],
+) -> Vec<i64> {
+    let succeeded = idem_store::Settlement::Succeeded {
+        charge_id: "ch".to_owned(),
+        result: serde_json::json!({}),
+    };
+    let batch: Vec<idem_store::settle::Fenced<'_>> = rows
+        .iter()
+        .map(|r| idem_store::settle::Fenced {
+            id: r.id,
+            token: r.lease_token,
+            settlement: &succeeded,
+            chain: false,
+        })
+        .collect();
+    idem_store::settle::settle_many(conn, &batch, "t", &[])
+        .await
+        .unwrap()
+}
+
 /// Shared buffers the per-account claim's two statements touch (from
 /// `EXPLAIN (ANALYZE, BUFFERS)`, rolled back), and their plans.
 async fn claim_buffers(pool: &PgPool, limit: i64) -> (u64, Vec<String>) {
@@ -301,8 +325,6 @@ async fn the_walk_goes_round_every_account() {
 /// and each claim takes exactly the 5 next heads, one per account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_walk_costs_the_same_after_thousands_of_charges_on_its_accounts() {
-    use idem_store::Settlement;
-    use idem_store::settle::{self, Fenced};
     let (name, pool) = database("settled").await;
     load(&pool, 20_000, 5, 0).await;
     sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)")
@@ -310,26 +332,11 @@ async fn a_walk_costs_the_same_after_thousands_of_charges_on_its_accounts() {
         .await
         .unwrap();
     let mut conn = pool.acquire().await.unwrap();
-    let succeeded = Settlement::Succeeded {
-        charge_id: "ch".to_owned(),
-        result: serde_json::json!({}),
-    };
     let mut heads = claim::claim(&mut conn, "a", LEASE, 50, true).await.unwrap();
     let (before, _) = claim_buffers(&pool, 50).await;
     for _ in 0..400 {
         assert_eq!(heads.len(), 5, "one head per account");
-        let batch: Vec<Fenced<'_>> = heads
-            .iter()
-            .map(|h| Fenced {
-                id: h.id,
-                token: h.lease_token,
-                settlement: &succeeded,
-                chain: false,
-            })
-            .collect();
-        let written = settle::settle_many(&mut conn, &batch, "a", &[])
-            .await
-            .unwrap();
+        let written = settle_succeeded(&mut conn, &heads).await;
         assert_eq!(written.len(), 5);
         heads = claim::claim(&mut conn, "a", LEASE, 50, true).await.unwrap();
     }
