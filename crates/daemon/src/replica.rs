@@ -19,6 +19,10 @@ use crate::config::{Config, Role};
 use crate::health::{self, Health};
 use crate::metrics;
 
+/// Connections a dispatcher opens besides the shared pool (docs/scaling.md,
+/// Connections).
+const DISPATCH_CONNECTIONS: u32 = 2;
+
 /// Run the daemon until `shutdown` is cancelled; returns once every role has
 /// stopped gracefully (consumer: batch in hand committed and acked, the rest
 /// left to the broker; dispatcher: calls in flight finished or left to the
@@ -148,9 +152,16 @@ pub async fn run_with(
                 .await
                 .context("result publisher")
         });
+        // Two connections of its own, for the claim and the result
+        // recorder (one statement at a time each), planned once per
+        // connection: `idem_store::db::DISPATCH_SESSION`.
+        let dispatch_pool =
+            idem_store::connect_dispatch(config.database_url.expose(), DISPATCH_CONNECTIONS)
+                .await?;
         let dispatcher = Dispatcher::new(pool.clone(), client, config.dispatch.clone())
             .with_breaker(breaker)
-            .with_new_work(new_work);
+            .with_new_work(new_work)
+            .with_dispatch_pool(dispatch_pool);
         let stop = stop.clone();
         roles.spawn(async move { dispatcher.run(stop).await.context("dispatcher") });
     }

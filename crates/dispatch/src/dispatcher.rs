@@ -80,6 +80,9 @@ pub struct Dispatched {
 pub struct Dispatcher {
     /// The database.
     pool: PgPool,
+    /// Where the claim runs (and the recorder writes): the pool, or one of
+    /// the dispatcher's own ([`Dispatcher::with_dispatch_pool`]).
+    claims: PgPool,
     /// The charge API.
     client: ChargeClient,
     /// Settings.
@@ -112,6 +115,7 @@ impl Dispatcher {
             liveness: Liveness::new(),
             draining: Arc::default(),
             new_work: Arc::default(),
+            claims: pool.clone(),
             pool,
             client,
             config: Arc::new(config),
@@ -133,6 +137,18 @@ impl Dispatcher {
     #[must_use]
     pub fn with_new_work(mut self, new_work: Arc<tokio::sync::Notify>) -> Self {
         self.new_work = new_work;
+        self
+    }
+
+    /// This dispatcher claiming and writing its results on `pool`: one of
+    /// [`idem_store::connect_dispatch`], whose connections plan each
+    /// statement once (`idem_store::db::DISPATCH_SESSION`). The rest (lease
+    /// rescue, refusals, late successes) stays on the shared pool.
+    #[must_use]
+    pub fn with_dispatch_pool(mut self, pool: PgPool) -> Self {
+        // The recorder started by `new` ends when its handle is dropped here.
+        self.recorder = Recorder::spawn(pool.clone(), self.config.owner.clone(), self.config.lease);
+        self.claims = pool;
         self
     }
 
@@ -159,7 +175,7 @@ impl Dispatcher {
     /// Claim up to `limit` due rows (one short transaction).
     pub async fn claim(&self, limit: i64) -> Result<Vec<Claimed>, sqlx::Error> {
         let started = std::time::Instant::now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.claims.acquire().await?;
         let holder = claim::Holder {
             owner: &self.config.owner,
             lease: self.config.lease,

@@ -82,7 +82,44 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     create_database_if_missing(&options)
         .await
         .with_context(|| unreachable_hint(&shown))?;
-    open_pool(targets, options, max_connections)
+    open_pool(targets, options, max_connections, None)
+        .await
+        .with_context(|| unreachable_hint(&shown))
+}
+
+/// The settings of the dispatcher's own connections ([`connect_dispatch`]).
+///
+/// **Why.** A replica's hottest statements — the claim's walk, its lease and
+/// tidy, the group settle — are prepared once per connection, and
+/// PostgreSQL keeps planning a prepared statement anew on every run while a
+/// plan made for the values bound looks cheaper than one made without them.
+/// With few results per statement (few accounts in flight) it always does:
+/// the settle, a dozen CTEs, was planned for nearly every run, and its
+/// planning cost more than its execution (docs/performance.md, "Planning:
+/// the settle and the lease are planned on every call"). So these
+/// connections plan each statement once (`force_generic_plan`).
+///
+/// **What makes that safe.** A generic plan is kept until the tables it
+/// reads are analyzed or vacuumed, so one made while `outbox` was small must
+/// still be right once it is large. Every statement run here is written to
+/// reach its rows by key, one probe per row of its batch; the three
+/// `enable_*` settings take from the planner the plans that are only cheaper
+/// on a small table — a sequential scan, a hash or merge join over a whole
+/// table — so the plan made on an empty table is the one made on a full one
+/// (the `plans` suite plans them on a small table and runs them on a large
+/// one). Nothing else runs on these connections.
+pub const DISPATCH_SESSION: &str = "SET plan_cache_mode = force_generic_plan; \
+     SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
+
+/// A pool of at most `max_connections` to a database that exists, each
+/// connection set up with [`DISPATCH_SESSION`]: for the dispatcher's claim
+/// and result recorder, and nothing else. Lazy: no connection is opened
+/// before the first is asked for.
+pub async fn connect_dispatch(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let shown = redact_url(url);
+    let targets = parse(url, &shown)?;
+    let options = choose(&targets).await;
+    open_pool(targets, options, max_connections, Some(DISPATCH_SESSION))
         .await
         .with_context(|| unreachable_hint(&shown))
 }
@@ -97,7 +134,7 @@ pub async fn connect_existing(url: &str, max_connections: u32) -> anyhow::Result
     let targets = parse(url, &shown)?;
     let options = choose(&targets).await;
     let database = options.get_database().unwrap_or_default().to_owned();
-    let pool = match open_pool(targets, options, max_connections).await {
+    let pool = match open_pool(targets, options, max_connections, None).await {
         Ok(pool) => pool,
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => bail!(
             "database {database:?} does not exist at {shown}: run `idem migrate` to create it \
@@ -141,30 +178,38 @@ async fn choose(targets: &Targets) -> PgConnectOptions {
 }
 
 /// A pool on `options` that keeps connections to a writable primary only,
-/// and (several hosts) a task that moves it when the primary moves.
+/// and (several hosts) a task that moves it when the primary moves; each new
+/// connection runs `session` first. (Settings go in a statement rather than
+/// in the connect options' `-c` list, which the follower replaces with the
+/// next host's.)
 async fn open_pool(
     targets: Targets,
     options: PgConnectOptions,
     max_connections: u32,
+    session: Option<&'static str>,
 ) -> Result<PgPool, sqlx::Error> {
     let read_write = targets.read_write();
     let mut pool_options = PgPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10));
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                // A new connection to a standby is refused (the pool retries
+                // until its acquire timeout, by then the follower has moved it).
+                if read_write && in_recovery(conn).await? {
+                    return Err(sqlx::Error::Protocol(
+                        "the server is a standby (in recovery); idem needs the primary".into(),
+                    ));
+                }
+                if let Some(session) = session {
+                    // Without arguments: the simple protocol, several statements.
+                    sqlx::Executor::execute(&mut *conn, session).await?;
+                }
+                Ok(())
+            })
+        });
     if read_write {
         pool_options = pool_options
-            // A new connection to a standby is refused (the pool retries
-            // until its acquire timeout, by then the follower has moved it).
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    if in_recovery(conn).await? {
-                        return Err(sqlx::Error::Protocol(
-                            "the server is a standby (in recovery); idem needs the primary".into(),
-                        ));
-                    }
-                    Ok(())
-                })
-            })
             // A pooled connection whose server turned read-only (SQLSTATE
             // 25006: a demoted or fenced primary, a pooler or DNS name now on
             // a standby) is closed instead of handed out again, so the next
@@ -177,7 +222,14 @@ async fn open_pool(
             .test_before_acquire(false)
             .before_acquire(|conn, _| Box::pin(async move { writable(conn).await }));
     }
-    let pool = pool_options.connect_with(options).await?;
+    let pool = if session.is_some() {
+        // The dispatcher's pool: opened once the database was reached, its
+        // connections are made when first used, and one that fails then is
+        // an error of that claim or write, which back off and try again.
+        pool_options.connect_lazy_with(options)
+    } else {
+        pool_options.connect_with(options).await?
+    };
     let targets = Arc::new(targets);
     if targets.len() > 1 && read_write {
         tokio::spawn(follow_primary(pool.clone(), targets));

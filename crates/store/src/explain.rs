@@ -1,5 +1,6 @@
-//! The dispatcher's batch statements (the group settle, the rescue of a dead
-//! holder's rows) `EXPLAIN ANALYZE`d under the plan a replica really runs,
+//! The dispatcher's batch statements (the claim's walk and lease, the group
+//! settle, the rescue of a dead holder's rows) `EXPLAIN ANALYZE`d under the
+//! plan a replica really runs,
 //! and the work a plan did, counted in rows rather than time: for the tests
 //! that hold a statement to O(batch) (docs/performance.md, "The settle's
 //! join").
@@ -19,8 +20,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::attempt::NewAttempt;
-use crate::rescue;
 use crate::settle::{self, Chain, Fenced};
+use crate::{claim, rescue};
 
 /// Which plan a statement is explained under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,12 @@ pub enum Plan {
     Generic,
     /// Planned for these values (`force_custom_plan`).
     Custom,
+    /// The generic plan this connection holds for the statement already,
+    /// made whenever a run of the real statement on it planned it (on the
+    /// dispatcher's connections, `crate::db::DISPATCH_SESSION`): what a
+    /// replica runs after the table under it has changed. An error if the
+    /// connection holds none.
+    Cached,
 }
 
 /// `EXPLAIN (ANALYZE, FORMAT JSON)` of the group settle of `batch`
@@ -43,8 +50,8 @@ pub async fn settle(
     calls: &[NewAttempt],
     chain: Option<Chain>,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let types = prepare(conn, plan, settle::statement(chain.is_some())).await?;
-    let stash = stash_sql(types.len());
+    let prepared = prepare(conn, plan, settle::statement(chain.is_some())).await?;
+    let stash = stash_sql(prepared.types.len());
     settle::bind(
         sqlx::query_as::<_, (i32,)>(&stash),
         batch,
@@ -54,7 +61,7 @@ pub async fn settle(
     )
     .fetch_one(&mut *conn)
     .await?;
-    execute(conn, &types).await
+    execute(conn, &prepared).await
 }
 
 /// The same of [`rescue::rescue_orphaned`] of `rows`.
@@ -63,8 +70,8 @@ pub async fn rescue_orphaned(
     plan: Plan,
     rows: &[(i64, Uuid)],
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let types = prepare(conn, plan, rescue::RESCUE_ORPHANED).await?;
-    let stash = stash_sql(types.len());
+    let prepared = prepare(conn, plan, rescue::RESCUE_ORPHANED).await?;
+    let stash = stash_sql(prepared.types.len());
     rescue::bind_orphaned(
         sqlx::query_scalar::<_, i32>(&stash),
         rows,
@@ -73,19 +80,80 @@ pub async fn rescue_orphaned(
     )
     .fetch_one(&mut *conn)
     .await?;
-    execute(conn, &types).await
+    execute(conn, &prepared).await
 }
 
-/// Set the plan cache mode for the transaction and `PREPARE` `sql`; the
-/// types PostgreSQL gave its parameters.
-async fn prepare(
+/// The same of the per-account claim's walk ([`claim::heads`]) from `after`.
+pub async fn walk(
     conn: &mut PgConnection,
     plan: Plan,
-    sql: &str,
-) -> Result<Vec<String>, sqlx::Error> {
+    after: &str,
+    bound: i64,
+    limit: i64,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let prepared = prepare(conn, plan, claim::claim_sql(true)[0]).await?;
+    sqlx::query_scalar::<_, i32>(&stash_sql(prepared.types.len()))
+        .bind(after)
+        .bind(bound)
+        .bind(limit)
+        .fetch_one(&mut *conn)
+        .await?;
+    execute(conn, &prepared).await
+}
+
+/// The same of the lease of walked heads ([`claim::claim_as`]) of `heads`
+/// for `owner`, with no liveness lock.
+pub async fn lease(
+    conn: &mut PgConnection,
+    plan: Plan,
+    owner: &str,
+    lease: Duration,
+    heads: &[i64],
+) -> Result<serde_json::Value, sqlx::Error> {
+    let prepared = prepare(conn, plan, claim::claim_sql(true)[1]).await?;
+    sqlx::query_scalar::<_, i32>(&stash_sql(prepared.types.len()))
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(heads)
+        .bind(Uuid::new_v4())
+        .bind(None::<i64>)
+        .fetch_one(&mut *conn)
+        .await?;
+    execute(conn, &prepared).await
+}
+
+/// A statement ready to `EXECUTE`: its name, its parameters' types, and
+/// whether it was prepared here (and is deallocated after).
+struct Prepared {
+    name: String,
+    types: Vec<String>,
+    ours: bool,
+}
+
+/// Set the plan cache mode for the transaction and `PREPARE` `sql`, or, for
+/// [`Plan::Cached`], find the connection's own prepared `sql` with a generic
+/// plan.
+async fn prepare(conn: &mut PgConnection, plan: Plan, sql: &str) -> Result<Prepared, sqlx::Error> {
     let mode = match plan {
         Plan::Generic => "force_generic_plan",
         Plan::Custom => "force_custom_plan",
+        Plan::Cached => {
+            let found: Option<(String, Vec<String>)> = sqlx::query_as(
+                "SELECT name, array(SELECT t::text FROM unnest(parameter_types) t)
+                 FROM pg_prepared_statements WHERE statement = $1 AND generic_plans > 0",
+            )
+            .bind(sql)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let (name, types) = found.ok_or_else(|| {
+                sqlx::Error::Protocol("no generic plan of the statement on this connection".into())
+            })?;
+            return Ok(Prepared {
+                name,
+                types,
+                ours: false,
+            });
+        }
     };
     sqlx::query(&format!("SET LOCAL plan_cache_mode = {mode}"))
         .execute(&mut *conn)
@@ -93,12 +161,17 @@ async fn prepare(
     sqlx::raw_sql(&format!("PREPARE idem_explained AS {sql}"))
         .execute(&mut *conn)
         .await?;
-    sqlx::query_scalar(
+    let types = sqlx::query_scalar(
         "SELECT unnest(parameter_types)::text FROM pg_prepared_statements
          WHERE name = 'idem_explained'",
     )
     .fetch_all(&mut *conn)
-    .await
+    .await?;
+    Ok(Prepared {
+        name: "idem_explained".to_owned(),
+        types,
+        ours: true,
+    })
 }
 
 /// `EXECUTE` takes no bound parameters (it is a utility statement), so the
@@ -114,12 +187,13 @@ fn stash_sql(params: usize) -> String {
 }
 
 /// `EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE` the prepared statement with the
-/// stashed values, and deallocate it.
+/// stashed values, and deallocate it if it was prepared here.
 async fn execute(
     conn: &mut PgConnection,
-    types: &[String],
+    prepared: &Prepared,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let args: Vec<String> = types
+    let args: Vec<String> = prepared
+        .types
         .iter()
         .enumerate()
         .map(|(i, t)| {
@@ -130,13 +204,16 @@ async fn execute(
         })
         .collect();
     let explain = format!(
-        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE idem_explained({})",
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE \"{}\"({})",
+        prepared.name,
         args.join(", ")
     );
     let (plan,): (serde_json::Value,) = sqlx::query_as(&explain).fetch_one(&mut *conn).await?;
-    sqlx::raw_sql("DEALLOCATE idem_explained")
-        .execute(conn)
-        .await?;
+    if prepared.ours {
+        sqlx::raw_sql("DEALLOCATE idem_explained")
+            .execute(conn)
+            .await?;
+    }
     Ok(plan)
 }
 

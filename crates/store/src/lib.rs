@@ -72,7 +72,7 @@ pub mod settle;
 pub mod status;
 pub mod targets;
 
-pub use db::{connect, connect_existing, redact_url};
+pub use db::{connect, connect_dispatch, connect_existing, redact_url};
 pub use inbox::Recorded;
 pub use outbox::{Claimed, OutboxState, Settlement};
 pub use schema::{MIGRATOR, SchemaBehind, check_schema, migrate};

@@ -93,7 +93,9 @@ fn settle_sql(chain: bool) -> String {
              -- below the lock), and each row carries its result: no
              -- step of this statement then offers the planner anything but
              -- a probe of `outbox_pkey` per result (or, for a table that
-             -- is small, one scan of it). docs/performance.md, The
+             -- is small, one scan of it; not on the dispatcher's own
+             -- connections, `db::DISPATCH_SESSION`, where a plan made on a
+             -- small table is kept once it is large). docs/performance.md, The
              -- settle's join: a generic plan guesses 10 rows for an
              -- `unnest`, statistics may say no row is in flight, and a
              -- join of the results against `outbox_lease` ran as a nested

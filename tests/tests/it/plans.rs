@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use idem_store::attempt::NewAttempt;
+use idem_store::claim::AccountCursor;
 use idem_store::explain::{self, Plan};
 use idem_store::outbox::Claimed;
 use idem_store::settle::{Chain, Fenced};
-use idem_store::{Settlement, claim};
+use idem_store::{Settlement, claim, settle};
 use serde_json::json;
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::skew::{database, load};
 
@@ -54,23 +55,23 @@ fn assert_linear(case: &str, small: u64, large: u64) {
     );
 }
 
-/// The work of settling `rows` as succeeded in one statement under `plan`,
-/// rolled back; and how many rows the statement settled.
-async fn settle_work(pool: &PgPool, plan: Plan, rows: &[Claimed], chain: bool) -> (u64, u64) {
-    let settlement = Settlement::Succeeded {
-        charge_id: "ch_plan".into(),
-        result: json!({"id": "ch_plan"}),
-    };
-    let batch: Vec<Fenced<'_>> = rows
+/// The results of `rows`, each recorded as `settlement` (chained or not),
+/// and one provider call each for the attempt history.
+fn results<'a>(
+    rows: &[Claimed],
+    settlement: &'a Settlement,
+    chain: bool,
+) -> (Vec<Fenced<'a>>, Vec<NewAttempt>) {
+    let batch = rows
         .iter()
         .map(|r| Fenced {
             id: r.id,
             token: r.lease_token,
-            settlement: &settlement,
+            settlement,
             chain,
         })
         .collect();
-    let calls: Vec<NewAttempt> = rows
+    let calls = rows
         .iter()
         .map(|r| NewAttempt {
             outbox_id: r.id,
@@ -82,15 +83,35 @@ async fn settle_work(pool: &PgPool, plan: Plan, rows: &[Claimed], chain: bool) -
             provider_id: Some("ch_plan".into()),
         })
         .collect();
+    (batch, calls)
+}
+
+fn succeeded() -> Settlement {
+    Settlement::Succeeded {
+        charge_id: "ch_plan".into(),
+        result: json!({"id": "ch_plan"}),
+    }
+}
+
+/// The work of settling `rows` as succeeded in one statement under `plan`,
+/// rolled back; and how many rows the statement settled.
+async fn settle_work(
+    conn: &mut PgConnection,
+    plan: Plan,
+    rows: &[Claimed],
+    chain: bool,
+) -> (u64, u64) {
+    let settlement = succeeded();
+    let (batch, calls) = results(rows, &settlement, chain);
     let chain = chain.then_some(Chain {
         lease: LEASE,
         lock: None,
     });
-    let mut conn = pool.acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
     let explained = explain::settle(&mut tx, plan, &batch, "plans", &calls, chain)
         .await
         .unwrap();
+    assert_no_scan_of_outbox(&explained);
     let settled: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM outbox WHERE id = ANY($1) AND state = 'succeeded'",
     )
@@ -123,8 +144,9 @@ async fn the_settles_work_grows_as_its_batch_under_every_plan() {
         }
         for plan in [Plan::Generic, Plan::Custom] {
             for chain in [false, true] {
-                let (small, settled_small) = settle_work(&pool, plan, &rows[..32], chain).await;
-                let (large, settled_large) = settle_work(&pool, plan, &rows, chain).await;
+                let mut conn = pool.acquire().await.unwrap();
+                let (small, settled_small) = settle_work(&mut conn, plan, &rows[..32], chain).await;
+                let (large, settled_large) = settle_work(&mut conn, plan, &rows, chain).await;
                 let case = format!("{plan:?}, chain {chain}, analyzed {stats}");
                 assert_eq!((settled_small, settled_large), (32, 512), "{case}");
                 assert_linear(&case, small, large);
@@ -187,6 +209,162 @@ async fn the_rescue_of_a_dead_holders_rows_grows_as_its_batch() {
             assert_linear(&case, small, large);
         }
     }
+    pool.close().await;
+    idem_tests::pg::drop_database(&name).await.unwrap();
+}
+
+/// `rows` outbox rows of scope `scope` over `accounts` accounts
+/// (`<scope>_<i % accounts>`), in `state`; not analyzed.
+async fn add(pool: &PgPool, scope: &str, rows: i64, accounts: i64, state: &str) {
+    sqlx::query(
+        "INSERT INTO outbox (scope, message_id, reference_id, account_id, amount, currency,
+                             state, settled_at)
+         SELECT $1, $1 || '-' || g, md5($1 || '-' || g)::uuid, $1 || '_' || (g % $3), 100, 'EUR',
+                $4::outbox_state, CASE WHEN $4 = 'succeeded' THEN now() END
+         FROM generate_series(1, $2::bigint) g",
+    )
+    .bind(scope)
+    .bind(rows)
+    .bind(accounts)
+    .bind(state)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// No node of `explained` reads `outbox` by a sequential scan, and none
+/// joins by hash or merge (which read a whole input to join a few rows).
+fn assert_no_scan_of_outbox(explained: &serde_json::Value) {
+    fn walk(n: &serde_json::Value, found: &mut Vec<String>) {
+        let kind = n["Node Type"].as_str().unwrap_or_default();
+        let relation = n["Relation Name"].as_str().unwrap_or_default();
+        if (kind == "Seq Scan" && relation == "outbox")
+            || kind == "Hash Join"
+            || kind == "Merge Join"
+        {
+            found.push(format!("{kind} {relation}"));
+        }
+        for child in n["Plans"].as_array().into_iter().flatten() {
+            walk(child, found);
+        }
+    }
+    let mut found = Vec::new();
+    for statement in explained.as_array().into_iter().flatten() {
+        walk(&statement["Plan"], &mut found);
+    }
+    assert!(found.is_empty(), "whole-table reads in the plan: {found:?}");
+}
+
+/// Invariant: on the dispatcher's own connections
+/// (`idem_store::db::DISPATCH_SESSION`: each statement planned once), the
+/// plans made while `outbox` held eight rows, analyzed — and kept, as a
+/// generic plan is until the table is analyzed again — still reach their
+/// rows by key once it holds 200,000 settled rows and 1,024 open ones over
+/// 512 more accounts: the walk over the accounts, the lease of their 512
+/// heads and the group settle of 512 results, chained and not, each handle
+/// at most [`PER_ROW`] rows per row, without a sequential scan of `outbox`
+/// or a hash or merge join. (With `force_generic_plan` alone, the settle
+/// planned on the small table joined its batch to `outbox` by a hash join
+/// over a sequential scan, and kept doing so on the large one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
+    let (name, pool) = database("cached_plans").await;
+    // The table stays as analyzed while small: no autovacuum to re-plan.
+    sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    add(&pool, "small", 8, 4, "pending").await;
+    sqlx::query("VACUUM ANALYZE outbox")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dispatch = idem_store::connect_dispatch(&idem_tests::pg::url(&name), 1)
+        .await
+        .unwrap();
+    let mut conn = dispatch.acquire().await.unwrap();
+    // A dispatcher's round on the small table plans its statements: a claim
+    // (walk, lease), results settled chained and not.
+    let mut cursor = AccountCursor::default();
+    let rows = claim::claim_ordered(&mut conn, "small", LEASE, 512, &mut cursor)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4, "one head of each small account");
+    let settlement = succeeded();
+    let (batch, calls) = results(&rows[..2], &settlement, true);
+    let chain = Chain {
+        lease: LEASE,
+        lock: None,
+    };
+    let chained = settle::settle_and_chain(&mut conn, &batch, "small", &calls, Some(chain))
+        .await
+        .unwrap();
+    assert_eq!(chained.len(), 2);
+    let (batch, calls) = results(&rows[2..], &settlement, false);
+    let settled = settle::settle_many(&mut conn, &batch, "small", &calls)
+        .await
+        .unwrap();
+    assert_eq!(settled.len(), 2);
+
+    // The table grows; nothing analyzes it.
+    add(&pool, "history", 200_000, 1000, "succeeded").await;
+    add(&pool, "open", 1024, 512, "pending").await;
+    let heads: Vec<i64> = sqlx::query_scalar(
+        "SELECT min(id) FROM outbox WHERE scope = 'open' GROUP BY account_id ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(heads.len(), 512);
+    for (statement, explained) in [
+        ("walk", {
+            let mut tx = conn.begin().await.unwrap();
+            let walked = explain::walk(&mut tx, Plan::Cached, "", claim::walk_bound(512), 512)
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+            walked
+        }),
+        ("lease", {
+            let mut tx = conn.begin().await.unwrap();
+            let leased = explain::lease(&mut tx, Plan::Cached, "large", LEASE, &heads)
+                .await
+                .unwrap();
+            let in_flight: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM outbox WHERE scope = 'open' AND state = 'in_flight'",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(in_flight, 512, "the cached lease leased every head");
+            tx.rollback().await.unwrap();
+            leased
+        }),
+    ] {
+        assert_no_scan_of_outbox(&explained);
+        let work = explain::work(&explained);
+        assert!(
+            work <= 512 * PER_ROW,
+            "{statement}: {work} rows handled for 512 accounts"
+        );
+    }
+    // 512 rows in flight (claimed elsewhere), settled under the cached plans.
+    let mut other = pool.acquire().await.unwrap();
+    let mut rows = claim::claim(&mut other, "large", LEASE, 512, true)
+        .await
+        .unwrap();
+    rows.sort_by_key(|r| r.id);
+    assert_eq!(rows.len(), 512);
+    for chain in [false, true] {
+        let (work, settled) = settle_work(&mut conn, Plan::Cached, &rows, chain).await;
+        assert_eq!(settled, 512, "chain {chain}");
+        assert!(
+            work <= 512 * PER_ROW,
+            "settle, chain {chain}: {work} rows handled for 512 results"
+        );
+    }
+    drop((conn, other));
+    dispatch.close().await;
     pool.close().await;
     idem_tests::pg::drop_database(&name).await.unwrap();
 }

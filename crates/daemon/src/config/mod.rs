@@ -49,7 +49,8 @@ pub struct DatabaseArgs {
     )]
     pub database_url: SecretUrl,
     /// Most connections in this process's pool to PostgreSQL (a dispatcher
-    /// keeps one more, out of the pool, for its liveness lock).
+    /// keeps three more, out of the pool: one for its liveness lock, two
+    /// for its claims and result writes).
     #[arg(long, env = "IDEM_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 }
