@@ -78,10 +78,15 @@ pub async fn run_with(
         return Ok(());
     };
     let _ = database.set(pool.clone());
+    // The pools of single roles (console, dispatcher), closed with the
+    // shared one: a pool's connections, and with several hosts its
+    // follower, live until it is closed.
+    let mut own_pools: Vec<sqlx::PgPool> = Vec::new();
     if let (Some(settings), Some(cell)) = (config.console.clone(), console_cell) {
         // Its own small pool: pages and bulk retries never take the
         // connections the pipeline's roles need.
         let console_pool = idem_store::connect(config.database_url.expose(), 2).await?;
+        own_pools.push(console_pool.clone());
         let console =
             idem_console::Console::new(console_pool, settings.with_own_replica(http_addr))?;
         let _ = cell.set(console.router());
@@ -158,6 +163,7 @@ pub async fn run_with(
         let dispatch_pool =
             idem_store::connect_dispatch(config.database_url.expose(), DISPATCH_CONNECTIONS)
                 .await?;
+        own_pools.push(dispatch_pool.clone());
         let dispatcher = Dispatcher::new(pool.clone(), client, config.dispatch.clone())
             .with_breaker(breaker)
             .with_new_work(new_work)
@@ -178,6 +184,9 @@ pub async fn run_with(
             // A role ended by itself without shutdown: stop the replica.
             stop.cancel();
         }
+    }
+    for own in own_pools {
+        own.close().await;
     }
     pool.close().await;
     if outcome.is_ok() {

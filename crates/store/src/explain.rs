@@ -122,6 +122,29 @@ pub async fn lease(
     execute(conn, &prepared).await
 }
 
+/// The estimated total cost of the generic plan this connection keeps for
+/// `sql` (`EXPLAIN EXECUTE` without running it, every parameter NULL: a
+/// kept generic plan does not look at them). The cost is the one figured
+/// when the plan was made, so an unchanged cost after the tables changed
+/// says the plan was not made again.
+pub async fn kept_cost(conn: &mut PgConnection, sql: &str) -> Result<f64, sqlx::Error> {
+    let prepared = prepare(conn, Plan::Cached, sql).await?;
+    let args: Vec<String> = prepared
+        .types
+        .iter()
+        .map(|t| format!("NULL::{t}"))
+        .collect();
+    let explain = format!(
+        "EXPLAIN (FORMAT JSON) EXECUTE \"{}\"({})",
+        prepared.name,
+        args.join(", ")
+    );
+    let (plan,): (serde_json::Value,) = sqlx::query_as(&explain).fetch_one(&mut *conn).await?;
+    plan[0]["Plan"]["Total Cost"]
+        .as_f64()
+        .ok_or_else(|| sqlx::Error::Protocol(format!("no total cost in {plan}")))
+}
+
 /// A statement ready to `EXECUTE`: its name, its parameters' types, and
 /// whether it was prepared here (and is deallocated after).
 struct Prepared {

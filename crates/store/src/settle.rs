@@ -309,8 +309,9 @@ pub async fn settle_and_chain(
     Ok(rows.into_iter().map(Row::settled).collect())
 }
 
-/// The group settle's SQL, chained or not (also for `crate::explain`).
-pub(crate) fn statement(chained: bool) -> &'static str {
+/// The group settle's SQL, chained or not (also for `crate::explain` and
+/// the `plans` suite).
+pub fn statement(chained: bool) -> &'static str {
     if chained {
         SETTLE_CHAINED.as_str()
     } else {

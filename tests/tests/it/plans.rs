@@ -213,6 +213,17 @@ async fn the_rescue_of_a_dead_holders_rows_grows_as_its_batch() {
     idem_tests::pg::drop_database(&name).await.unwrap();
 }
 
+/// The tables the dispatcher's statements read: a vacuum or an analyze of
+/// any of them makes their plans again.
+const KEPT_TABLES: [&str; 6] = [
+    "outbox",
+    "account_head",
+    "account_slot",
+    "attempt",
+    "result_event",
+    "result_reply",
+];
+
 /// `rows` outbox rows of scope `scope` over `accounts` accounts
 /// (`<scope>_<i % accounts>`), in `state`; not analyzed.
 async fn add(pool: &PgPool, scope: &str, rows: i64, accounts: i64, state: &str) {
@@ -235,22 +246,26 @@ async fn add(pool: &PgPool, scope: &str, rows: i64, accounts: i64, state: &str) 
 /// No node of `explained` reads `outbox` by a sequential scan, and none
 /// joins by hash or merge (which read a whole input to join a few rows).
 fn assert_no_scan_of_outbox(explained: &serde_json::Value) {
-    fn walk(n: &serde_json::Value, found: &mut Vec<String>) {
+    assert_no_whole_reads(explained, |relation| relation == "outbox");
+}
+
+/// No node of `explained` reads a relation `scanned` picks by a sequential
+/// scan, and none joins by hash or merge.
+fn assert_no_whole_reads(explained: &serde_json::Value, scanned: fn(&str) -> bool) {
+    fn walk(n: &serde_json::Value, scanned: fn(&str) -> bool, found: &mut Vec<String>) {
         let kind = n["Node Type"].as_str().unwrap_or_default();
         let relation = n["Relation Name"].as_str().unwrap_or_default();
-        if (kind == "Seq Scan" && relation == "outbox")
-            || kind == "Hash Join"
-            || kind == "Merge Join"
+        if (kind == "Seq Scan" && scanned(relation)) || kind == "Hash Join" || kind == "Merge Join"
         {
             found.push(format!("{kind} {relation}"));
         }
         for child in n["Plans"].as_array().into_iter().flatten() {
-            walk(child, found);
+            walk(child, scanned, found);
         }
     }
     let mut found = Vec::new();
     for statement in explained.as_array().into_iter().flatten() {
-        walk(&statement["Plan"], &mut found);
+        walk(&statement["Plan"], scanned, &mut found);
     }
     assert!(found.is_empty(), "whole-table reads in the plan: {found:?}");
 }
@@ -258,22 +273,27 @@ fn assert_no_scan_of_outbox(explained: &serde_json::Value) {
 /// Invariant: on the dispatcher's own connections
 /// (`idem_store::db::DISPATCH_SESSION`: each statement planned once), the
 /// plans made while `outbox` held eight rows, analyzed — and kept, as a
-/// generic plan is until the table is analyzed again — still reach their
+/// generic plan is until a table it reads is vacuumed or analyzed (the
+/// test checks their costs did not change) — still reach their
 /// rows by key once it holds 200,000 settled rows and 1,024 open ones over
 /// 512 more accounts: the walk over the accounts, the lease of their 512
 /// heads and the group settle of 512 results, chained and not, each handle
 /// at most [`PER_ROW`] rows per row, without a sequential scan of `outbox`
-/// or a hash or merge join. (With `force_generic_plan` alone, the settle
-/// planned on the small table joined its batch to `outbox` by a hash join
-/// over a sequential scan, and kept doing so on the large one.)
+/// or a hash or merge join. (With `force_generic_plan` alone, the kept
+/// plans scanned `outbox` whole and joined by hash.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
     let (name, pool) = database("cached_plans").await;
-    // The table stays as analyzed while small: no autovacuum to re-plan.
-    sqlx::query("ALTER TABLE outbox SET (autovacuum_enabled = false)")
+    // The tables stay as analyzed while small: no autovacuum to make the
+    // plans again (any vacuum or analyze of a table a statement reads would).
+    for table in KEPT_TABLES {
+        sqlx::query(&format!(
+            "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+        ))
         .execute(&pool)
         .await
         .unwrap();
+    }
     add(&pool, "small", 8, 4, "pending").await;
     sqlx::query("VACUUM ANALYZE outbox")
         .execute(&pool)
@@ -305,6 +325,16 @@ async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
         .await
         .unwrap();
     assert_eq!(settled.len(), 2);
+    let statements = [
+        claim::claim_sql(true)[0],
+        claim::claim_sql(true)[1],
+        settle::statement(false),
+        settle::statement(true),
+    ];
+    let mut costs = Vec::new();
+    for sql in statements {
+        costs.push(explain::kept_cost(&mut conn, sql).await.unwrap());
+    }
 
     // The table grows; nothing analyzes it.
     add(&pool, "history", 200_000, 1000, "succeeded").await;
@@ -341,11 +371,23 @@ async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
             leased
         }),
     ] {
-        assert_no_scan_of_outbox(&explained);
+        // No table at all read whole (`account_head` holds few enough rows
+        // for a scan of it to pass the bound on work).
+        assert_no_whole_reads(&explained, |_| true);
         let work = explain::work(&explained);
         assert!(
             work <= 512 * PER_ROW,
             "{statement}: {work} rows handled for 512 accounts"
+        );
+    }
+    // Still the plans made on the small table (a plan made again would be
+    // costed for the large one).
+    for (sql, cost) in statements.iter().zip(&costs) {
+        assert_eq!(
+            explain::kept_cost(&mut conn, sql).await.unwrap(),
+            *cost,
+            "the plan kept for {}",
+            &sql[..40]
         );
     }
     // 512 rows in flight (claimed elsewhere), settled under the cached plans.
