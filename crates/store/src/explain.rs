@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::attempt::NewAttempt;
 use crate::settle::{self, Chain, Fenced};
-use crate::{claim, rescue};
+use crate::{claim, heads, rescue};
 
 /// Which plan a statement is explained under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub async fn settle(
     chain: Option<Chain>,
 ) -> Result<serde_json::Value, sqlx::Error> {
     let prepared = prepare(conn, plan, settle::statement(chain.is_some())).await?;
-    let stash = stash_sql(prepared.types.len());
+    let stash = stash_sql(&prepared.types);
     settle::bind(
         sqlx::query_as::<_, (i32,)>(&stash),
         batch,
@@ -71,7 +71,7 @@ pub async fn rescue_orphaned(
     rows: &[(i64, Uuid)],
 ) -> Result<serde_json::Value, sqlx::Error> {
     let prepared = prepare(conn, plan, rescue::RESCUE_ORPHANED).await?;
-    let stash = stash_sql(prepared.types.len());
+    let stash = stash_sql(&prepared.types);
     rescue::bind_orphaned(
         sqlx::query_scalar::<_, i32>(&stash),
         rows,
@@ -92,7 +92,7 @@ pub async fn walk(
     limit: i64,
 ) -> Result<serde_json::Value, sqlx::Error> {
     let prepared = prepare(conn, plan, claim::claim_sql(true)[0]).await?;
-    sqlx::query_scalar::<_, i32>(&stash_sql(prepared.types.len()))
+    sqlx::query_scalar::<_, i32>(&stash_sql(&prepared.types))
         .bind(after)
         .bind(bound)
         .bind(limit)
@@ -111,7 +111,7 @@ pub async fn lease(
     heads: &[i64],
 ) -> Result<serde_json::Value, sqlx::Error> {
     let prepared = prepare(conn, plan, claim::claim_sql(true)[1]).await?;
-    sqlx::query_scalar::<_, i32>(&stash_sql(prepared.types.len()))
+    sqlx::query_scalar::<_, i32>(&stash_sql(&prepared.types))
         .bind(owner)
         .bind(lease.as_secs_f64())
         .bind(heads)
@@ -144,6 +144,25 @@ pub async fn kept_cost(conn: &mut PgConnection, sql: &str) -> Result<f64, sqlx::
         .as_f64()
         .ok_or_else(|| sqlx::Error::Protocol(format!("no total cost in {plan}")))
 }
+
+/// The same of the claim's tidy ([`heads::tidy`]) of `behind`.
+pub async fn tidy(
+    conn: &mut PgConnection,
+    plan: Plan,
+    behind: &[heads::Behind],
+) -> Result<serde_json::Value, sqlx::Error> {
+    let prepared = prepare(conn, plan, heads::TIDY).await?;
+    heads::bind_tidy(
+        sqlx::query_scalar::<_, i32>(&stash_sql(&prepared.types)),
+        behind,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    execute(conn, &prepared).await
+}
+
+/// The claim's tidy, for [`kept_cost`].
+pub const TIDY: &str = heads::TIDY;
 
 /// A statement ready to `EXECUTE`: its name, its parameters' types, and
 /// whether it was prepared here (and is deallocated after).
@@ -202,9 +221,17 @@ async fn prepare(conn: &mut PgConnection, plan: Plan, sql: &str) -> Result<Prepa
 /// bound as the prepared one would be, stores them; [`execute`] reads each
 /// back and casts it to its parameter's type. A NULL goes as `\N`, which no
 /// array's text and no replica name is.
-fn stash_sql(params: usize) -> String {
-    let stash: Vec<String> = (1..=params)
-        .map(|i| format!("set_config('idem.explain_{i}', coalesce(${i}::text, '\\N'), true)"))
+fn stash_sql(types: &[String]) -> String {
+    // Each parameter cast to its type: two statements with as many
+    // parameters of other types get two texts, so sqlx's statement cache
+    // (keyed by the text) does not bind one's values to the other's types.
+    let stash: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let i = i + 1;
+            format!("set_config('idem.explain_{i}', coalesce(${i}::{t}::text, '\\N'), true)")
+        })
         .collect();
     format!("SELECT num_nonnulls({})", stash.join(", "))
 }

@@ -50,21 +50,27 @@ pub async fn tidy(conn: &mut PgConnection, behind: &[Behind]) -> Result<u64, sql
     if behind.is_empty() {
         return Ok(0);
     }
+    bind_tidy(sqlx::query_scalar(TIDY), behind)
+        .fetch_one(conn)
+        .await
+        .map(|n: i64| n.unsigned_abs())
+}
+
+/// Bind [`TIDY`]'s parameters (also for `crate::explain`): the accounts,
+/// their versions and heads, one array each.
+pub(crate) fn bind_tidy<'q, O>(
+    query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    behind: &[Behind],
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
     let mut accounts = Vec::with_capacity(behind.len());
     let mut versions = Vec::with_capacity(behind.len());
     let mut heads = Vec::with_capacity(behind.len());
     for b in behind {
-        accounts.push(b.account_id.as_str());
+        accounts.push(b.account_id.clone());
         versions.push(b.version);
         heads.push(b.head);
     }
-    sqlx::query_scalar(TIDY)
-        .bind(&accounts)
-        .bind(&versions)
-        .bind(&heads)
-        .fetch_one(conn)
-        .await
-        .map(|n: i64| n.unsigned_abs())
+    query.bind(accounts).bind(versions).bind(heads)
 }
 
 /// `held`, `raised` and `emptied`, after a CTE named `$seen` of
@@ -101,7 +107,7 @@ pub(crate) use move_on;
 /// A row another writer holds (an insert batch of the account in progress:
 /// its trigger changes the version anyway, and the next walk sees what is
 /// left) is skipped, so a claim never waits here.
-const TIDY: &str = concat!(
+pub(crate) const TIDY: &str = concat!(
     "WITH seen AS (
          SELECT DISTINCT ON (account_id) account_id, version, next
          FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS s(account_id, version, next)

@@ -11,6 +11,7 @@ use std::time::Duration;
 use idem_store::attempt::NewAttempt;
 use idem_store::claim::AccountCursor;
 use idem_store::explain::{self, Plan};
+use idem_store::heads::Behind;
 use idem_store::outbox::Claimed;
 use idem_store::settle::{Chain, Fenced};
 use idem_store::{Settlement, claim, settle};
@@ -276,8 +277,9 @@ fn assert_no_whole_reads(explained: &serde_json::Value, scanned: fn(&str) -> boo
 /// generic plan is until a table it reads is vacuumed or analyzed (the
 /// test checks their costs did not change) — still reach their
 /// rows by key once it holds 200,000 settled rows and 1,024 open ones over
-/// 512 more accounts: the walk over the accounts, the lease of their 512
-/// heads and the group settle of 512 results, chained and not, each handle
+/// 512 more accounts: the walk over the accounts, the tidy and the lease of
+/// their 512 heads and the group settle of 512 results, chained and not,
+/// each handle
 /// at most [`PER_ROW`] rows per row, without a sequential scan of `outbox`
 /// or a hash or merge join. (With `force_generic_plan` alone, the kept
 /// plans scanned `outbox` whole and joined by hash.)
@@ -325,9 +327,20 @@ async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
         .await
         .unwrap();
     assert_eq!(settled.len(), 2);
+    // Floors left behind their heads (still below every open row): the next
+    // claim's walk tidies them, and so plans the tidy too.
+    sqlx::query("UPDATE account_head SET floor = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut cursor = AccountCursor::default();
+    claim::claim_ordered(&mut conn, "small", LEASE, 512, &mut cursor)
+        .await
+        .unwrap();
     let statements = [
         claim::claim_sql(true)[0],
         claim::claim_sql(true)[1],
+        explain::TIDY,
         settle::statement(false),
         settle::statement(true),
     ];
@@ -346,7 +359,42 @@ async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
     .await
     .unwrap();
     assert_eq!(heads.len(), 512);
+    // Every open account's floor behind its head, and what a walk would
+    // tell the tidy of it.
+    sqlx::query("UPDATE account_head SET floor = 1 WHERE account_id LIKE 'open%'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let behind: Vec<Behind> = sqlx::query_as::<_, (String, i64, i64)>(
+        "SELECT h.account_id, h.version, min(o.id) FROM account_head h
+         JOIN outbox o ON o.account_id = h.account_id
+         WHERE h.account_id LIKE 'open%' GROUP BY h.account_id, h.version",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(account_id, version, head)| Behind {
+        account_id,
+        version,
+        head: Some(head),
+    })
+    .collect();
+    assert_eq!(behind.len(), 512);
     for (statement, explained) in [
+        ("tidy", {
+            let mut tx = conn.begin().await.unwrap();
+            let tidied = explain::tidy(&mut tx, Plan::Cached, &behind).await.unwrap();
+            let raised: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM account_head WHERE account_id LIKE 'open%' AND floor > 1",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(raised, 512, "the kept tidy raised every floor");
+            tx.rollback().await.unwrap();
+            tidied
+        }),
         ("walk", {
             let mut tx = conn.begin().await.unwrap();
             let walked = explain::walk(&mut tx, Plan::Cached, "", claim::walk_bound(512), 512)

@@ -69,9 +69,18 @@ pub async fn run(
             config.db_max_connections * args.replicas as u32,
         )
         .await?;
+        // The dispatch loops' claims and settles, as a dispatcher's: on
+        // connections of their own that plan each statement once.
+        let dispatch =
+            idem_store::connect_dispatch(&scratch.database_url, 2 * args.replicas as u32).await?;
         let vacuum = scratch.vacuum_every(Duration::from_millis(args.vacuum_ms));
-        let outcome = measure(args, cfg, &config, &scratch, &pool, watch).await;
+        let pools = Pools {
+            shared: &pool,
+            dispatch: &dispatch,
+        };
+        let outcome = measure(args, cfg, &config, &scratch, pools, watch).await;
         vacuum.cancel();
+        dispatch.close().await;
         pool.close().await;
         outcome
     }
@@ -80,14 +89,22 @@ pub async fn run(
     outcome
 }
 
+/// The ceiling's pools: the shared one, and the dispatch loops' own.
+#[derive(Clone, Copy)]
+struct Pools<'a> {
+    shared: &'a PgPool,
+    dispatch: &'a PgPool,
+}
+
 async fn measure(
     args: &BenchArgs,
     cfg: &Configuration,
     config: &Config,
     scratch: &Scratch,
-    pool: &PgPool,
+    pools: Pools<'_>,
     watch: &Watch,
 ) -> anyhow::Result<CeilingReport> {
+    let pool = pools.shared;
     let spec = workload_spec(
         &format!("ceiling-{}", scratch.id),
         args.messages,
@@ -117,7 +134,7 @@ async fn measure(
             config.clone(),
         ));
         loops.spawn(dispatch_loop(
-            pool.clone(),
+            pools.dispatch.clone(),
             config.clone(),
             format!("ceiling-{r}"),
             total,

@@ -157,7 +157,10 @@ async fn measure(
             .await?;
     }
     let load_s = loading.elapsed().as_secs_f64();
-    let pool = idem_store::connect(&scratch.database_url, config.db_max_connections).await?;
+    // The claims and settles run as a dispatcher runs them: on connections
+    // that plan each statement once (`idem_store::db::DISPATCH_SESSION`).
+    let pool =
+        idem_store::connect_dispatch(&scratch.database_url, config.db_max_connections).await?;
     let mut rounds = Vec::new();
     let mut plan = Vec::new();
     let (mut rows, mut claims, mut pg_us) = (0, 0, Some(0.0));
