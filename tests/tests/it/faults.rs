@@ -100,34 +100,40 @@ async fn dropped_responses_lookup_only_provider() {
 }
 
 fn dispatcher(env: &TestEnv, pool: sqlx::PgPool, owner: &str, keys: bool) -> Dispatcher {
+    Dispatcher::new(pool, client(env, keys), config(owner))
+}
+
+/// A client of the environment's simulator, with or without keys.
+pub(crate) fn client(env: &TestEnv, keys: bool) -> ChargeClient {
     let caps = Capabilities {
         idempotency_keys: keys,
         lookup: true,
         refunds: true,
     };
-    let client = ChargeClient::new(&env.sim_url, Duration::from_secs(2), caps).unwrap();
-    Dispatcher::new(
-        pool,
-        client,
-        DispatchConfig {
-            owner: owner.into(),
-            lease: Duration::from_secs(10),
-            claim_batch: 8,
-            per_account_ordering: false,
-            chain_per_account: false,
-            concurrency: 16,
-            max_attempts: 10,
-            backoff: Backoff {
-                base: Duration::from_millis(20),
-                max: Duration::from_millis(200),
-            },
-            charge_timeout: Duration::from_secs(2),
-            idle_poll: Duration::from_millis(5),
-            shutdown_grace: Duration::from_secs(5),
-            breaker: idem_dispatch::BreakerConfig::default(),
-            key_ttl: Duration::from_secs(24 * 3600),
+    ChargeClient::new(&env.sim_url, Duration::from_secs(2), caps).unwrap()
+}
+
+/// The dispatch settings of these tests: no ordering, small batches, quick
+/// retries.
+pub(crate) fn config(owner: &str) -> DispatchConfig {
+    DispatchConfig {
+        owner: owner.into(),
+        lease: Duration::from_secs(10),
+        claim_batch: 8,
+        per_account_ordering: false,
+        chain_per_account: false,
+        concurrency: 16,
+        max_attempts: 10,
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(200),
         },
-    )
+        charge_timeout: Duration::from_secs(2),
+        idle_poll: Duration::from_millis(5),
+        shutdown_grace: Duration::from_secs(5),
+        breaker: idem_dispatch::BreakerConfig::default(),
+        key_ttl: Duration::from_secs(24 * 3600),
+    }
 }
 
 /// Invariant: two dispatchers racing over one backlog never claim the same row

@@ -458,3 +458,62 @@ async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
     pool.close().await;
     idem_tests::pg::drop_database(&name).await.unwrap();
 }
+
+/// Invariant: a dispatcher given its own pool claims and records its
+/// results there, under the dispatch session's settings: after a round of
+/// the real dispatcher (per-account claim, provider calls, group settle),
+/// the pool's one connection is set for generic plans without sequential
+/// scans and holds generic plans of the walk, the lease and the settle —
+/// and every row was charged and recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_claims_and_settles_on_its_own_pool() {
+    let env = idem_tests::TestEnv::new(idem_simulator::Faults::default()).await;
+    add(&env.pool, "own", 6, 3, "pending").await;
+    let dispatch = idem_store::connect_dispatch(&env.database_url, 1)
+        .await
+        .unwrap();
+    let mut config = crate::faults::config("own-pool");
+    config.per_account_ordering = true;
+    let dispatcher =
+        idem_dispatch::Dispatcher::new(env.pool.clone(), crate::faults::client(&env, true), config)
+            .with_dispatch_pool(dispatch.clone());
+    let done = dispatcher.dispatch_once().await.unwrap();
+    assert_eq!(done.len(), 3, "one head of each account");
+    assert!(done.iter().all(|d| d.recorded), "{done:?}");
+    let mut conn = dispatch.acquire().await.unwrap();
+    let settings: (String, String, String, String) = sqlx::query_as(
+        "SELECT current_setting('plan_cache_mode'), current_setting('enable_seqscan'),
+                current_setting('enable_hashjoin'), current_setting('enable_mergejoin')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        settings,
+        (
+            "force_generic_plan".into(),
+            "off".into(),
+            "off".into(),
+            "off".into()
+        )
+    );
+    let held: Vec<String> =
+        sqlx::query_scalar("SELECT statement FROM pg_prepared_statements WHERE generic_plans > 0")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    for (what, sql) in [
+        ("walk", claim::claim_sql(true)[0]),
+        ("lease", claim::claim_sql(true)[1]),
+        ("settle", settle::statement(false)),
+    ] {
+        assert!(
+            held.iter().any(|s| s == sql),
+            "the {what} ran on the dispatcher's own pool under a generic plan"
+        );
+    }
+    drop(conn);
+    drop(dispatcher);
+    dispatch.close().await;
+    env.cleanup().await;
+}
