@@ -18,12 +18,14 @@
 //!   the outbox, when each message was recorded, the claim's plan.
 //! - `db`: connecting (creating the database if missing, or only to an
 //!   existing one with this release's schema), following a primary that
-//!   moves, URL redaction for messages.
+//!   moves, URL redaction for messages; the dispatcher's own connections,
+//!   which plan each statement once (`DISPATCH_SESSION`).
 //! - `event`: result events to publish (written by the settle trigger, and
 //!   here for a duplicate of a settled charge); claim, delete once confirmed,
 //!   back off.
 //! - `explain`: the hot path's statements `EXPLAIN ANALYZE`d under the plan
-//!   a replica runs (generic or custom), and the rows a plan handled.
+//!   a replica runs (generic, custom, or the one a connection keeps), and
+//!   the rows a plan handled.
 //! - `heads`: `account_head`, a lower bound of each account's open ids, so
 //!   that head lookups start at the head: what keeps it true, and the
 //!   claim's tidy of what a walk found behind.
