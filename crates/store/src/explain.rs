@@ -101,6 +101,27 @@ pub async fn walk(
     execute(conn, &prepared).await
 }
 
+/// The same of the unordered claim ([`claim::claim_as`] without a cursor)
+/// of up to `limit` due rows for `owner`, with no liveness lock.
+pub async fn claim_unordered(
+    conn: &mut PgConnection,
+    plan: Plan,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+) -> Result<serde_json::Value, sqlx::Error> {
+    let prepared = prepare(conn, plan, claim::claim_sql(false)[0]).await?;
+    sqlx::query_scalar::<_, i32>(&stash_sql(&prepared.types))
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .bind(limit)
+        .bind(Uuid::new_v4())
+        .bind(None::<i64>)
+        .fetch_one(&mut *conn)
+        .await?;
+    execute(conn, &prepared).await
+}
+
 /// The same of the lease of walked heads ([`claim::claim_as`]) of `heads`
 /// for `owner`, with no liveness lock.
 pub async fn lease(

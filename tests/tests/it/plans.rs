@@ -277,9 +277,9 @@ fn assert_no_whole_reads(explained: &serde_json::Value, scanned: fn(&str) -> boo
 /// generic plan is until a table it reads is vacuumed or analyzed (the
 /// test checks their costs did not change) — still reach their
 /// rows by key once it holds 200,000 settled rows and 1,024 open ones over
-/// 512 more accounts: the walk over the accounts, the tidy and the lease of
-/// their 512 heads and the group settle of 512 results, chained and not,
-/// each handle
+/// 512 more accounts: the unordered claim of 512 rows, the walk over the
+/// accounts, the tidy and the lease of their 512 heads and the group settle
+/// of 512 results, chained and not, each handle
 /// at most [`PER_ROW`] rows per row, without a sequential scan of `outbox`
 /// or a hash or merge join. (With `force_generic_plan` alone, the kept
 /// plans scanned `outbox` whole and joined by hash.)
@@ -337,7 +337,13 @@ async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
     claim::claim_ordered(&mut conn, "small", LEASE, 512, &mut cursor)
         .await
         .unwrap();
+    // And the claim of a dispatcher without ordering (the rows it takes
+    // stay in flight: other accounts are used below).
+    claim::claim(&mut conn, "small", LEASE, 512, false)
+        .await
+        .unwrap();
     let statements = [
+        claim::claim_sql(false)[0],
         claim::claim_sql(true)[0],
         claim::claim_sql(true)[1],
         explain::TIDY,
@@ -394,6 +400,14 @@ async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
             assert_eq!(raised, 512, "the kept tidy raised every floor");
             tx.rollback().await.unwrap();
             tidied
+        }),
+        ("unordered claim", {
+            let mut tx = conn.begin().await.unwrap();
+            let claimed = explain::claim_unordered(&mut tx, Plan::Cached, "large", LEASE, 512)
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+            claimed
         }),
         ("walk", {
             let mut tx = conn.begin().await.unwrap();
