@@ -136,12 +136,7 @@ pub async fn claim_as(
     cursor: Option<&mut AccountCursor>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let Some(cursor) = cursor else {
-        return sqlx::query_as(CLAIM)
-            .bind(holder.owner)
-            .bind(holder.lease.as_secs_f64())
-            .bind(limit)
-            .bind(Uuid::new_v4())
-            .bind(holder.lock)
+        return bind_lease(sqlx::query_as(CLAIM), holder, limit)
             .fetch_all(conn)
             .await;
     };
@@ -170,14 +165,29 @@ pub async fn claim_as(
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(LEASE_HEADS)
-        .bind(holder.owner)
-        .bind(holder.lease.as_secs_f64())
-        .bind(&candidates)
-        .bind(Uuid::new_v4())
-        .bind(holder.lock)
+    bind_lease(sqlx::query_as(LEASE_HEADS), holder, &candidates)
         .fetch_all(conn)
         .await
+}
+
+/// Bind the parameters of the statements that lease rows ([`CLAIM`], `$3`
+/// the limit; [`LEASE_HEADS`], `$3` the heads' ids; also for
+/// `crate::explain`): the holder's name and lease, `$3`, a new lease token,
+/// the holder's liveness key.
+pub(crate) fn bind_lease<'q, O, T>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    holder: &Holder<'q>,
+    third: T,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+where
+    T: 'q + sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    query
+        .bind(holder.owner)
+        .bind(holder.lease.as_secs_f64())
+        .bind(third)
+        .bind(Uuid::new_v4())
+        .bind(holder.lock)
 }
 
 /// Take eligible heads in account order into `candidates`, up to `limit`;

@@ -38,6 +38,19 @@ pub enum Plan {
     Cached,
 }
 
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of `$sql` under `$plan` on `$conn`:
+/// prepared (or found, [`Plan::Cached`]), its values stashed by `$bind`, a
+/// query on the stash statement's text `$stash` ([`stash_sql`]), then
+/// executed.
+macro_rules! explain_bound {
+    ($conn:ident, $plan:expr, $sql:expr, |$stash:ident| $bind:expr) => {{
+        let prepared = prepare($conn, $plan, $sql).await?;
+        let $stash = stash_sql(&prepared.types);
+        $bind.fetch_one(&mut *$conn).await?;
+        execute($conn, &prepared).await
+    }};
+}
+
 /// `EXPLAIN (ANALYZE, FORMAT JSON)` of the group settle of `batch`
 /// ([`settle::settle_and_chain`], chained when `chain` is given) under
 /// `plan`. The settle really runs: the caller runs this in a transaction it
@@ -50,18 +63,15 @@ pub async fn settle(
     calls: &[NewAttempt],
     chain: Option<Chain>,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let prepared = prepare(conn, plan, settle::statement(chain.is_some())).await?;
-    let stash = stash_sql(&prepared.types);
-    settle::bind(
-        sqlx::query_as::<_, (i32,)>(&stash),
-        batch,
-        replica,
-        calls,
-        chain,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    execute(conn, &prepared).await
+    explain_bound!(conn, plan, settle::statement(chain.is_some()), |stash| {
+        settle::bind(
+            sqlx::query_as::<_, (i32,)>(&stash),
+            batch,
+            replica,
+            calls,
+            chain,
+        )
+    })
 }
 
 /// The same of [`rescue::rescue_orphaned`] of `rows`.
@@ -70,17 +80,14 @@ pub async fn rescue_orphaned(
     plan: Plan,
     rows: &[(i64, Uuid)],
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let prepared = prepare(conn, plan, rescue::RESCUE_ORPHANED).await?;
-    let stash = stash_sql(&prepared.types);
-    rescue::bind_orphaned(
-        sqlx::query_scalar::<_, i32>(&stash),
-        rows,
-        Duration::ZERO,
-        false,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    execute(conn, &prepared).await
+    explain_bound!(conn, plan, rescue::RESCUE_ORPHANED, |stash| {
+        rescue::bind_orphaned(
+            sqlx::query_scalar::<_, i32>(&stash),
+            rows,
+            Duration::ZERO,
+            false,
+        )
+    })
 }
 
 /// The same of the per-account claim's walk ([`claim::heads`]) from `after`.
@@ -91,79 +98,38 @@ pub async fn walk(
     bound: i64,
     limit: i64,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let prepared = prepare(conn, plan, claim::claim_sql(true)[0]).await?;
-    sqlx::query_scalar::<_, i32>(&stash_sql(&prepared.types))
-        .bind(after)
-        .bind(bound)
-        .bind(limit)
-        .fetch_one(&mut *conn)
-        .await?;
-    execute(conn, &prepared).await
+    explain_bound!(conn, plan, claim::claim_sql(true)[0], |stash| {
+        sqlx::query_scalar::<_, i32>(&stash)
+            .bind(after)
+            .bind(bound)
+            .bind(limit)
+    })
 }
 
 /// The same of the unordered claim ([`claim::claim_as`] without a cursor)
-/// of up to `limit` due rows for `owner`, with no liveness lock.
+/// of up to `limit` due rows for `holder`.
 pub async fn claim_unordered(
     conn: &mut PgConnection,
     plan: Plan,
-    owner: &str,
-    lease: Duration,
+    holder: &claim::Holder<'_>,
     limit: i64,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let prepared = prepare(conn, plan, claim::claim_sql(false)[0]).await?;
-    sqlx::query_scalar::<_, i32>(&stash_sql(&prepared.types))
-        .bind(owner)
-        .bind(lease.as_secs_f64())
-        .bind(limit)
-        .bind(Uuid::new_v4())
-        .bind(None::<i64>)
-        .fetch_one(&mut *conn)
-        .await?;
-    execute(conn, &prepared).await
+    explain_bound!(conn, plan, claim::claim_sql(false)[0], |stash| {
+        claim::bind_lease(sqlx::query_as::<_, (i32,)>(&stash), holder, limit)
+    })
 }
 
 /// The same of the lease of walked heads ([`claim::claim_as`]) of `heads`
-/// for `owner`, with no liveness lock.
+/// for `holder`.
 pub async fn lease(
     conn: &mut PgConnection,
     plan: Plan,
-    owner: &str,
-    lease: Duration,
+    holder: &claim::Holder<'_>,
     heads: &[i64],
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let prepared = prepare(conn, plan, claim::claim_sql(true)[1]).await?;
-    sqlx::query_scalar::<_, i32>(&stash_sql(&prepared.types))
-        .bind(owner)
-        .bind(lease.as_secs_f64())
-        .bind(heads)
-        .bind(Uuid::new_v4())
-        .bind(None::<i64>)
-        .fetch_one(&mut *conn)
-        .await?;
-    execute(conn, &prepared).await
-}
-
-/// The estimated total cost of the generic plan this connection keeps for
-/// `sql` (`EXPLAIN EXECUTE` without running it, every parameter NULL: a
-/// kept generic plan does not look at them). The cost is the one figured
-/// when the plan was made, so an unchanged cost after the tables changed
-/// says the plan was not made again.
-pub async fn kept_cost(conn: &mut PgConnection, sql: &str) -> Result<f64, sqlx::Error> {
-    let prepared = prepare(conn, Plan::Cached, sql).await?;
-    let args: Vec<String> = prepared
-        .types
-        .iter()
-        .map(|t| format!("NULL::{t}"))
-        .collect();
-    let explain = format!(
-        "EXPLAIN (FORMAT JSON) EXECUTE \"{}\"({})",
-        prepared.name,
-        args.join(", ")
-    );
-    let (plan,): (serde_json::Value,) = sqlx::query_as(&explain).fetch_one(&mut *conn).await?;
-    plan[0]["Plan"]["Total Cost"]
-        .as_f64()
-        .ok_or_else(|| sqlx::Error::Protocol(format!("no total cost in {plan}")))
+    explain_bound!(conn, plan, claim::claim_sql(true)[1], |stash| {
+        claim::bind_lease(sqlx::query_as::<_, (i32,)>(&stash), holder, heads)
+    })
 }
 
 /// The same of the claim's tidy ([`heads::tidy`]) of `behind`.
@@ -172,18 +138,30 @@ pub async fn tidy(
     plan: Plan,
     behind: &[heads::Behind],
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let prepared = prepare(conn, plan, heads::TIDY).await?;
-    heads::bind_tidy(
-        sqlx::query_scalar::<_, i32>(&stash_sql(&prepared.types)),
-        behind,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    execute(conn, &prepared).await
+    explain_bound!(conn, plan, heads::TIDY, |stash| {
+        heads::bind_tidy(sqlx::query_scalar::<_, i32>(&stash), behind)
+    })
 }
 
 /// The claim's tidy, for [`kept_cost`].
 pub const TIDY: &str = heads::TIDY;
+
+/// The estimated total cost of the generic plan this connection keeps for
+/// `sql` (`EXPLAIN EXECUTE` without running it, every parameter NULL: a
+/// kept generic plan does not look at them). The cost is the one figured
+/// when the plan was made, so an unchanged cost after the tables changed
+/// says the plan was not made again.
+pub async fn kept_cost(conn: &mut PgConnection, sql: &str) -> Result<f64, sqlx::Error> {
+    let prepared = prepare(conn, Plan::Cached, sql).await?;
+    let args = prepared.types.iter().map(|t| format!("NULL::{t}"));
+    let (plan,): (serde_json::Value,) =
+        sqlx::query_as(&explain_sql(&prepared, "FORMAT JSON", args))
+            .fetch_one(&mut *conn)
+            .await?;
+    plan[0]["Plan"]["Total Cost"]
+        .as_f64()
+        .ok_or_else(|| sqlx::Error::Protocol(format!("no total cost in {plan}")))
+}
 
 /// A statement ready to `EXECUTE`: its name, its parameters' types, and
 /// whether it was prepared here (and is deallocated after).
@@ -263,22 +241,13 @@ async fn execute(
     conn: &mut PgConnection,
     prepared: &Prepared,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    let args: Vec<String> = prepared
-        .types
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            format!(
-                "nullif(current_setting('idem.explain_{}'), '\\N')::{t}",
-                i + 1
-            )
-        })
-        .collect();
-    let explain = format!(
-        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE \"{}\"({})",
-        prepared.name,
-        args.join(", ")
-    );
+    let args = prepared.types.iter().enumerate().map(|(i, t)| {
+        format!(
+            "nullif(current_setting('idem.explain_{}'), '\\N')::{t}",
+            i + 1
+        )
+    });
+    let explain = explain_sql(prepared, "ANALYZE, FORMAT JSON", args);
     let (plan,): (serde_json::Value,) = sqlx::query_as(&explain).fetch_one(&mut *conn).await?;
     if prepared.ours {
         sqlx::raw_sql("DEALLOCATE idem_explained")
@@ -286,6 +255,16 @@ async fn execute(
             .await?;
     }
     Ok(plan)
+}
+
+/// `EXPLAIN (<options>) EXECUTE` of `prepared` with `args`.
+fn explain_sql(prepared: &Prepared, options: &str, args: impl Iterator<Item = String>) -> String {
+    let args: Vec<String> = args.collect();
+    format!(
+        "EXPLAIN ({options}) EXECUTE \"{}\"({})",
+        prepared.name,
+        args.join(", ")
+    )
 }
 
 /// The rows a plan (`EXPLAIN (ANALYZE, FORMAT JSON)`'s output) handled: over

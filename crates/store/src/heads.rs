@@ -60,13 +60,13 @@ pub async fn tidy(conn: &mut PgConnection, behind: &[Behind]) -> Result<u64, sql
 /// their versions and heads, one array each.
 pub(crate) fn bind_tidy<'q, O>(
     query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    behind: &[Behind],
+    behind: &'q [Behind],
 ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
     let mut accounts = Vec::with_capacity(behind.len());
     let mut versions = Vec::with_capacity(behind.len());
     let mut heads = Vec::with_capacity(behind.len());
     for b in behind {
-        accounts.push(b.account_id.clone());
+        accounts.push(b.account_id.as_str());
         versions.push(b.version);
         heads.push(b.head);
     }

@@ -29,6 +29,22 @@ const LEASE: Duration = Duration::from_secs(30);
 /// flight × batch) passes.
 const PER_ROW: u64 = 64;
 
+/// `$body`'s value, run with `$tx`, a transaction on `$conn` rolled back
+/// after it.
+macro_rules! rolled_back {
+    ($conn:expr, |$tx:ident| $body:expr) => {{
+        let mut $tx = $conn.begin().await.unwrap();
+        let value = $body;
+        $tx.rollback().await.unwrap();
+        value
+    }};
+}
+
+/// The one count `sql` selects.
+async fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(conn).await.unwrap()
+}
+
 /// A database of 200,000 settled rows and 1,024 pending ones over 512
 /// accounts (two per account: one in flight each after the claim, and a next
 /// head for a chained settle to lease), analyzed before the claim; and the
@@ -271,6 +287,160 @@ fn assert_no_whole_reads(explained: &serde_json::Value, scanned: fn(&str) -> boo
     assert!(found.is_empty(), "whole-table reads in the plan: {found:?}");
 }
 
+/// The dispatcher's statements the kept-plans test holds to their plans.
+fn kept_statements() -> [&'static str; 6] {
+    [
+        claim::claim_sql(false)[0],
+        claim::claim_sql(true)[0],
+        claim::claim_sql(true)[1],
+        explain::TIDY,
+        settle::statement(false),
+        settle::statement(true),
+    ]
+}
+
+/// A dispatcher's round on the small table, on `conn` (a dispatch
+/// connection), which plans its statements: claims with and without
+/// ordering (walk, tidy, lease), results settled chained and not. Returns
+/// the kept plans' costs, in [`kept_statements`]' order.
+async fn plan_on_a_small_table(conn: &mut PgConnection, pool: &PgPool) -> Vec<f64> {
+    let mut cursor = AccountCursor::default();
+    let rows = claim::claim_ordered(conn, "small", LEASE, 512, &mut cursor)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4, "one head of each small account");
+    let settlement = succeeded();
+    let (batch, calls) = results(&rows[..2], &settlement, true);
+    let chain = Chain {
+        lease: LEASE,
+        lock: None,
+    };
+    let chained = settle::settle_and_chain(conn, &batch, "small", &calls, Some(chain))
+        .await
+        .unwrap();
+    assert_eq!(chained.len(), 2);
+    let (batch, calls) = results(&rows[2..], &settlement, false);
+    let settled = settle::settle_many(conn, &batch, "small", &calls)
+        .await
+        .unwrap();
+    assert_eq!(settled.len(), 2);
+    // Floors left behind their heads (still below every open row): the next
+    // claim's walk tidies them, and so plans the tidy too.
+    sqlx::query("UPDATE account_head SET floor = 1")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut cursor = AccountCursor::default();
+    claim::claim_ordered(conn, "small", LEASE, 512, &mut cursor)
+        .await
+        .unwrap();
+    // And the claim of a dispatcher without ordering (the rows it takes
+    // stay in flight: other accounts are used below).
+    claim::claim(conn, "small", LEASE, 512, false)
+        .await
+        .unwrap();
+    let mut costs = Vec::new();
+    for sql in kept_statements() {
+        costs.push(explain::kept_cost(conn, sql).await.unwrap());
+    }
+    costs
+}
+
+/// The claim's kept plans (`conn`, a dispatch connection) on the grown
+/// table: the tidy, unordered claim, walk and lease of 512 each, rolled
+/// back, read no table whole and handle at most [`PER_ROW`] rows per row.
+async fn assert_the_kept_claims_read_by_key(conn: &mut PgConnection, pool: &PgPool) {
+    let heads: Vec<i64> = sqlx::query_scalar(
+        "SELECT min(id) FROM outbox WHERE scope = 'open' GROUP BY account_id ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(heads.len(), 512);
+    // Every open account's floor behind its head, and what a walk would
+    // tell the tidy of it.
+    sqlx::query("UPDATE account_head SET floor = 1 WHERE account_id LIKE 'open%'")
+        .execute(pool)
+        .await
+        .unwrap();
+    let behind: Vec<Behind> = sqlx::query_as::<_, (String, i64, i64)>(
+        "SELECT h.account_id, h.version, min(o.id) FROM account_head h
+         JOIN outbox o ON o.account_id = h.account_id
+         WHERE h.account_id LIKE 'open%' GROUP BY h.account_id, h.version",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(account_id, version, head)| Behind {
+        account_id,
+        version,
+        head: Some(head),
+    })
+    .collect();
+    assert_eq!(behind.len(), 512);
+    let holder = claim::Holder {
+        owner: "large",
+        lease: LEASE,
+        lock: None,
+    };
+    for (statement, explained) in [
+        (
+            "tidy",
+            rolled_back!(conn, |tx| {
+                let tidied = explain::tidy(&mut tx, Plan::Cached, &behind).await.unwrap();
+                let raised = count(
+                    &mut tx,
+                    "SELECT count(*) FROM account_head WHERE account_id LIKE 'open%' AND floor > 1",
+                )
+                .await;
+                assert_eq!(raised, 512, "the kept tidy raised every floor");
+                tidied
+            }),
+        ),
+        (
+            "unordered claim",
+            rolled_back!(conn, |tx| {
+                explain::claim_unordered(&mut tx, Plan::Cached, &holder, 512)
+                    .await
+                    .unwrap()
+            }),
+        ),
+        (
+            "walk",
+            rolled_back!(conn, |tx| {
+                explain::walk(&mut tx, Plan::Cached, "", claim::walk_bound(512), 512)
+                    .await
+                    .unwrap()
+            }),
+        ),
+        (
+            "lease",
+            rolled_back!(conn, |tx| {
+                let leased = explain::lease(&mut tx, Plan::Cached, &holder, &heads)
+                    .await
+                    .unwrap();
+                let in_flight = count(
+                    &mut tx,
+                    "SELECT count(*) FROM outbox WHERE scope = 'open' AND state = 'in_flight'",
+                )
+                .await;
+                assert_eq!(in_flight, 512, "the cached lease leased every head");
+                leased
+            }),
+        ),
+    ] {
+        // No table at all read whole (`account_head` holds few enough rows
+        // for a scan of it to pass the bound on work).
+        assert_no_whole_reads(&explained, |_| true);
+        let work = explain::work(&explained);
+        assert!(
+            work <= 512 * PER_ROW,
+            "{statement}: {work} rows handled for 512 accounts"
+        );
+    }
+}
+
 /// Invariant: on the dispatcher's own connections
 /// (`idem_store::db::DISPATCH_SESSION`: each statement planned once), the
 /// plans made while `outbox` held eight rows, analyzed — and kept, as a
@@ -305,146 +475,15 @@ async fn the_dispatchers_plans_made_on_a_small_table_hold_on_a_large_one() {
         .await
         .unwrap();
     let mut conn = dispatch.acquire().await.unwrap();
-    // A dispatcher's round on the small table plans its statements: a claim
-    // (walk, lease), results settled chained and not.
-    let mut cursor = AccountCursor::default();
-    let rows = claim::claim_ordered(&mut conn, "small", LEASE, 512, &mut cursor)
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), 4, "one head of each small account");
-    let settlement = succeeded();
-    let (batch, calls) = results(&rows[..2], &settlement, true);
-    let chain = Chain {
-        lease: LEASE,
-        lock: None,
-    };
-    let chained = settle::settle_and_chain(&mut conn, &batch, "small", &calls, Some(chain))
-        .await
-        .unwrap();
-    assert_eq!(chained.len(), 2);
-    let (batch, calls) = results(&rows[2..], &settlement, false);
-    let settled = settle::settle_many(&mut conn, &batch, "small", &calls)
-        .await
-        .unwrap();
-    assert_eq!(settled.len(), 2);
-    // Floors left behind their heads (still below every open row): the next
-    // claim's walk tidies them, and so plans the tidy too.
-    sqlx::query("UPDATE account_head SET floor = 1")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let mut cursor = AccountCursor::default();
-    claim::claim_ordered(&mut conn, "small", LEASE, 512, &mut cursor)
-        .await
-        .unwrap();
-    // And the claim of a dispatcher without ordering (the rows it takes
-    // stay in flight: other accounts are used below).
-    claim::claim(&mut conn, "small", LEASE, 512, false)
-        .await
-        .unwrap();
-    let statements = [
-        claim::claim_sql(false)[0],
-        claim::claim_sql(true)[0],
-        claim::claim_sql(true)[1],
-        explain::TIDY,
-        settle::statement(false),
-        settle::statement(true),
-    ];
-    let mut costs = Vec::new();
-    for sql in statements {
-        costs.push(explain::kept_cost(&mut conn, sql).await.unwrap());
-    }
+    let costs = plan_on_a_small_table(&mut conn, &pool).await;
 
     // The table grows; nothing analyzes it.
     add(&pool, "history", 200_000, 1000, "succeeded").await;
     add(&pool, "open", 1024, 512, "pending").await;
-    let heads: Vec<i64> = sqlx::query_scalar(
-        "SELECT min(id) FROM outbox WHERE scope = 'open' GROUP BY account_id ORDER BY 1",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert_eq!(heads.len(), 512);
-    // Every open account's floor behind its head, and what a walk would
-    // tell the tidy of it.
-    sqlx::query("UPDATE account_head SET floor = 1 WHERE account_id LIKE 'open%'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let behind: Vec<Behind> = sqlx::query_as::<_, (String, i64, i64)>(
-        "SELECT h.account_id, h.version, min(o.id) FROM account_head h
-         JOIN outbox o ON o.account_id = h.account_id
-         WHERE h.account_id LIKE 'open%' GROUP BY h.account_id, h.version",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(account_id, version, head)| Behind {
-        account_id,
-        version,
-        head: Some(head),
-    })
-    .collect();
-    assert_eq!(behind.len(), 512);
-    for (statement, explained) in [
-        ("tidy", {
-            let mut tx = conn.begin().await.unwrap();
-            let tidied = explain::tidy(&mut tx, Plan::Cached, &behind).await.unwrap();
-            let raised: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM account_head WHERE account_id LIKE 'open%' AND floor > 1",
-            )
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-            assert_eq!(raised, 512, "the kept tidy raised every floor");
-            tx.rollback().await.unwrap();
-            tidied
-        }),
-        ("unordered claim", {
-            let mut tx = conn.begin().await.unwrap();
-            let claimed = explain::claim_unordered(&mut tx, Plan::Cached, "large", LEASE, 512)
-                .await
-                .unwrap();
-            tx.rollback().await.unwrap();
-            claimed
-        }),
-        ("walk", {
-            let mut tx = conn.begin().await.unwrap();
-            let walked = explain::walk(&mut tx, Plan::Cached, "", claim::walk_bound(512), 512)
-                .await
-                .unwrap();
-            tx.rollback().await.unwrap();
-            walked
-        }),
-        ("lease", {
-            let mut tx = conn.begin().await.unwrap();
-            let leased = explain::lease(&mut tx, Plan::Cached, "large", LEASE, &heads)
-                .await
-                .unwrap();
-            let in_flight: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM outbox WHERE scope = 'open' AND state = 'in_flight'",
-            )
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-            assert_eq!(in_flight, 512, "the cached lease leased every head");
-            tx.rollback().await.unwrap();
-            leased
-        }),
-    ] {
-        // No table at all read whole (`account_head` holds few enough rows
-        // for a scan of it to pass the bound on work).
-        assert_no_whole_reads(&explained, |_| true);
-        let work = explain::work(&explained);
-        assert!(
-            work <= 512 * PER_ROW,
-            "{statement}: {work} rows handled for 512 accounts"
-        );
-    }
+    assert_the_kept_claims_read_by_key(&mut conn, &pool).await;
     // Still the plans made on the small table (a plan made again would be
     // costed for the large one).
-    for (sql, cost) in statements.iter().zip(&costs) {
+    for (sql, cost) in kept_statements().iter().zip(&costs) {
         assert_eq!(
             explain::kept_cost(&mut conn, sql).await.unwrap(),
             *cost,
